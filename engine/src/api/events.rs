@@ -1,0 +1,199 @@
+//! `POST /api/events` (trigger) and `GET /api/events/{id}`.
+//!
+//! A trigger is answered 202 only after the event and its deliveries are
+//! durable. The event id (given or minted) and the `Idempotency-Key` header
+//! each make a repeated trigger a no-op answered with the first answer; the
+//! same key with a different request is a 409.
+
+use super::auth::Caller;
+use super::error::{ApiError, ApiResult};
+use super::extract::Json;
+use super::views;
+use crate::App;
+use crate::clock::{now_ms, rfc3339_ms};
+use crate::ids::{EventId, WebhookId};
+use crate::model::Delivery;
+use crate::store::{IdempotentAnswer, Ingested, NewEvent};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Trigger {
+    #[serde(rename = "type")]
+    event_type: String,
+    data: Box<RawValue>,
+    id: Option<String>,
+}
+
+pub fn check_event_type(t: &str) -> Result<(), ApiError> {
+    let ok = !t.is_empty()
+        && t.len() <= 128
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':' | b'/'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(format!(
+            "type: {t:?} must be 1 to 128 letters, digits, '.', '_', '-', ':' or '/'"
+        )))
+    }
+}
+
+pub async fn trigger(
+    caller: Caller,
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Json(input): Json<Trigger>,
+) -> ApiResult<Response> {
+    check_event_type(&input.event_type)?;
+    if !input.data.get().starts_with('{') {
+        return Err(ApiError::invalid("data: must be a JSON object"));
+    }
+    let idempotency_key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => {
+            let key = v
+                .to_str()
+                .ok()
+                .filter(|k| !k.is_empty() && k.len() <= 255)
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_idempotency_key",
+                        "Idempotency-Key must be 1 to 255 visible ASCII characters",
+                    )
+                })?;
+            Some(key.to_owned())
+        }
+    };
+    let id = match &input.id {
+        Some(id) => {
+            EventId::parse_external(id).map_err(|e| ApiError::invalid(format!("id: {e}")))?
+        }
+        None => EventId::generate(),
+    };
+    let new = NewEvent {
+        id,
+        tenant: caller.id().clone(),
+        fingerprint: fingerprint(&input.event_type, input.data.get(), input.id.as_deref()),
+        event_type: input.event_type,
+        data: input.data,
+        occurred_at_ms: now_ms(),
+        idempotency_key,
+        only_webhook: None,
+        due_at_ms: now_ms() + app.deliverer.lease().as_millis() as u64,
+    };
+    ingest(&app, new).await
+}
+
+/// Writes an event and hands its deliveries to the worker; shared with the
+/// webhook `test` route.
+pub async fn ingest(app: &App, new: NewEvent) -> ApiResult<Response> {
+    match app.store.insert_event(new).await? {
+        Ingested::Created { event, deliveries } => {
+            app.metrics.events_accepted.inc();
+            app.metrics
+                .deliveries_created
+                .inc_by(deliveries.len() as u64);
+            app.deliverer.submit(&deliveries);
+            let body = answer(
+                event.id.as_str(),
+                &event.event_type,
+                deliveries.len() as u32,
+                &deliveries,
+            );
+            Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response())
+        }
+        Ingested::Replayed(prev) => {
+            app.metrics.events_replayed.inc();
+            let mut resp = (StatusCode::ACCEPTED, axum::Json(replayed(&prev))).into_response();
+            resp.headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            Ok(resp)
+        }
+        Ingested::KeyReused(prev) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "idempotency_conflict",
+            format!(
+                "this idempotency key or event id was already used for event {} with a different type or data",
+                prev.event_id
+            ),
+        )),
+    }
+}
+
+fn answer(id: &str, event_type: &str, count: u32, deliveries: &[Delivery]) -> Value {
+    json!({
+        "id": id,
+        "type": event_type,
+        "deliveries": count,
+        "delivery_ids": deliveries.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
+    })
+}
+
+fn replayed(prev: &IdempotentAnswer) -> Value {
+    json!({"id": prev.event_id, "type": prev.event_type, "deliveries": prev.deliveries})
+}
+
+fn fingerprint(event_type: &str, data: &str, id: Option<&str>) -> String {
+    let mut h = Sha256::new();
+    h.update(event_type.as_bytes());
+    h.update([0]);
+    h.update(data.as_bytes());
+    h.update([0]);
+    h.update(id.unwrap_or("").as_bytes());
+    hex::encode(h.finalize())
+}
+
+#[derive(Deserialize)]
+pub struct EventPath {
+    event_id: String,
+}
+
+pub async fn get(
+    caller: Caller,
+    State(app): State<Arc<App>>,
+    Path(path): Path<EventPath>,
+) -> ApiResult<axum::Json<Value>> {
+    let id = EventId::parse_external(&path.event_id).map_err(|_| ApiError::not_found("event"))?;
+    let event = app
+        .store
+        .get_event(caller.id(), &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("event"))?;
+    let deliveries = app.store.event_deliveries(caller.id(), &id).await?;
+    Ok(axum::Json(json!({
+        "id": event.id,
+        "type": event.event_type,
+        "data": event.data,
+        "occurred_at": rfc3339_ms(event.occurred_at_ms),
+        "deliveries": deliveries.iter().map(views::delivery).collect::<Vec<_>>(),
+    })))
+}
+
+/// A test event for one webhook (the `test` route).
+pub fn test_event(
+    app: &App,
+    tenant: &crate::ids::TenantId,
+    webhook: &WebhookId,
+    data: Box<RawValue>,
+) -> NewEvent {
+    let id = EventId::generate();
+    NewEvent {
+        fingerprint: fingerprint("webhook.test", data.get(), Some(id.as_str())),
+        id,
+        tenant: tenant.clone(),
+        event_type: "webhook.test".into(),
+        data,
+        occurred_at_ms: now_ms(),
+        idempotency_key: None,
+        only_webhook: Some(webhook.clone()),
+        due_at_ms: now_ms() + app.deliverer.lease().as_millis() as u64,
+    }
+}

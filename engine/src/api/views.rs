@@ -1,0 +1,78 @@
+//! How records look to API callers: times as RFC 3339, secrets left out.
+
+use crate::clock::rfc3339_ms;
+use crate::model::{Attempt, Delivery, DeliveryStats, PluginVersion, Webhook};
+use serde_json::{Value, json};
+
+pub fn webhook(w: &Webhook) -> Value {
+    json!({
+        "id": w.id,
+        "url": w.url,
+        "events": w.events,
+        "active": w.active,
+        "disabled_reason": w.disabled_reason,
+        "description": w.description,
+        "headers": w.headers,
+        "metadata": w.metadata,
+        "plugin": w.plugin,
+        "plugin_config": w.plugin_config,
+        "retry_policy": w.retry_policy,
+        "timeout_ms": w.timeout_ms,
+        "created_at": rfc3339_ms(w.created_at_ms),
+        "updated_at": rfc3339_ms(w.updated_at_ms),
+    })
+}
+
+pub fn delivery(d: &Delivery) -> Value {
+    json!({
+        "id": d.id,
+        "event_id": d.event_id,
+        "webhook_id": d.webhook_id,
+        "event_type": d.event_type,
+        "status": d.status,
+        "attempts": d.attempts,
+        "next_attempt_at": d.next_attempt_at_ms.map(rfc3339_ms),
+        "reason": d.reason,
+        "last_status_code": d.last_status_code,
+        "created_at": rfc3339_ms(d.created_at_ms),
+        "updated_at": rfc3339_ms(d.updated_at_ms),
+    })
+}
+
+pub fn attempt(a: &Attempt) -> Value {
+    json!({
+        "attempt": a.attempt,
+        "outcome": a.outcome,
+        "started_at": rfc3339_ms(a.started_at_ms),
+        "duration_ms": a.duration_ms,
+        "status_code": a.status_code,
+        "response_body": a.response_body,
+        "error": a.error,
+        "plugin": a.plugin,
+    })
+}
+
+pub fn stats(s: &DeliveryStats) -> Value {
+    let finished = s.succeeded + s.failed;
+    json!({
+        "total": s.total,
+        "pending": s.pending,
+        "succeeded": s.succeeded,
+        "failed": s.failed,
+        "skipped": s.skipped,
+        "attempts": s.attempts,
+        "average_attempt_ms": if s.attempts == 0 { 0 } else { s.attempt_duration_ms_total / s.attempts },
+        "success_rate": if finished == 0 { Value::Null } else { json!(s.succeeded as f64 / finished as f64) },
+    })
+}
+
+pub fn plugin(p: &PluginVersion) -> Value {
+    json!({
+        "name": p.name,
+        "version": p.version,
+        "sha256": p.sha256,
+        "size": p.size,
+        "uploaded_at": rfc3339_ms(p.uploaded_at_ms),
+        "uploaded_by": p.uploaded_by,
+    })
+}

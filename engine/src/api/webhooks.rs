@@ -1,0 +1,600 @@
+//! `/api/webhooks…`: the routes of seed `000` — create, list, get, update,
+//! delete, test, enable/disable, secret and regenerate-secret, deliveries
+//! (list, one with its attempts, retry), stats and known event types.
+
+use super::auth::Caller;
+use super::error::{ApiError, ApiResult};
+use super::events::{self, check_event_type};
+use super::extract::{Json, Query, RawBody};
+use super::views;
+use crate::App;
+use crate::clock::{now_ms, rfc3339_ms};
+use crate::delivery::ssrf;
+use crate::ids::{DeliveryId, WebhookId};
+use crate::model::{DeliveryStatus, RetiredSecret, Secret, Webhook};
+use crate::schedule::policy::RetryPolicy;
+use crate::store::Page;
+use axum::extract::{Path, State};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::response::Response;
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+const DEFAULT_TIMEOUT_MS: u64 = 30_000;
+const MIN_TIMEOUT_MS: u64 = 1_000;
+const MAX_TIMEOUT_MS: u64 = 60_000;
+/// How long a replaced secret keeps signing unless the caller says otherwise.
+const DEFAULT_GRACE_SECONDS: u64 = 24 * 3600;
+/// Headers a webhook may not set: the core's, and Standard Webhooks' own.
+const RESERVED_HEADERS: [&str; 10] = [
+    "host",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    "te",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+];
+
+/// Tells "absent" (`None`) from "null" (`Some(None)`) in updates.
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
+/// Body of create (url and events required) and update (all optional).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookInput {
+    url: Option<String>,
+    events: Option<Vec<String>>,
+    active: Option<bool>,
+    description: Option<String>,
+    headers: Option<BTreeMap<String, String>>,
+    metadata: Option<BTreeMap<String, String>>,
+    #[serde(default, deserialize_with = "present")]
+    plugin: Option<Option<String>>,
+    plugin_config: Option<Value>,
+    retry_policy: Option<RetryPolicy>,
+    timeout_ms: Option<u64>,
+    secret: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct WebhookPath {
+    webhook_id: String,
+}
+
+#[derive(Deserialize)]
+pub struct DeliveryPath {
+    webhook_id: String,
+    delivery_id: String,
+}
+
+async fn load(app: &App, caller: &Caller, id: &str) -> ApiResult<Webhook> {
+    let id = WebhookId::parse_external(id).map_err(|_| ApiError::not_found("webhook"))?;
+    app.store
+        .get_webhook(caller.id(), &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("webhook"))
+}
+
+fn check_url(url: &str, allow: &[ipnet::IpNet]) -> Result<(), ApiError> {
+    let bad = |why: &str| ApiError::invalid(format!("url: {why}"));
+    if url.len() > 2048 {
+        return Err(bad("longer than 2048 characters"));
+    }
+    let uri: hyper::Uri = url.parse().map_err(|_| bad("not a valid URL"))?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        _ => return Err(bad("must start with http:// or https://")),
+    }
+    let authority = uri.authority().ok_or_else(|| bad("has no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(bad(
+            "must not carry credentials; use the webhook's headers for auth",
+        ));
+    }
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    if host.is_empty() {
+        return Err(bad("has no host"));
+    }
+    let literal: Option<IpAddr> = if host.eq_ignore_ascii_case("localhost")
+        || host.to_ascii_lowercase().ends_with(".localhost")
+    {
+        Some(IpAddr::from([127, 0, 0, 1]))
+    } else {
+        host.parse().ok()
+    };
+    if let Some(ip) = literal {
+        if !ssrf::allowed(ip, allow) {
+            return Err(bad(&format!(
+                "{host} is a private address; the operator can allow its range with allow_private_targets"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn check_events(events: &[String]) -> Result<(), ApiError> {
+    if events.is_empty() || events.len() > 100 {
+        return Err(ApiError::invalid(
+            "events: give 1 to 100 event types (\"*\" for all)",
+        ));
+    }
+    for e in events.iter().filter(|e| e.as_str() != "*") {
+        let base = e.strip_suffix('*').unwrap_or(e);
+        if base.contains('*') || check_event_type(base).is_err() {
+            return Err(ApiError::invalid(format!(
+                "events: {e:?} is not an event type, a prefix wildcard such as \"invoice.*\", or \"*\""
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn check_headers(headers: &BTreeMap<String, String>) -> Result<(), ApiError> {
+    if headers.len() > 50 {
+        return Err(ApiError::invalid("headers: at most 50"));
+    }
+    for (name, value) in headers {
+        let parsed = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+            ApiError::invalid(format!("headers: {name:?} is not a valid header name"))
+        })?;
+        if RESERVED_HEADERS.contains(&parsed.as_str()) {
+            return Err(ApiError::invalid(format!(
+                "headers: {name:?} is set by the engine and cannot be overridden"
+            )));
+        }
+        HeaderValue::from_str(value).map_err(|_| {
+            ApiError::invalid(format!(
+                "headers: the value of {name:?} has CR, LF or control characters"
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+fn check_secret(secret: &str) -> Result<(), ApiError> {
+    if !(8..=256).contains(&secret.len())
+        || secret.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(ApiError::invalid(
+            "secret: must be 8 to 256 characters without spaces",
+        ));
+    }
+    Ok(())
+}
+
+async fn check_plugin(app: &App, caller: &Caller, name: &str) -> Result<(), ApiError> {
+    if app.store.current_plugin(caller.id(), name).await?.is_none() {
+        return Err(ApiError::invalid(format!(
+            "plugin: '{name}' has not been uploaded (PUT /api/plugins/{name})"
+        )));
+    }
+    Ok(())
+}
+
+/// Applies `input` to `w`, checking every field given.
+async fn apply(app: &App, caller: &Caller, w: &mut Webhook, input: WebhookInput) -> ApiResult<()> {
+    if let Some(url) = input.url {
+        check_url(&url, &app.settings.allow_private_targets)?;
+        w.url = url;
+    }
+    if let Some(events) = input.events {
+        check_events(&events)?;
+        w.events = events;
+    }
+    if let Some(active) = input.active {
+        w.active = active;
+        if active {
+            w.disabled_reason = None;
+        }
+    }
+    if let Some(description) = input.description {
+        if description.len() > 1000 {
+            return Err(ApiError::invalid("description: at most 1000 characters"));
+        }
+        w.description = description;
+    }
+    if let Some(headers) = input.headers {
+        check_headers(&headers)?;
+        w.headers = headers;
+    }
+    if let Some(metadata) = input.metadata {
+        if metadata.len() > 50 {
+            return Err(ApiError::invalid("metadata: at most 50 entries"));
+        }
+        w.metadata = metadata;
+    }
+    if let Some(plugin) = input.plugin {
+        if let Some(name) = &plugin {
+            check_plugin(app, caller, name).await?;
+        }
+        w.plugin = plugin;
+    }
+    if let Some(config) = input.plugin_config {
+        if config.to_string().len() > 64 * 1024 {
+            return Err(ApiError::invalid("plugin_config: at most 64 KiB of JSON"));
+        }
+        w.plugin_config = config;
+    }
+    if let Some(policy) = input.retry_policy {
+        policy
+            .validate()
+            .map_err(|e| ApiError::invalid(format!("retry_policy: {e}")))?;
+        w.retry_policy = policy;
+    }
+    if let Some(timeout) = input.timeout_ms {
+        if !(MIN_TIMEOUT_MS..=MAX_TIMEOUT_MS).contains(&timeout) {
+            return Err(ApiError::invalid(format!(
+                "timeout_ms: must be {MIN_TIMEOUT_MS} to {MAX_TIMEOUT_MS}"
+            )));
+        }
+        w.timeout_ms = timeout;
+    }
+    if let Some(secret) = input.secret {
+        check_secret(&secret)?;
+        w.secret = Secret::new(secret);
+    }
+    w.updated_at_ms = now_ms();
+    Ok(())
+}
+
+pub async fn create(
+    caller: Caller,
+    State(app): State<Arc<App>>,
+    Json(input): Json<WebhookInput>,
+) -> ApiResult<(StatusCode, axum::Json<Value>)> {
+    if input.url.is_none() {
+        return Err(ApiError::invalid("url: required"));
+    }
+    if input.events.is_none() {
+        return Err(ApiError::invalid(
+            "events: required (a list of event types; \"*\" for all)",
+        ));
+    }
+    let now = now_ms();
+    let mut w = Webhook {
+        id: WebhookId::generate(),
+        tenant: caller.id().clone(),
+        url: String::new(),
+        events: Vec::new(),
+        active: true,
+        disabled_reason: None,
+        description: String::new(),
+        headers: BTreeMap::new(),
+        metadata: BTreeMap::new(),
+        plugin: None,
+        plugin_config: Value::Null,
+        retry_policy: RetryPolicy::default(),
+        timeout_ms: DEFAULT_TIMEOUT_MS,
+        secret: Secret::generate(),
+        retired_secrets: Vec::new(),
+        created_at_ms: now,
+        updated_at_ms: now,
+    };
+    apply(&app, &caller, &mut w, input).await?;
+    app.store.put_webhook(w.clone()).await?;
+    let mut body = views::webhook(&w);
+    body["secret"] = json!(w.secret.expose());
+    Ok((StatusCode::CREATED, axum::Json(body)))
+}
+
+pub async fn list(caller: Caller, State(app): State<Arc<App>>) -> ApiResult<axum::Json<Value>> {
+    let hooks = app.store.list_webhooks(caller.id()).await?;
+    Ok(axum::Json(
+        json!({"data": hooks.iter().map(views::webhook).collect::<Vec<_>>()}),
+    ))
+}
+
+pub async fn get(
+    caller: Caller,
+    State(app): State<Arc<App>>,
+    Path(path): Path<WebhookPath>,
+) -> ApiResult<axum::Json<Value>> {
+    let w = load(&app, &caller, &path.webhook_id).await?;
+    Ok(axum::Json(views::webhook(&w)))
+}
+
+pub async fn update(
+    caller: Caller,
+    State(app): State<Arc<App>>,
+    Path(path): Path<WebhookPath>,
+    Json(input): Json<WebhookInput>,
+) -> ApiResult<axum::Json<Value>> {
+    let mut w = load(&app, &caller, &path.webhook_id).await?;
+    apply(&app, &caller, &mut w, input).await?;
+    app.store.put_webhook(w.clone()).await?;
+    Ok(axum::Json(views::webhook(&w)))
+}
+
+pub async fn delete(
+    caller: Caller,
+    State(app): State<Arc<App>>,
+    Path(path): Path<WebhookPath>,
+) -> ApiResult<StatusCode> {
+    let w = load(&app, &caller, &path.webhook_id).await?;
+    app.store.delete_webhook(caller.id(), &w.id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn set_active(
+    app: &App,
+    caller: &Caller,
+    id: &str,
+    active: bool,
+) -> ApiResult<axum::Json<Value>> {
+    let mut w = load(app, caller, id).await?;
+    w.active = active;
+    w.disabled_reason = if active {
+        None
+    } else {
+        Some("disabled by the tenant".into())
+    };
+    w.updated_at_ms = now_ms();
+    app.store.put_webhook(w.clone()).await?;
+    Ok(axum::Json(views::webhook(&w)))
+}
+
+pub async fn enable(
+    caller: Caller,
+    State(app): State<Arc<App>>,
+    Path(path): Path<WebhookPath>,
+) -> ApiResult<axum::Json<Value>> {
+    set_active(&app, &caller, &path.webhook_id, true).await
+}
+
+pub async fn disable(
+    caller: Caller,
+    State(app): State<Arc<App>>,
+    Path(path): Path<WebhookPath>,
+) -> ApiResult<axum::Json<Value>> {
+    set_active(&app, &caller, &path.webhook_id, false).await
+}
+
+/// `POST /webhooks/{id}/test`: a `webhook.test` event to this webhook only,
+/// with the JSON object given as its data (or a small default).
+pub async fn test(
+    caller: Caller,
+    State(app): State<Arc<App>>,
+    Path(path): Path<WebhookPath>,
+    RawBody(body): RawBody,
+) -> ApiResult<Response> {
+    let w = load(&app, &caller, &path.webhook_id).await?;
+    let data = if body.iter().all(u8::is_ascii_whitespace) {
+        RawValue::from_string(json!({"test": true, "webhook_id": w.id}).to_string())
+            .expect("valid JSON")
+    } else {
+        let text = std::str::from_utf8(&body)
+            .map_err(|_| ApiError::bad_request("malformed_json", "the body is not UTF-8"))?;
+        let raw: Box<RawValue> = serde_json::from_str(text).map_err(|e| {
+            ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}"))
+        })?;
+        if !raw.get().starts_with('{') {
+            return Err(ApiError::invalid("the test data must be a JSON object"));
+        }
+        raw
+    };
+    let new = events::test_event(&app, caller.id(), &w.id, data);
+    events::ingest(&app, new).await
+}
+
+pub async fn secret(
+    caller: Caller,
+    State(app): State<Arc<App>>,
+    Path(path): Path<WebhookPath>,
+) -> ApiResult<axum::Json<Value>> {
+    let w = load(&app, &caller, &path.webhook_id).await?;
+    let now = now_ms();
+    Ok(axum::Json(json!({
+        "secret": w.secret.expose(),
+        "previous_secrets_valid_until": w.retired_secrets.iter()
+            .filter(|r| r.expires_at_ms > now)
+            .map(|r| rfc3339_ms(r.expires_at_ms))
+            .collect::<Vec<_>>(),
+    })))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Regenerate {
+    /// Use this secret instead of a generated one.
+    secret: Option<String>,
+    /// How long the old secret keeps signing (Standard Webhooks receivers
+    /// accept either while both signatures are sent).
+    grace_period_seconds: Option<u64>,
+}
+
+pub async fn regenerate_secret(
+    caller: Caller,
+    State(app): State<Arc<App>>,
+    Path(path): Path<WebhookPath>,
+    RawBody(body): RawBody,
+) -> ApiResult<axum::Json<Value>> {
+    let input: Regenerate = if body.iter().all(u8::is_ascii_whitespace) {
+        Regenerate::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::invalid(format!("the body does not have the expected fields: {e}"))
+        })?
+    };
+    let mut w = load(&app, &caller, &path.webhook_id).await?;
+    let grace = input.grace_period_seconds.unwrap_or(DEFAULT_GRACE_SECONDS);
+    if grace > 7 * 24 * 3600 {
+        return Err(ApiError::invalid("grace_period_seconds: at most 7 days"));
+    }
+    let new = match input.secret {
+        Some(s) => {
+            check_secret(&s)?;
+            Secret::new(s)
+        }
+        None => Secret::generate(),
+    };
+    let now = now_ms();
+    let old = std::mem::replace(&mut w.secret, new);
+    w.retired_secrets.retain(|r| r.expires_at_ms > now);
+    if grace > 0 {
+        w.retired_secrets.push(RetiredSecret {
+            secret: old,
+            expires_at_ms: now + grace * 1000,
+        });
+    }
+    w.updated_at_ms = now;
+    app.store.put_webhook(w.clone()).await?;
+    Ok(axum::Json(json!({
+        "secret": w.secret.expose(),
+        "previous_secret_valid_until": (grace > 0).then(|| rfc3339_ms(now + grace * 1000)),
+    })))
+}
+
+pub async fn stats(
+    caller: Caller,
+    State(app): State<Arc<App>>,
+    Path(path): Path<WebhookPath>,
+) -> ApiResult<axum::Json<Value>> {
+    let w = load(&app, &caller, &path.webhook_id).await?;
+    let s = app.store.webhook_stats(caller.id(), &w.id).await?;
+    let mut body = views::stats(&s);
+    body["webhook_id"] = json!(w.id);
+    Ok(axum::Json(body))
+}
+
+pub async fn tenant_stats(
+    caller: Caller,
+    State(app): State<Arc<App>>,
+) -> ApiResult<axum::Json<Value>> {
+    let hooks = app.store.list_webhooks(caller.id()).await?;
+    let active = hooks.iter().filter(|w| w.active).count();
+    let s = app.store.tenant_stats(caller.id()).await?;
+    Ok(axum::Json(json!({
+        "webhooks": {"total": hooks.len(), "active": active, "inactive": hooks.len() - active},
+        "deliveries": views::stats(&s),
+    })))
+}
+
+pub async fn event_types(
+    caller: Caller,
+    State(app): State<Arc<App>>,
+) -> ApiResult<axum::Json<Value>> {
+    let types = app.store.event_types(caller.id()).await?;
+    Ok(axum::Json(json!({
+        "data": types.iter().map(|t| json!({
+            "type": t.event_type, "count": t.count, "last_seen": rfc3339_ms(t.last_seen_ms),
+        })).collect::<Vec<_>>(),
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryQuery {
+    status: Option<String>,
+    limit: Option<usize>,
+    before: Option<String>,
+}
+
+pub async fn deliveries(
+    caller: Caller,
+    State(app): State<Arc<App>>,
+    Path(path): Path<WebhookPath>,
+    Query(q): Query<DeliveryQuery>,
+) -> ApiResult<axum::Json<Value>> {
+    let w = load(&app, &caller, &path.webhook_id).await?;
+    let status = match &q.status {
+        None => None,
+        Some(s) => Some(DeliveryStatus::parse(s).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_query",
+                format!("status: {s:?} is not pending, succeeded, failed or skipped"),
+            )
+        })?),
+    };
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=250).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "limit: must be 1 to 250",
+        ));
+    }
+    let before = q.before.as_deref().map(DeliveryId::from_trusted);
+    let list = app
+        .store
+        .list_deliveries(
+            &w.id,
+            Page {
+                limit,
+                before: before.as_ref(),
+                status,
+            },
+        )
+        .await?;
+    let next = (list.len() == limit)
+        .then(|| list.last().map(|d| d.id.clone()))
+        .flatten();
+    Ok(axum::Json(json!({
+        "data": list.iter().map(views::delivery).collect::<Vec<_>>(),
+        "next_before": next,
+    })))
+}
+
+async fn load_delivery(
+    app: &App,
+    caller: &Caller,
+    path: &DeliveryPath,
+) -> ApiResult<crate::model::Delivery> {
+    let w = load(app, caller, &path.webhook_id).await?;
+    let id = DeliveryId::parse_external(&path.delivery_id)
+        .map_err(|_| ApiError::not_found("delivery"))?;
+    app.store
+        .get_delivery(&id)
+        .await?
+        .filter(|d| d.webhook_id == w.id && &d.tenant == caller.id())
+        .ok_or_else(|| ApiError::not_found("delivery"))
+}
+
+pub async fn delivery(
+    caller: Caller,
+    State(app): State<Arc<App>>,
+    Path(path): Path<DeliveryPath>,
+) -> ApiResult<axum::Json<Value>> {
+    let d = load_delivery(&app, &caller, &path).await?;
+    let attempts = app.store.attempts(&d.id).await?;
+    let mut body = views::delivery(&d);
+    body["attempt_log"] = json!(attempts.iter().map(views::attempt).collect::<Vec<_>>());
+    Ok(axum::Json(body))
+}
+
+/// Manual retry of a delivery that failed or was skipped: pending again, due now.
+pub async fn retry(
+    caller: Caller,
+    State(app): State<Arc<App>>,
+    Path(path): Path<DeliveryPath>,
+) -> ApiResult<(StatusCode, axum::Json<Value>)> {
+    let d = load_delivery(&app, &caller, &path).await?;
+    if d.status == DeliveryStatus::Pending {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "delivery_pending",
+            "the delivery is still pending; it is retried on its schedule",
+        ));
+    }
+    if d.status == DeliveryStatus::Succeeded {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "delivery_succeeded",
+            "the delivery already succeeded; trigger the event again to resend it",
+        ));
+    }
+    let d = app.store.retry_delivery(&d.id, now_ms()).await?;
+    app.deliverer.wake();
+    Ok((StatusCode::ACCEPTED, axum::Json(views::delivery(&d))))
+}

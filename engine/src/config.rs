@@ -1,0 +1,264 @@
+//! Configuration: defaults, then an optional TOML file, then `WASMHOOK_*`
+//! environment variables (the `config` crate layers them), checked once into
+//! [`Settings`]. Unknown keys and invalid values stop start-up with a message
+//! naming the key.
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The file / environment form. Every field has a default.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    /// Address the HTTP API listens on.
+    pub listen: String,
+    /// Where the embedded store keeps its file.
+    pub data_dir: PathBuf,
+    /// Operator token for `/api/tenants…`; without one the admin API is refused.
+    pub admin_token: Option<String>,
+    /// CIDRs that may be delivered to although they are private (e.g. `127.0.0.0/8`).
+    pub allow_private_targets: Vec<String>,
+    /// Largest request body accepted on `POST /api/events` and webhook routes.
+    pub max_body_bytes: usize,
+    /// Largest plugin component accepted.
+    pub max_plugin_bytes: usize,
+    /// Deliveries in flight at once.
+    pub delivery_concurrency: usize,
+    /// How long a claimed delivery stays leased before another claim may take it.
+    pub lease_ms: u64,
+    /// CPU time one plugin call may take.
+    pub plugin_timeout_ms: u64,
+    /// Linear memory one plugin instance may grow to.
+    pub plugin_memory_bytes: usize,
+    /// Log format: `text` or `json`.
+    pub log_format: String,
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        RawConfig {
+            listen: "127.0.0.1:8080".into(),
+            data_dir: PathBuf::from("wasmhook-data"),
+            admin_token: None,
+            allow_private_targets: Vec::new(),
+            max_body_bytes: 1 << 20,
+            max_plugin_bytes: 32 << 20,
+            delivery_concurrency: 512,
+            lease_ms: 120_000,
+            plugin_timeout_ms: 50,
+            plugin_memory_bytes: 64 << 20,
+            log_format: "text".into(),
+        }
+    }
+}
+
+/// Checked settings the engine runs with.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub admin_token: Option<String>,
+    pub allow_private_targets: Vec<IpNet>,
+    pub max_body_bytes: usize,
+    pub max_plugin_bytes: usize,
+    pub delivery_concurrency: usize,
+    pub lease: Duration,
+    pub plugin_timeout: Duration,
+    pub plugin_memory_bytes: usize,
+    pub log_json: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Load(#[from] config::ConfigError),
+    #[error("{key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+impl Settings {
+    /// Loads defaults → `file` (if given) → the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        Self::load_from(file, None)
+    }
+
+    /// As [`Settings::load`], with the environment given (for tests).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: Option<std::collections::HashMap<String, String>>,
+    ) -> Result<Settings, ConfigError> {
+        let mut builder = config::Config::builder();
+        if let Some(file) = file {
+            builder = builder.add_source(config::File::from(file).required(true));
+        }
+        let environment = config::Environment::with_prefix("WASMHOOK")
+            .prefix_separator("_")
+            .try_parsing(true)
+            .list_separator(",")
+            .with_list_parse_key("allow_private_targets")
+            .source(env);
+        let raw: RawConfig = builder.add_source(environment).build()?.try_deserialize()?;
+        raw.validate()
+    }
+}
+
+impl RawConfig {
+    pub fn validate(self) -> Result<Settings, ConfigError> {
+        let listen = self.listen.parse().map_err(|_| {
+            invalid(
+                "listen",
+                format!("'{}' is not a host:port address", self.listen),
+            )
+        })?;
+        let allow_private_targets = self
+            .allow_private_targets
+            .iter()
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse::<IpNet>()
+                    .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+                    .map_err(|_| invalid("allow_private_targets", format!("'{s}' is not a CIDR")))
+            })
+            .collect::<Result<_, _>>()?;
+        if let Some(token) = &self.admin_token {
+            if token.len() < 16 {
+                return Err(invalid("admin_token", "must be at least 16 characters"));
+            }
+        }
+        if self.delivery_concurrency == 0 {
+            return Err(invalid("delivery_concurrency", "must be at least 1"));
+        }
+        if self.lease_ms < 70_000 {
+            return Err(invalid(
+                "lease_ms",
+                "must be at least 70000 (longer than the longest webhook timeout)",
+            ));
+        }
+        if !(1..=10_000).contains(&self.plugin_timeout_ms) {
+            return Err(invalid("plugin_timeout_ms", "must be 1 to 10000"));
+        }
+        if self.plugin_memory_bytes < (1 << 20) {
+            return Err(invalid("plugin_memory_bytes", "must be at least 1 MiB"));
+        }
+        let log_json = match self.log_format.as_str() {
+            "text" => false,
+            "json" => true,
+            other => {
+                return Err(invalid(
+                    "log_format",
+                    format!("'{other}' is not text or json"),
+                ));
+            }
+        };
+        Ok(Settings {
+            listen,
+            data_dir: self.data_dir,
+            admin_token: self.admin_token,
+            allow_private_targets,
+            max_body_bytes: self.max_body_bytes,
+            max_plugin_bytes: self.max_plugin_bytes,
+            delivery_concurrency: self.delivery_concurrency,
+            lease: Duration::from_millis(self.lease_ms),
+            plugin_timeout: Duration::from_millis(self.plugin_timeout_ms),
+            plugin_memory_bytes: self.plugin_memory_bytes,
+            log_json,
+        })
+    }
+}
+
+impl Settings {
+    /// Settings for a test engine: everything default but the data directory,
+    /// with loopback allowed as a target.
+    pub fn for_tests(data_dir: PathBuf, admin_token: &str) -> Settings {
+        let mut raw = RawConfig {
+            data_dir,
+            admin_token: Some(admin_token.into()),
+            ..RawConfig::default()
+        };
+        raw.allow_private_targets = vec!["127.0.0.0/8".into(), "::1/128".into()];
+        raw.validate().expect("test settings are valid")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {
+        Some(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn defaults() {
+        let s = Settings::load_from(None, env(&[])).unwrap();
+        assert_eq!(s.listen, "127.0.0.1:8080".parse().unwrap());
+        assert!(s.admin_token.is_none());
+        assert!(s.allow_private_targets.is_empty());
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("wasmhook.toml");
+        std::fs::write(&file, "listen = \"0.0.0.0:9000\"\ndata_dir = \"/tmp/x\"\n").unwrap();
+        let s = Settings::load_from(
+            Some(&file),
+            env(&[
+                ("WASMHOOK_LISTEN", "127.0.0.1:9001"),
+                ("WASMHOOK_ADMIN_TOKEN", "0123456789abcdef"),
+                ("WASMHOOK_ALLOW_PRIVATE_TARGETS", "127.0.0.0/8, 10.1.2.3"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.listen, "127.0.0.1:9001".parse().unwrap());
+        assert_eq!(s.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(s.admin_token.as_deref(), Some("0123456789abcdef"));
+        assert_eq!(s.allow_private_targets.len(), 2);
+    }
+
+    #[test]
+    fn unknown_keys_fail() {
+        let err = Settings::load_from(None, env(&[("WASMHOOK_LISTEN_PORT", "1")])).unwrap_err();
+        assert!(err.to_string().contains("listen_port"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "lisen = \"x\"\n").unwrap();
+        assert!(
+            Settings::load_from(Some(&file), env(&[]))
+                .unwrap_err()
+                .to_string()
+                .contains("lisen")
+        );
+    }
+
+    #[test]
+    fn invalid_values_fail_with_the_key() {
+        let err = Settings::load_from(None, env(&[("WASMHOOK_LISTEN", "nowhere")])).unwrap_err();
+        assert!(err.to_string().starts_with("listen:"), "{err}");
+        let err = Settings::load_from(
+            None,
+            env(&[("WASMHOOK_ALLOW_PRIVATE_TARGETS", "10.0.0.0/99")]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("allow_private_targets"), "{err}");
+        let err = Settings::load_from(None, env(&[("WASMHOOK_ADMIN_TOKEN", "short")])).unwrap_err();
+        assert!(err.to_string().contains("admin_token"), "{err}");
+    }
+}

@@ -1,0 +1,421 @@
+//! Delivery: taking due deliveries, shaping each (native default format or
+//! the webhook's plugin), signing, sending, and recording the attempt with the
+//! next step (done, retry at a time, or failed).
+//!
+//! Two ways in: fresh deliveries are handed over by the trigger API right
+//! after they are durable (already leased to this process, so they go out at
+//! once), and a dispatcher claims whatever the schedule says is due (retries,
+//! manual retries, and leases that ran out). A delivery is attempted by one
+//! task at a time in this process; across a crash it may be attempted twice
+//! (see [`crate::schedule`]).
+
+pub mod client;
+pub mod request;
+pub mod shape;
+pub mod sign;
+pub mod ssrf;
+
+use crate::Shutdown;
+use crate::clock::now_ms;
+use crate::ids::DeliveryId;
+use crate::metrics::{Metrics, OutcomeLabel};
+use crate::model::{Attempt, AttemptOutcome, Delivery, DeliveryStatus, Event, Webhook};
+use crate::plugin::PluginRuntime;
+use crate::schedule::Schedule;
+use crate::schedule::policy::{next_delay, parse_retry_after};
+use crate::store::Store;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
+use client::{HttpClient, SendError};
+use request::{AttemptContext, Shaped};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Notify, Semaphore, mpsc};
+
+/// How many due deliveries one claim takes at most.
+const CLAIM_BATCH: usize = 256;
+/// Longest the dispatcher sleeps without looking at the schedule.
+const MAX_IDLE: Duration = Duration::from_secs(1);
+/// How long shutdown waits for attempts in flight.
+const DRAIN: Duration = Duration::from_secs(10);
+
+pub struct Deliverer {
+    store: Arc<dyn Store>,
+    schedule: Arc<dyn Schedule>,
+    plugins: Arc<PluginRuntime>,
+    client: HttpClient,
+    metrics: Arc<Metrics>,
+    lease: Duration,
+    permits: Arc<Semaphore>,
+    concurrency: usize,
+    wake: Notify,
+    fresh_tx: mpsc::Sender<DeliveryId>,
+    fresh_rx: tokio::sync::Mutex<mpsc::Receiver<DeliveryId>>,
+}
+
+impl Deliverer {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        store: Arc<dyn Store>,
+        schedule: Arc<dyn Schedule>,
+        plugins: Arc<PluginRuntime>,
+        client: HttpClient,
+        metrics: Arc<Metrics>,
+        lease: Duration,
+        concurrency: usize,
+    ) -> Self {
+        let (fresh_tx, fresh_rx) = mpsc::channel(65_536);
+        Deliverer {
+            store,
+            schedule,
+            plugins,
+            client,
+            metrics,
+            lease,
+            permits: Arc::new(Semaphore::new(concurrency)),
+            concurrency,
+            wake: Notify::new(),
+            fresh_tx,
+            fresh_rx: tokio::sync::Mutex::new(fresh_rx),
+        }
+    }
+
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    /// Hands over deliveries that were just written, leased to this process.
+    /// If the queue is full they go out when their lease runs out instead.
+    pub fn submit(&self, deliveries: &[Delivery]) {
+        for d in deliveries {
+            if self.fresh_tx.try_send(d.id.clone()).is_err() {
+                tracing::warn!(delivery = %d.id, "delivery queue full; it goes out when its lease ends");
+            }
+        }
+    }
+
+    /// Tells the dispatcher the schedule changed (e.g. a manual retry is due now).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Runs until `shutdown`, then waits (up to a bound) for attempts in flight.
+    pub async fn run(self: Arc<Self>, mut shutdown: Shutdown) {
+        let mut fresh = self.fresh_rx.lock().await;
+        loop {
+            let sleep = match self.claim_due().await {
+                Ok(more) if more => Duration::ZERO,
+                Ok(_) => match self.schedule.next_due_ms().await {
+                    Ok(Some(due)) => {
+                        Duration::from_millis(due.saturating_sub(now_ms())).min(MAX_IDLE)
+                    }
+                    _ => MAX_IDLE,
+                },
+                Err(e) => {
+                    tracing::error!(error = %e, "claiming due deliveries failed");
+                    MAX_IDLE
+                }
+            };
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                Some(id) = fresh.recv() => self.clone().spawn(id).await,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(sleep) => {}
+            }
+        }
+        let drained =
+            tokio::time::timeout(DRAIN, self.permits.acquire_many(self.concurrency as u32)).await;
+        if drained.is_err() {
+            tracing::warn!("stopped with attempts in flight; they are retried after restart");
+        }
+    }
+
+    /// Claims one batch of due deliveries; true if the batch was full.
+    async fn claim_due(self: &Arc<Self>) -> Result<bool, crate::store::StoreError> {
+        let free = self.permits.available_permits().min(CLAIM_BATCH);
+        if free == 0 {
+            return Ok(false);
+        }
+        let ids = self
+            .schedule
+            .claim_due(now_ms(), free, self.lease.as_millis() as u64)
+            .await?;
+        let full = ids.len() == free;
+        for id in ids {
+            self.clone().spawn(id).await;
+        }
+        Ok(full)
+    }
+
+    async fn spawn(self: Arc<Self>, id: DeliveryId) {
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        tokio::spawn(async move {
+            self.metrics.in_flight.inc();
+            if let Err(e) = self.attempt(&id).await {
+                tracing::error!(delivery = %id, error = %e, "recording a delivery attempt failed; it is retried when its lease ends");
+            }
+            self.metrics.in_flight.dec();
+            drop(permit);
+        });
+    }
+
+    /// One attempt of one delivery, start to finish.
+    async fn attempt(&self, id: &DeliveryId) -> Result<(), crate::store::StoreError> {
+        let Some(mut delivery) = self.store.get_delivery(id).await? else {
+            return Ok(());
+        };
+        if delivery.status != DeliveryStatus::Pending {
+            return Ok(());
+        }
+        let webhook = self
+            .store
+            .get_webhook(&delivery.tenant, &delivery.webhook_id)
+            .await?;
+        let event = self
+            .store
+            .get_event(&delivery.tenant, &delivery.event_id)
+            .await?;
+        let (webhook, event) = match (webhook, event) {
+            (Some(w), Some(e)) if w.active => (w, e),
+            (Some(_), Some(_)) => return self.give_up(delivery, "webhook is disabled").await,
+            (None, _) => return self.give_up(delivery, "webhook was deleted").await,
+            (_, None) => return self.give_up(delivery, "event no longer exists").await,
+        };
+
+        let started_at_ms = now_ms();
+        let ctx = AttemptContext::new(delivery.id.as_str(), delivery.attempts + 1, started_at_ms);
+        let mut attempt = Attempt {
+            delivery_id: delivery.id.clone(),
+            attempt: ctx.attempt,
+            started_at_ms,
+            duration_ms: 0,
+            status_code: None,
+            response_body: None,
+            error: None,
+            plugin: None,
+            outcome: AttemptOutcome::NetworkError,
+        };
+        let mut retry_after = None;
+
+        match self.shape(&event, &webhook, &ctx, &mut attempt).await {
+            Err(error) => {
+                attempt.outcome = AttemptOutcome::PluginError;
+                attempt.error = Some(error);
+            }
+            Ok(Shaped::Skip(reason)) => {
+                attempt.outcome = AttemptOutcome::Skipped;
+                delivery.reason = Some(reason);
+            }
+            Ok(Shaped::Deliver(req)) => {
+                let (headers, body) = build(&webhook, req, &ctx, started_at_ms);
+                let uri: hyper::Uri = webhook
+                    .url
+                    .parse()
+                    .expect("webhook URLs are checked on write");
+                let timeout = Duration::from_millis(webhook.timeout_ms);
+                match self.client.post(&uri, headers, body, timeout).await {
+                    Ok((answer, took)) => {
+                        attempt.duration_ms = took.as_millis() as u64;
+                        attempt.status_code = Some(answer.status);
+                        attempt.response_body = Some(answer.body);
+                        attempt.outcome = if (200..300).contains(&answer.status) {
+                            AttemptOutcome::Succeeded
+                        } else {
+                            AttemptOutcome::HttpError
+                        };
+                        retry_after = answer
+                            .retry_after
+                            .and_then(|v| parse_retry_after(&v, std::time::SystemTime::now()));
+                        self.metrics.attempt_seconds.observe(took.as_secs_f64());
+                    }
+                    Err((e, took)) => {
+                        attempt.duration_ms = took.as_millis() as u64;
+                        attempt.outcome = match e {
+                            SendError::Timeout(_) => AttemptOutcome::Timeout,
+                            _ => AttemptOutcome::NetworkError,
+                        };
+                        attempt.error = Some(e.to_string());
+                    }
+                }
+            }
+        }
+
+        let now = now_ms();
+        delivery.attempts = attempt.attempt;
+        delivery.last_status_code = attempt.status_code;
+        delivery.updated_at_ms = now;
+        delivery.next_attempt_at_ms = None;
+        let gone = attempt.status_code == Some(410);
+        match attempt.outcome {
+            AttemptOutcome::Succeeded => {
+                delivery.status = DeliveryStatus::Succeeded;
+                delivery.reason = None;
+            }
+            AttemptOutcome::Skipped => delivery.status = DeliveryStatus::Skipped,
+            _ if gone => {
+                delivery.status = DeliveryStatus::Failed;
+                delivery.reason = Some("receiver answered 410 Gone; webhook disabled".into());
+            }
+            _ => {
+                let delay = next_delay(
+                    &webhook.retry_policy,
+                    attempt.attempt,
+                    retry_after,
+                    &mut rand::rng(),
+                );
+                let error = attempt.error.clone().unwrap_or_else(|| {
+                    format!(
+                        "receiver answered {}",
+                        attempt.status_code.unwrap_or_default()
+                    )
+                });
+                match delay {
+                    Some(delay) => {
+                        delivery.next_attempt_at_ms = Some(now + delay.as_millis() as u64);
+                        delivery.reason = Some(error);
+                    }
+                    None => {
+                        delivery.status = DeliveryStatus::Failed;
+                        delivery.reason = Some(format!(
+                            "gave up after {} attempts: {error}",
+                            attempt.attempt
+                        ));
+                    }
+                }
+            }
+        }
+        self.metrics
+            .attempts
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome_name(attempt.outcome),
+            })
+            .inc();
+        self.count_final(delivery.status);
+        self.store.finish_attempt(delivery, Some(attempt)).await?;
+        if gone {
+            self.disable(webhook, "receiver answered 410 Gone").await?;
+        }
+        Ok(())
+    }
+
+    /// Shapes the request, natively or with the webhook's plugin.
+    async fn shape(
+        &self,
+        event: &Event,
+        webhook: &Webhook,
+        ctx: &AttemptContext,
+        attempt: &mut Attempt,
+    ) -> Result<Shaped, String> {
+        let shaped = match &webhook.plugin {
+            None => Shaped::Deliver(shape::standard_webhooks(event, ctx)),
+            Some(name) => {
+                let plugin = self
+                    .plugins
+                    .get(self.store.as_ref(), &webhook.tenant, name)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                attempt.plugin = Some(plugin.label());
+                let runtime = self.plugins.clone();
+                let (event, webhook, ctx) = (event.clone(), webhook.clone(), ctx.clone());
+                tokio::task::spawn_blocking(move || runtime.call(&plugin, &event, &webhook, &ctx))
+                    .await
+                    .map_err(|e| format!("plugin call panicked: {e}"))?
+                    .map_err(|e| e.to_string())?
+            }
+        };
+        if let Shaped::Deliver(req) = &shaped {
+            shape::check(req).map_err(|e| format!("plugin produced an invalid request: {e}"))?;
+        }
+        Ok(shaped)
+    }
+
+    async fn give_up(
+        &self,
+        mut delivery: Delivery,
+        reason: &str,
+    ) -> Result<(), crate::store::StoreError> {
+        delivery.status = DeliveryStatus::Failed;
+        delivery.reason = Some(reason.to_owned());
+        delivery.next_attempt_at_ms = None;
+        delivery.updated_at_ms = now_ms();
+        self.count_final(delivery.status);
+        self.store.finish_attempt(delivery, None).await
+    }
+
+    async fn disable(
+        &self,
+        mut webhook: Webhook,
+        reason: &str,
+    ) -> Result<(), crate::store::StoreError> {
+        tracing::warn!(tenant = %webhook.tenant, webhook = %webhook.id, reason, "disabling webhook");
+        webhook.active = false;
+        webhook.disabled_reason = Some(reason.to_owned());
+        webhook.updated_at_ms = now_ms();
+        self.store.put_webhook(webhook).await
+    }
+
+    fn count_final(&self, status: DeliveryStatus) {
+        let outcome = match status {
+            DeliveryStatus::Pending => return,
+            DeliveryStatus::Succeeded => "succeeded",
+            DeliveryStatus::Failed => "failed",
+            DeliveryStatus::Skipped => "skipped",
+        };
+        self.metrics
+            .deliveries_finished
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+    }
+}
+
+/// The final headers and body: content type, user agent, the shaped headers,
+/// the webhook's custom headers (which win), and the signature.
+fn build(
+    webhook: &Webhook,
+    req: request::OutRequest,
+    ctx: &AttemptContext,
+    now_ms: u64,
+) -> (HeaderMap, Vec<u8>) {
+    let mut headers = HeaderMap::new();
+    let valid = "checked by shape::check or on webhook write";
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(&req.content_type).expect(valid),
+    );
+    headers.insert(
+        header::USER_AGENT,
+        HeaderValue::from_static(concat!("wasmhook/", env!("CARGO_PKG_VERSION"))),
+    );
+    let shaped = req.headers.iter().map(|(k, v)| (k, v));
+    for (name, value) in shaped.chain(webhook.headers.iter()) {
+        headers.insert(
+            HeaderName::from_bytes(name.as_bytes()).expect(valid),
+            HeaderValue::from_str(value).expect(valid),
+        );
+    }
+    if let Some(spec) = &req.signature {
+        let secrets = webhook.live_secrets(now_ms);
+        let value =
+            sign::signature_value(spec, &secrets, &req.body, &ctx.delivery_id, ctx.timestamp);
+        headers.insert(
+            HeaderName::from_bytes(spec.header.as_bytes()).expect(valid),
+            HeaderValue::from_str(&value).expect("base64, hex and checked prefixes are valid"),
+        );
+    }
+    (headers, req.body)
+}
+
+fn outcome_name(o: AttemptOutcome) -> &'static str {
+    match o {
+        AttemptOutcome::Succeeded => "succeeded",
+        AttemptOutcome::HttpError => "http_error",
+        AttemptOutcome::NetworkError => "network_error",
+        AttemptOutcome::Timeout => "timeout",
+        AttemptOutcome::PluginError => "plugin_error",
+        AttemptOutcome::Skipped => "skipped",
+    }
+}

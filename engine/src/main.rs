@@ -1,0 +1,97 @@
+//! The `wasmhook` binary: `serve` runs the engine; `dev-receiver` prints the
+//! webhooks it receives (for trying the engine out).
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use wasmhook::config::Settings;
+
+#[derive(Parser)]
+#[command(
+    name = "wasmhook",
+    version,
+    about = "A webhook delivery engine with per-tenant WASM plugins"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the engine. Settings: defaults, then --config, then WASMHOOK_* variables.
+    Serve {
+        /// A TOML file with settings (keys as in the README).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Listen for webhooks and print each one (method, headers, body); answers 200.
+    DevReceiver {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: String,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new()?;
+    match cli.command {
+        Command::Serve { config } => {
+            let settings = Settings::load(config.as_deref()).context("invalid configuration")?;
+            init_tracing(settings.log_json);
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::bind(settings.listen)
+                    .await
+                    .with_context(|| format!("cannot listen on {}", settings.listen))?;
+                wasmhook::run(settings, listener, shutdown_signal()).await
+            })
+        }
+        Command::DevReceiver { listen } => runtime.block_on(dev_receiver(listen)),
+    }
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("stopping: finishing requests and deliveries in flight");
+}
+
+async fn dev_receiver(listen: String) -> anyhow::Result<()> {
+    use axum::body::Bytes;
+    use axum::http::{HeaderMap, Method, Uri};
+    let app = axum::Router::new().fallback(
+        |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| async move {
+            let mut out = format!("{method} {uri}\n");
+            for (k, v) in &headers {
+                out.push_str(&format!("{k}: {}\n", v.to_str().unwrap_or("<binary>")));
+            }
+            out.push('\n');
+            out.push_str(&String::from_utf8_lossy(&body));
+            println!("{out}\n");
+            "ok"
+        },
+    );
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    eprintln!("dev-receiver listening on http://{listen}");
+    axum::serve(listener, app).await?;
+    Ok(())
+}

@@ -1,0 +1,89 @@
+//! Prometheus metrics, served at `GET /metrics`. Labels stay low-cardinality
+//! (no tenant or webhook ids); per-webhook numbers live in the stats API.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub events_accepted: Counter,
+    pub events_replayed: Counter,
+    pub deliveries_created: Counter,
+    pub attempts: Family<OutcomeLabel, Counter>,
+    pub deliveries_finished: Family<OutcomeLabel, Counter>,
+    pub attempt_seconds: Histogram,
+    pub in_flight: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("wasmhook");
+        let events_accepted = Counter::default();
+        let events_replayed = Counter::default();
+        let deliveries_created = Counter::default();
+        let attempts = Family::<OutcomeLabel, Counter>::default();
+        let deliveries_finished = Family::<OutcomeLabel, Counter>::default();
+        let attempt_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        let in_flight = Gauge::default();
+        registry.register(
+            "events_accepted",
+            "Events accepted by the trigger API",
+            events_accepted.clone(),
+        );
+        registry.register(
+            "events_replayed",
+            "Triggers answered from an earlier identical trigger (idempotency)",
+            events_replayed.clone(),
+        );
+        registry.register(
+            "deliveries_created",
+            "Deliveries created by fan-out",
+            deliveries_created.clone(),
+        );
+        registry.register("attempts", "Delivery attempts by outcome", attempts.clone());
+        registry.register(
+            "deliveries_finished",
+            "Deliveries that reached a final status, by status",
+            deliveries_finished.clone(),
+        );
+        registry.register(
+            "attempt_duration_seconds",
+            "Time from sending a delivery to its answer",
+            attempt_seconds.clone(),
+        );
+        registry.register(
+            "deliveries_in_flight",
+            "Deliveries being attempted now",
+            in_flight.clone(),
+        );
+        Metrics {
+            registry,
+            events_accepted,
+            events_replayed,
+            deliveries_created,
+            attempts,
+            deliveries_finished,
+            attempt_seconds,
+            in_flight,
+        }
+    }
+}
+
+impl Metrics {
+    /// The OpenMetrics text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}

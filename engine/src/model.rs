@@ -1,0 +1,267 @@
+//! The records the engine keeps: tenants, webhooks, events, deliveries,
+//! attempts and plugin versions. Both store backends persist exactly these
+//! (as JSON); the API maps them to its own views, so a field here is never
+//! shown to a caller by accident (secrets in particular).
+
+use crate::ids::{DeliveryId, EventId, TenantId, WebhookId};
+use crate::schedule::policy::RetryPolicy;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use std::collections::BTreeMap;
+use std::fmt;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Tenant {
+    pub id: TenantId,
+    pub name: String,
+    pub created_at_ms: u64,
+}
+
+/// A webhook signing secret. Its `Debug` never shows the value, so it cannot
+/// reach a log line through `{:?}`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// A Standard Webhooks secret: `whsec_` + base64 of 24 random bytes.
+    pub fn generate() -> Self {
+        use base64::Engine;
+        let bytes: [u8; 24] = rand::random();
+        Secret(format!(
+            "whsec_{}",
+            base64::engine::general_purpose::STANDARD.encode(bytes)
+        ))
+    }
+
+    pub fn new(s: String) -> Self {
+        Secret(s)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(…)")
+    }
+}
+
+/// A secret replaced by `regenerate-secret`, still signing until `expires_at_ms`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RetiredSecret {
+    pub secret: Secret,
+    pub expires_at_ms: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Webhook {
+    pub id: WebhookId,
+    pub tenant: TenantId,
+    pub url: String,
+    /// Event types: exact (`invoice.paid`), prefix wildcards (`invoice.*`) or `*`.
+    pub events: Vec<String>,
+    pub active: bool,
+    /// Why the engine disabled it (e.g. the receiver answered 410 Gone).
+    pub disabled_reason: Option<String>,
+    pub description: String,
+    pub headers: BTreeMap<String, String>,
+    pub metadata: BTreeMap<String, String>,
+    pub plugin: Option<String>,
+    pub plugin_config: serde_json::Value,
+    pub retry_policy: RetryPolicy,
+    pub timeout_ms: u64,
+    pub secret: Secret,
+    pub retired_secrets: Vec<RetiredSecret>,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+}
+
+impl Webhook {
+    /// Whether an event of this type goes to this webhook.
+    pub fn subscribes_to(&self, event_type: &str) -> bool {
+        self.events
+            .iter()
+            .any(|pattern| event_type_matches(pattern, event_type))
+    }
+
+    /// The current secret first, then retired ones still in their grace period.
+    pub fn live_secrets(&self, now_ms: u64) -> Vec<&Secret> {
+        std::iter::once(&self.secret)
+            .chain(
+                self.retired_secrets
+                    .iter()
+                    .filter(|r| r.expires_at_ms > now_ms)
+                    .map(|r| &r.secret),
+            )
+            .collect()
+    }
+}
+
+/// `*` matches everything; `invoice.*` matches `invoice.paid` and
+/// `invoice.line.added`; anything else matches itself only.
+pub fn event_type_matches(pattern: &str, event_type: &str) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    match pattern.strip_suffix('*') {
+        Some(prefix) => event_type.starts_with(prefix),
+        None => pattern == event_type,
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Event {
+    pub id: EventId,
+    pub tenant: TenantId,
+    pub event_type: String,
+    /// The `data` member exactly as the application sent it.
+    pub data: Box<RawValue>,
+    pub occurred_at_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    /// Waiting for its first attempt or a retry.
+    Pending,
+    /// A receiver answered 2xx.
+    Succeeded,
+    /// Attempts used up, the webhook was disabled or deleted, or the receiver said 410.
+    Failed,
+    /// A plugin decided not to send it.
+    Skipped,
+}
+
+impl DeliveryStatus {
+    pub fn parse(s: &str) -> Option<Self> {
+        serde_json::from_value(serde_json::Value::String(s.to_owned())).ok()
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Delivery {
+    pub id: DeliveryId,
+    pub tenant: TenantId,
+    pub event_id: EventId,
+    pub webhook_id: WebhookId,
+    pub event_type: String,
+    pub status: DeliveryStatus,
+    pub attempts: u32,
+    /// When the next attempt is due (pending deliveries only).
+    pub next_attempt_at_ms: Option<u64>,
+    /// Why it failed or was skipped.
+    pub reason: Option<String>,
+    pub last_status_code: Option<u16>,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+}
+
+/// One try of a delivery.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Attempt {
+    pub delivery_id: DeliveryId,
+    pub attempt: u32,
+    pub started_at_ms: u64,
+    pub duration_ms: u64,
+    pub status_code: Option<u16>,
+    /// The first bytes of the response body (lossy UTF-8).
+    pub response_body: Option<String>,
+    pub error: Option<String>,
+    /// `name@version` of the plugin that shaped the request, if any.
+    pub plugin: Option<String>,
+    pub outcome: AttemptOutcome,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    Succeeded,
+    /// The receiver answered, but not 2xx.
+    HttpError,
+    /// Connection refused, DNS, TLS, a refused private address, …
+    NetworkError,
+    Timeout,
+    /// The plugin trapped, ran out of time or memory, returned an error or invalid output.
+    PluginError,
+    /// The plugin skipped the delivery.
+    Skipped,
+}
+
+/// Delivery counters of one webhook.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryStats {
+    pub total: u64,
+    pub pending: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub skipped: u64,
+    pub attempts: u64,
+    /// Sum of attempt durations, for the average.
+    pub attempt_duration_ms_total: u64,
+}
+
+impl DeliveryStats {
+    pub fn count(&mut self, status: DeliveryStatus, delta: i64) {
+        let slot = match status {
+            DeliveryStatus::Pending => &mut self.pending,
+            DeliveryStatus::Succeeded => &mut self.succeeded,
+            DeliveryStatus::Failed => &mut self.failed,
+            DeliveryStatus::Skipped => &mut self.skipped,
+        };
+        *slot = slot.saturating_add_signed(delta);
+    }
+
+    pub fn add(&mut self, other: &DeliveryStats) {
+        self.total += other.total;
+        self.pending += other.pending;
+        self.succeeded += other.succeeded;
+        self.failed += other.failed;
+        self.skipped += other.skipped;
+        self.attempts += other.attempts;
+        self.attempt_duration_ms_total += other.attempt_duration_ms_total;
+    }
+}
+
+/// An event type a tenant has triggered.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EventTypeSeen {
+    pub event_type: String,
+    pub count: u64,
+    pub last_seen_ms: u64,
+}
+
+/// One uploaded version of a tenant's plugin.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PluginVersion {
+    pub name: String,
+    pub version: u32,
+    pub sha256: String,
+    pub size: u64,
+    pub uploaded_at_ms: u64,
+    /// `admin` or `tenant`.
+    pub uploaded_by: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards() {
+        assert!(event_type_matches("*", "invoice.paid"));
+        assert!(event_type_matches("invoice.*", "invoice.paid"));
+        assert!(!event_type_matches("invoice.*", "payment.received"));
+        assert!(event_type_matches("low-stock-alert", "low-stock-alert"));
+        assert!(!event_type_matches("invoice.paid", "invoice.paid.late"));
+    }
+
+    #[test]
+    fn secret_debug_is_redacted() {
+        let s = Secret::new("my-webhook-secret-12345678".into());
+        assert!(!format!("{s:?}").contains("secret-1234"));
+        assert!(Secret::generate().expose().starts_with("whsec_"));
+    }
+}

@@ -1,0 +1,10 @@
+//! The one place the host bindings to the WIT world (`wit/plugin.wit`) are
+//! generated. Nothing outside `plugin/` uses these types.
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "plugin",
+});
+
+pub use wasmhook::plugin::log::{Host as LogHost, Level};
+pub use wasmhook::plugin::types::Host as TypesHost;

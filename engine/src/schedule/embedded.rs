@@ -1,0 +1,95 @@
+//! The schedule on the embedded store: a redb table keyed by `(due_ms,
+//! delivery_id)` (the sorted set) plus `delivery_id → due_ms` to find an entry
+//! again. The value marks leased entries, so that a restart (the process owns
+//! the database file exclusively) can make every lease of the previous run due
+//! at once instead of waiting for it to run out.
+
+use super::Schedule;
+use crate::ids::DeliveryId;
+use crate::store::StoreError;
+use crate::store::embedded::{EmbeddedStore, SCHEDULE, SCHEDULE_DUE};
+use async_trait::async_trait;
+use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
+
+/// Puts a delivery in the schedule at `due_ms`, moving it if it was there.
+pub(crate) fn schedule_at(
+    txn: &WriteTransaction,
+    id: &str,
+    due_ms: u64,
+    leased: bool,
+) -> Result<(), redb::Error> {
+    unschedule(txn, id)?;
+    txn.open_table(SCHEDULE)?.insert((due_ms, id), leased)?;
+    txn.open_table(SCHEDULE_DUE)?.insert(id, due_ms)?;
+    Ok(())
+}
+
+/// Takes a delivery out of the schedule, if it is there.
+pub(crate) fn unschedule(txn: &WriteTransaction, id: &str) -> Result<(), redb::Error> {
+    let mut due = txn.open_table(SCHEDULE_DUE)?;
+    let old = due.remove(id)?.map(|g| g.value());
+    if let Some(old) = old {
+        txn.open_table(SCHEDULE)?.remove((old, id))?;
+    }
+    Ok(())
+}
+
+/// Makes every lease left by a previous run due now.
+pub(crate) fn release_leases(txn: &WriteTransaction, now_ms: u64) -> Result<usize, redb::Error> {
+    let leased: Vec<String> = {
+        let table = txn.open_table(SCHEDULE)?;
+        let mut ids = Vec::new();
+        for item in table.iter()? {
+            let (key, leased) = item?;
+            if leased.value() {
+                ids.push(key.value().1.to_owned());
+            }
+        }
+        ids
+    };
+    for id in &leased {
+        schedule_at(txn, id, now_ms, false)?;
+    }
+    Ok(leased.len())
+}
+
+#[async_trait]
+impl Schedule for EmbeddedStore {
+    async fn claim_due(
+        &self,
+        now_ms: u64,
+        limit: usize,
+        lease_ms: u64,
+    ) -> Result<Vec<DeliveryId>, StoreError> {
+        // Skip the write when nothing is due: idle engines stay idle.
+        match self.next_due_ms().await? {
+            Some(due) if due <= now_ms => {}
+            _ => return Ok(Vec::new()),
+        }
+        self.write(move |txn| {
+            let due: Vec<String> = {
+                let table = txn.open_table(SCHEDULE)?;
+                let mut ids = Vec::new();
+                for item in table.range((0u64, "")..=(now_ms, "\u{7f}"))? {
+                    if ids.len() >= limit {
+                        break;
+                    }
+                    ids.push(item?.0.value().1.to_owned());
+                }
+                ids
+            };
+            for id in &due {
+                schedule_at(txn, id, now_ms + lease_ms, true)?;
+            }
+            Ok(due.into_iter().map(DeliveryId::from_trusted).collect())
+        })
+        .await
+    }
+
+    async fn next_due_ms(&self) -> Result<Option<u64>, StoreError> {
+        let txn = self.db().begin_read().map_err(redb::Error::from)?;
+        let table = txn.open_table(SCHEDULE).map_err(redb::Error::from)?;
+        let first = table.first().map_err(redb::Error::from)?;
+        Ok(first.map(|(k, _)| k.value().0))
+    }
+}

@@ -1,0 +1,32 @@
+//! The retry schedule: deliveries ordered by due time (a sorted set), and the
+//! timing rules in [`policy`].
+//!
+//! Deliveries enter and leave the schedule in the same writes that change
+//! their status (see [`crate::store`]); this trait is the other half, used by
+//! the delivery worker: take what is due, leasing it. A claimed delivery is
+//! re-scored to `now + lease`, so if the process dies before recording the
+//! outcome the delivery comes due again when the lease runs out. An attempt
+//! may therefore be made twice (at-least-once); receivers deduplicate on the
+//! delivery id, which every attempt carries.
+
+pub mod embedded;
+pub mod policy;
+
+use crate::ids::DeliveryId;
+use crate::store::StoreError;
+use async_trait::async_trait;
+
+#[async_trait]
+pub trait Schedule: Send + Sync + 'static {
+    /// Takes up to `limit` deliveries due at or before `now_ms`, earliest first,
+    /// leasing each until `now_ms + lease_ms`.
+    async fn claim_due(
+        &self,
+        now_ms: u64,
+        limit: usize,
+        lease_ms: u64,
+    ) -> Result<Vec<DeliveryId>, StoreError>;
+
+    /// When the earliest scheduled delivery comes due, if any is scheduled.
+    async fn next_due_ms(&self) -> Result<Option<u64>, StoreError>;
+}

@@ -1,0 +1,719 @@
+//! The embedded backend: one redb file in the data directory, owned by this
+//! process alone (redb locks it).
+//!
+//! Writes are group-committed: every write is a closure sent to one writer
+//! thread, which runs all closures waiting at that moment in a single
+//! transaction and commits it with an fsync, then answers each caller. A caller
+//! therefore hears back only once its write is durable, and a burst of
+//! triggers costs one disk sync, not one each. Reads use redb's MVCC read
+//! transactions and never wait for the writer.
+//!
+//! Records are JSON. A closure that fails leaves whatever it already wrote in
+//! the shared transaction, so closures check before they write.
+
+use super::{IdempotentAnswer, Ingested, NewEvent, Page, Store, StoreError};
+use crate::ids::{DeliveryId, EventId, TenantId, WebhookId};
+use crate::model::{
+    Attempt, Delivery, DeliveryStats, DeliveryStatus, Event, EventTypeSeen, PluginVersion, Tenant,
+    Webhook,
+};
+use crate::schedule::embedded::{release_leases, schedule_at, unschedule};
+use async_trait::async_trait;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, oneshot};
+
+type Json = &'static [u8];
+pub(crate) const TENANTS: TableDefinition<&str, Json> = TableDefinition::new("tenants");
+pub(crate) const API_KEYS: TableDefinition<&str, &str> = TableDefinition::new("api_keys");
+pub(crate) const WEBHOOKS: TableDefinition<(&str, &str), Json> = TableDefinition::new("webhooks");
+pub(crate) const EVENTS: TableDefinition<(&str, &str), Json> = TableDefinition::new("events");
+pub(crate) const IDEMPOTENCY: TableDefinition<(&str, &str), Json> =
+    TableDefinition::new("idempotency");
+pub(crate) const EVENT_DELIVERIES: TableDefinition<(&str, &str, &str), ()> =
+    TableDefinition::new("event_deliveries");
+pub(crate) const DELIVERIES: TableDefinition<&str, Json> = TableDefinition::new("deliveries");
+pub(crate) const WEBHOOK_DELIVERIES: TableDefinition<(&str, &str), ()> =
+    TableDefinition::new("webhook_deliveries");
+pub(crate) const ATTEMPTS: TableDefinition<(&str, u32), Json> = TableDefinition::new("attempts");
+pub(crate) const STATS: TableDefinition<(&str, &str), Json> = TableDefinition::new("stats");
+pub(crate) const EVENT_TYPES: TableDefinition<(&str, &str), Json> =
+    TableDefinition::new("event_types");
+pub(crate) const SCHEDULE: TableDefinition<(u64, &str), bool> = TableDefinition::new("schedule");
+pub(crate) const SCHEDULE_DUE: TableDefinition<&str, u64> = TableDefinition::new("schedule_due");
+pub(crate) const PLUGINS: TableDefinition<(&str, &str), u32> = TableDefinition::new("plugins");
+pub(crate) const PLUGIN_VERSIONS: TableDefinition<(&str, &str, u32), Json> =
+    TableDefinition::new("plugin_versions");
+pub(crate) const PLUGIN_BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("plugin_blobs");
+
+/// Past every id character, for the upper end of a prefix range.
+const MAX_ID: &str = "\u{7f}";
+/// How many waiting writes share one transaction at most.
+const MAX_GROUP: usize = 512;
+
+type Done = Box<dyn FnOnce(Result<(), String>) + Send>;
+type Op = Box<dyn FnOnce(Option<&WriteTransaction>) -> Done + Send>;
+type WebhookCache = Mutex<HashMap<TenantId, Arc<Vec<Webhook>>>>;
+
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+    writer: Option<mpsc::Sender<Op>>,
+    writer_thread: Option<std::thread::JoinHandle<()>>,
+    /// Each tenant's webhooks, for fan-out. Only the writer thread fills or
+    /// clears it, inside the transactions that read or change webhooks.
+    webhooks: Arc<WebhookCache>,
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) `wasmhook.redb` in `dir`, and makes leases left by a
+    /// previous run due now.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Storage(redb::Error::Io(e)))?;
+        let db = Database::create(dir.join("wasmhook.redb")).map_err(redb::Error::from)?;
+        let txn = db.begin_write().map_err(redb::Error::from)?;
+        {
+            // Create every table so that readers never meet a missing one.
+            txn.open_table(TENANTS).map_err(redb::Error::from)?;
+            txn.open_table(API_KEYS).map_err(redb::Error::from)?;
+            txn.open_table(WEBHOOKS).map_err(redb::Error::from)?;
+            txn.open_table(EVENTS).map_err(redb::Error::from)?;
+            txn.open_table(IDEMPOTENCY).map_err(redb::Error::from)?;
+            txn.open_table(EVENT_DELIVERIES)
+                .map_err(redb::Error::from)?;
+            txn.open_table(DELIVERIES).map_err(redb::Error::from)?;
+            txn.open_table(WEBHOOK_DELIVERIES)
+                .map_err(redb::Error::from)?;
+            txn.open_table(ATTEMPTS).map_err(redb::Error::from)?;
+            txn.open_table(STATS).map_err(redb::Error::from)?;
+            txn.open_table(EVENT_TYPES).map_err(redb::Error::from)?;
+            txn.open_table(SCHEDULE).map_err(redb::Error::from)?;
+            txn.open_table(SCHEDULE_DUE).map_err(redb::Error::from)?;
+            txn.open_table(PLUGINS).map_err(redb::Error::from)?;
+            txn.open_table(PLUGIN_VERSIONS).map_err(redb::Error::from)?;
+            txn.open_table(PLUGIN_BLOBS).map_err(redb::Error::from)?;
+        }
+        let released = release_leases(&txn, crate::clock::now_ms())?;
+        txn.commit().map_err(redb::Error::from)?;
+        if released > 0 {
+            tracing::info!(
+                released,
+                "deliveries in flight at the last stop are due again"
+            );
+        }
+        let db = Arc::new(db);
+        let (writer, rx) = mpsc::channel(4096);
+        let writer_db = db.clone();
+        let writer_thread = std::thread::Builder::new()
+            .name("wasmhook-store-writer".into())
+            .spawn(move || write_loop(&writer_db, rx))
+            .map_err(|e| StoreError::Storage(redb::Error::Io(e)))?;
+        Ok(EmbeddedStore {
+            db,
+            writer: Some(writer),
+            writer_thread: Some(writer_thread),
+            webhooks: Arc::default(),
+        })
+    }
+
+    pub(crate) fn db(&self) -> &Database {
+        &self.db
+    }
+
+    /// Runs `f` in the next group transaction; answers once that is durable.
+    pub(crate) async fn write<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&WriteTransaction) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let op: Op = Box::new(move |txn| {
+            let result = match txn {
+                Some(txn) => f(txn),
+                None => Err(StoreError::Closed),
+            };
+            Box::new(move |committed: Result<(), String>| {
+                let _ = tx.send(committed.map_err(StoreError::Commit).and(result));
+            })
+        });
+        let writer = self.writer.as_ref().ok_or(StoreError::Closed)?;
+        writer.send(op).await.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    fn read<R>(
+        &self,
+        f: impl FnOnce(&redb::ReadTransaction) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let txn = self.db.begin_read().map_err(redb::Error::from)?;
+        f(&txn)
+    }
+}
+
+impl Drop for EmbeddedStore {
+    /// Lets the writer finish what it was given and release the database, so
+    /// the file can be opened again as soon as the store is gone.
+    fn drop(&mut self) {
+        drop(self.writer.take());
+        if let Some(thread) = self.writer_thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn write_loop(db: &Database, mut rx: mpsc::Receiver<Op>) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut ops = vec![first];
+        while ops.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(op) => ops.push(op),
+                Err(_) => break,
+            }
+        }
+        match db.begin_write() {
+            Ok(txn) => {
+                let done: Vec<Done> = ops.into_iter().map(|op| op(Some(&txn))).collect();
+                let committed = txn.commit().map_err(|e| e.to_string());
+                if let Err(e) = &committed {
+                    tracing::error!(error = %e, "store commit failed");
+                }
+                for d in done {
+                    d(committed.clone());
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "store transaction could not start");
+                for op in ops {
+                    op(None)(Err(e.to_string()));
+                }
+            }
+        }
+    }
+}
+
+fn enc<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("records serialise")
+}
+
+fn dec<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    Ok(serde_json::from_slice(bytes)?)
+}
+
+macro_rules! table {
+    ($txn:expr, $def:expr) => {
+        $txn.open_table($def).map_err(redb::Error::from)?
+    };
+}
+
+fn get_json<K: redb::Key + 'static, T: DeserializeOwned>(
+    table: &impl ReadableTable<K, Json>,
+    key: K::SelfType<'_>,
+) -> Result<Option<T>, StoreError> {
+    match table.get(key).map_err(redb::Error::from)? {
+        Some(v) => Ok(Some(dec(v.value())?)),
+        None => Ok(None),
+    }
+}
+
+/// Every value under `(prefix, *)` of a two-part key.
+fn list_json<T: DeserializeOwned>(
+    table: &impl ReadableTable<(&'static str, &'static str), Json>,
+    prefix: &str,
+) -> Result<Vec<T>, StoreError> {
+    let mut out = Vec::new();
+    for item in table
+        .range((prefix, "")..(prefix, MAX_ID))
+        .map_err(redb::Error::from)?
+    {
+        let (_, v) = item.map_err(redb::Error::from)?;
+        out.push(dec(v.value())?);
+    }
+    Ok(out)
+}
+
+fn update_stats(
+    txn: &WriteTransaction,
+    tenant: &str,
+    webhook: &str,
+    f: impl FnOnce(&mut DeliveryStats),
+) -> Result<(), StoreError> {
+    let mut table = table!(txn, STATS);
+    let mut stats: DeliveryStats = get_json(&table, (tenant, webhook))?.unwrap_or_default();
+    f(&mut stats);
+    table
+        .insert((tenant, webhook), enc(&stats).as_slice())
+        .map_err(redb::Error::from)?;
+    Ok(())
+}
+
+fn write_delivery(txn: &WriteTransaction, d: &Delivery) -> Result<(), StoreError> {
+    table!(txn, DELIVERIES)
+        .insert(d.id.as_str(), enc(d).as_slice())
+        .map_err(redb::Error::from)?;
+    match (d.status, d.next_attempt_at_ms) {
+        (DeliveryStatus::Pending, Some(due)) => schedule_at(txn, d.id.as_str(), due, false)?,
+        _ => unschedule(txn, d.id.as_str())?,
+    }
+    Ok(())
+}
+
+fn tenant_webhooks(
+    txn: &WriteTransaction,
+    cache: &WebhookCache,
+    tenant: &TenantId,
+) -> Result<Arc<Vec<Webhook>>, StoreError> {
+    if let Some(hooks) = cache.lock().expect("cache lock").get(tenant) {
+        return Ok(hooks.clone());
+    }
+    let hooks: Arc<Vec<Webhook>> = Arc::new(list_json(&table!(txn, WEBHOOKS), tenant.as_str())?);
+    cache
+        .lock()
+        .expect("cache lock")
+        .insert(tenant.clone(), hooks.clone());
+    Ok(hooks)
+}
+
+fn ingest(
+    txn: &WriteTransaction,
+    cache: &WebhookCache,
+    new: NewEvent,
+) -> Result<Ingested, StoreError> {
+    let tenant = new.tenant.as_str();
+    let id_key = format!("id:{}", new.id);
+    let header_key = new.idempotency_key.as_ref().map(|k| format!("key:{k}"));
+    {
+        let idem = table!(txn, IDEMPOTENCY);
+        for key in header_key.iter().chain(std::iter::once(&id_key)) {
+            if let Some(prev) = get_json::<_, IdempotentAnswer>(&idem, (tenant, key.as_str()))? {
+                return Ok(if prev.fingerprint == new.fingerprint {
+                    Ingested::Replayed(prev)
+                } else {
+                    Ingested::KeyReused(prev)
+                });
+            }
+        }
+    }
+
+    let hooks = tenant_webhooks(txn, cache, &new.tenant)?;
+    let targets: Vec<&Webhook> = hooks
+        .iter()
+        .filter(|w| match &new.only_webhook {
+            Some(only) => &w.id == only,
+            None => w.active && w.subscribes_to(&new.event_type),
+        })
+        .collect();
+    let event = Event {
+        id: new.id,
+        tenant: new.tenant.clone(),
+        event_type: new.event_type,
+        data: new.data,
+        occurred_at_ms: new.occurred_at_ms,
+    };
+    let deliveries: Vec<Delivery> = targets
+        .into_iter()
+        .map(|w| Delivery {
+            id: DeliveryId::generate(),
+            tenant: new.tenant.clone(),
+            event_id: event.id.clone(),
+            webhook_id: w.id.clone(),
+            event_type: event.event_type.clone(),
+            status: DeliveryStatus::Pending,
+            attempts: 0,
+            next_attempt_at_ms: Some(new.due_at_ms),
+            reason: None,
+            last_status_code: None,
+            created_at_ms: event.occurred_at_ms,
+            updated_at_ms: event.occurred_at_ms,
+        })
+        .collect();
+
+    table!(txn, EVENTS)
+        .insert((tenant, event.id.as_str()), enc(&event).as_slice())
+        .map_err(redb::Error::from)?;
+    let answer = IdempotentAnswer {
+        event_id: event.id.clone(),
+        event_type: event.event_type.clone(),
+        deliveries: deliveries.len() as u32,
+        fingerprint: new.fingerprint,
+    };
+    {
+        let mut idem = table!(txn, IDEMPOTENCY);
+        for key in header_key.iter().chain(std::iter::once(&id_key)) {
+            idem.insert((tenant, key.as_str()), enc(&answer).as_slice())
+                .map_err(redb::Error::from)?;
+        }
+    }
+    {
+        let mut types = table!(txn, EVENT_TYPES);
+        let mut seen: EventTypeSeen = get_json(&types, (tenant, event.event_type.as_str()))?
+            .unwrap_or(EventTypeSeen {
+                event_type: event.event_type.clone(),
+                count: 0,
+                last_seen_ms: 0,
+            });
+        seen.count += 1;
+        seen.last_seen_ms = event.occurred_at_ms;
+        types
+            .insert((tenant, event.event_type.as_str()), enc(&seen).as_slice())
+            .map_err(redb::Error::from)?;
+    }
+    for d in &deliveries {
+        table!(txn, EVENT_DELIVERIES)
+            .insert((tenant, event.id.as_str(), d.id.as_str()), ())
+            .map_err(redb::Error::from)?;
+        table!(txn, WEBHOOK_DELIVERIES)
+            .insert((d.webhook_id.as_str(), d.id.as_str()), ())
+            .map_err(redb::Error::from)?;
+        update_stats(txn, tenant, d.webhook_id.as_str(), |s| {
+            s.total += 1;
+            s.pending += 1;
+        })?;
+        table!(txn, DELIVERIES)
+            .insert(d.id.as_str(), enc(d).as_slice())
+            .map_err(redb::Error::from)?;
+        schedule_at(txn, d.id.as_str(), new.due_at_ms, true)?;
+    }
+    Ok(Ingested::Created { event, deliveries })
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    async fn create_tenant(&self, tenant: Tenant, api_key_hash: String) -> Result<(), StoreError> {
+        self.write(move |txn| {
+            let mut tenants = table!(txn, TENANTS);
+            if tenants
+                .get(tenant.id.as_str())
+                .map_err(redb::Error::from)?
+                .is_some()
+            {
+                return Err(StoreError::Conflict("tenant"));
+            }
+            tenants
+                .insert(tenant.id.as_str(), enc(&tenant).as_slice())
+                .map_err(redb::Error::from)?;
+            table!(txn, API_KEYS)
+                .insert(api_key_hash.as_str(), tenant.id.as_str())
+                .map_err(redb::Error::from)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_tenant(&self, id: &TenantId) -> Result<Option<Tenant>, StoreError> {
+        self.read(|txn| get_json(&table!(txn, TENANTS), id.as_str()))
+    }
+
+    async fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError> {
+        self.read(|txn| {
+            let table = table!(txn, TENANTS);
+            let mut out = Vec::new();
+            for item in table.iter().map_err(redb::Error::from)? {
+                out.push(dec(item.map_err(redb::Error::from)?.1.value())?);
+            }
+            Ok(out)
+        })
+    }
+
+    async fn tenant_by_key_hash(&self, hash: &str) -> Result<Option<TenantId>, StoreError> {
+        self.read(|txn| {
+            Ok(table!(txn, API_KEYS)
+                .get(hash)
+                .map_err(redb::Error::from)?
+                .map(|v| TenantId::from_trusted(v.value())))
+        })
+    }
+
+    async fn put_webhook(&self, webhook: Webhook) -> Result<(), StoreError> {
+        let cache = self.webhooks.clone();
+        self.write(move |txn| {
+            table!(txn, WEBHOOKS)
+                .insert(
+                    (webhook.tenant.as_str(), webhook.id.as_str()),
+                    enc(&webhook).as_slice(),
+                )
+                .map_err(redb::Error::from)?;
+            cache.lock().expect("cache lock").remove(&webhook.tenant);
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_webhook(
+        &self,
+        tenant: &TenantId,
+        id: &WebhookId,
+    ) -> Result<Option<Webhook>, StoreError> {
+        self.read(|txn| get_json(&table!(txn, WEBHOOKS), (tenant.as_str(), id.as_str())))
+    }
+
+    async fn list_webhooks(&self, tenant: &TenantId) -> Result<Vec<Webhook>, StoreError> {
+        self.read(|txn| list_json(&table!(txn, WEBHOOKS), tenant.as_str()))
+    }
+
+    async fn delete_webhook(&self, tenant: &TenantId, id: &WebhookId) -> Result<bool, StoreError> {
+        let (tenant, id) = (tenant.clone(), id.clone());
+        let cache = self.webhooks.clone();
+        self.write(move |txn| {
+            let removed = table!(txn, WEBHOOKS)
+                .remove((tenant.as_str(), id.as_str()))
+                .map_err(redb::Error::from)?
+                .is_some();
+            cache.lock().expect("cache lock").remove(&tenant);
+            Ok(removed)
+        })
+        .await
+    }
+
+    async fn insert_event(&self, event: NewEvent) -> Result<Ingested, StoreError> {
+        let cache = self.webhooks.clone();
+        self.write(move |txn| ingest(txn, &cache, event)).await
+    }
+
+    async fn get_event(
+        &self,
+        tenant: &TenantId,
+        id: &EventId,
+    ) -> Result<Option<Event>, StoreError> {
+        self.read(|txn| get_json(&table!(txn, EVENTS), (tenant.as_str(), id.as_str())))
+    }
+
+    async fn event_deliveries(
+        &self,
+        tenant: &TenantId,
+        id: &EventId,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        self.read(|txn| {
+            let index = table!(txn, EVENT_DELIVERIES);
+            let deliveries = table!(txn, DELIVERIES);
+            let (t, e) = (tenant.as_str(), id.as_str());
+            let mut out = Vec::new();
+            for item in index
+                .range((t, e, "")..(t, e, MAX_ID))
+                .map_err(redb::Error::from)?
+            {
+                let (k, _) = item.map_err(redb::Error::from)?;
+                if let Some(d) = get_json(&deliveries, k.value().2)? {
+                    out.push(d);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    async fn event_types(&self, tenant: &TenantId) -> Result<Vec<EventTypeSeen>, StoreError> {
+        self.read(|txn| list_json(&table!(txn, EVENT_TYPES), tenant.as_str()))
+    }
+
+    async fn get_delivery(&self, id: &DeliveryId) -> Result<Option<Delivery>, StoreError> {
+        self.read(|txn| get_json(&table!(txn, DELIVERIES), id.as_str()))
+    }
+
+    async fn list_deliveries(
+        &self,
+        webhook: &WebhookId,
+        page: Page<'_>,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        self.read(|txn| {
+            let index = table!(txn, WEBHOOK_DELIVERIES);
+            let deliveries = table!(txn, DELIVERIES);
+            let upper = page.before.map(|b| b.as_str()).unwrap_or(MAX_ID);
+            let mut out = Vec::new();
+            for item in index
+                .range((webhook.as_str(), "")..(webhook.as_str(), upper))
+                .map_err(redb::Error::from)?
+                .rev()
+            {
+                if out.len() >= page.limit {
+                    break;
+                }
+                let (k, _) = item.map_err(redb::Error::from)?;
+                let Some(d) = get_json::<_, Delivery>(&deliveries, k.value().1)? else {
+                    continue;
+                };
+                if page.status.is_none_or(|s| s == d.status) {
+                    out.push(d);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    async fn attempts(&self, id: &DeliveryId) -> Result<Vec<Attempt>, StoreError> {
+        self.read(|txn| {
+            let table = table!(txn, ATTEMPTS);
+            let mut out = Vec::new();
+            for item in table
+                .range((id.as_str(), 0)..=(id.as_str(), u32::MAX))
+                .map_err(redb::Error::from)?
+            {
+                out.push(dec(item.map_err(redb::Error::from)?.1.value())?);
+            }
+            Ok(out)
+        })
+    }
+
+    async fn finish_attempt(
+        &self,
+        delivery: Delivery,
+        attempt: Option<Attempt>,
+    ) -> Result<(), StoreError> {
+        self.write(move |txn| {
+            let previous: Option<Delivery> =
+                get_json(&table!(txn, DELIVERIES), delivery.id.as_str())?;
+            let Some(previous) = previous else {
+                return Err(StoreError::NotFound("delivery"));
+            };
+            if let Some(a) = &attempt {
+                table!(txn, ATTEMPTS)
+                    .insert((a.delivery_id.as_str(), a.attempt), enc(a).as_slice())
+                    .map_err(redb::Error::from)?;
+            }
+            update_stats(
+                txn,
+                delivery.tenant.as_str(),
+                delivery.webhook_id.as_str(),
+                |s| {
+                    if previous.status != delivery.status {
+                        s.count(previous.status, -1);
+                        s.count(delivery.status, 1);
+                    }
+                    if let Some(a) = &attempt {
+                        s.attempts += 1;
+                        s.attempt_duration_ms_total += a.duration_ms;
+                    }
+                },
+            )?;
+            write_delivery(txn, &delivery)
+        })
+        .await
+    }
+
+    async fn retry_delivery(&self, id: &DeliveryId, now_ms: u64) -> Result<Delivery, StoreError> {
+        let id = id.clone();
+        self.write(move |txn| {
+            let mut d: Delivery = get_json(&table!(txn, DELIVERIES), id.as_str())?
+                .ok_or(StoreError::NotFound("delivery"))?;
+            let previous = d.status;
+            d.status = DeliveryStatus::Pending;
+            d.next_attempt_at_ms = Some(now_ms);
+            d.reason = None;
+            d.updated_at_ms = now_ms;
+            update_stats(txn, d.tenant.as_str(), d.webhook_id.as_str(), |s| {
+                s.count(previous, -1);
+                s.count(DeliveryStatus::Pending, 1);
+            })?;
+            write_delivery(txn, &d)?;
+            Ok(d)
+        })
+        .await
+    }
+
+    async fn webhook_stats(
+        &self,
+        tenant: &TenantId,
+        id: &WebhookId,
+    ) -> Result<DeliveryStats, StoreError> {
+        self.read(|txn| {
+            Ok(get_json(&table!(txn, STATS), (tenant.as_str(), id.as_str()))?.unwrap_or_default())
+        })
+    }
+
+    async fn tenant_stats(&self, tenant: &TenantId) -> Result<DeliveryStats, StoreError> {
+        self.read(|txn| {
+            let all: Vec<DeliveryStats> = list_json(&table!(txn, STATS), tenant.as_str())?;
+            let mut sum = DeliveryStats::default();
+            all.iter().for_each(|s| sum.add(s));
+            Ok(sum)
+        })
+    }
+
+    async fn put_plugin(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        component: Vec<u8>,
+        sha256: String,
+        uploaded_by: &str,
+        now_ms: u64,
+    ) -> Result<PluginVersion, StoreError> {
+        let (tenant, name, uploaded_by) = (tenant.clone(), name.to_owned(), uploaded_by.to_owned());
+        self.write(move |txn| {
+            let mut current = table!(txn, PLUGINS);
+            let version = current
+                .get((tenant.as_str(), name.as_str()))
+                .map_err(redb::Error::from)?
+                .map_or(1, |v| v.value() + 1);
+            let meta = PluginVersion {
+                name: name.clone(),
+                version,
+                sha256: sha256.clone(),
+                size: component.len() as u64,
+                uploaded_at_ms: now_ms,
+                uploaded_by,
+            };
+            table!(txn, PLUGIN_BLOBS)
+                .insert(sha256.as_str(), component.as_slice())
+                .map_err(redb::Error::from)?;
+            table!(txn, PLUGIN_VERSIONS)
+                .insert(
+                    (tenant.as_str(), name.as_str(), version),
+                    enc(&meta).as_slice(),
+                )
+                .map_err(redb::Error::from)?;
+            current
+                .insert((tenant.as_str(), name.as_str()), version)
+                .map_err(redb::Error::from)?;
+            Ok(meta)
+        })
+        .await
+    }
+
+    async fn current_plugin(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+    ) -> Result<Option<(PluginVersion, Vec<u8>)>, StoreError> {
+        self.read(|txn| {
+            let Some(version) = table!(txn, PLUGINS)
+                .get((tenant.as_str(), name))
+                .map_err(redb::Error::from)?
+                .map(|v| v.value())
+            else {
+                return Ok(None);
+            };
+            let meta: PluginVersion = get_json(
+                &table!(txn, PLUGIN_VERSIONS),
+                (tenant.as_str(), name, version),
+            )?
+            .ok_or(StoreError::NotFound("plugin version"))?;
+            let bytes = table!(txn, PLUGIN_BLOBS)
+                .get(meta.sha256.as_str())
+                .map_err(redb::Error::from)?
+                .ok_or(StoreError::NotFound("plugin component"))?
+                .value()
+                .to_vec();
+            Ok(Some((meta, bytes)))
+        })
+    }
+
+    async fn list_plugins(&self, tenant: &TenantId) -> Result<Vec<PluginVersion>, StoreError> {
+        self.read(|txn| {
+            let current = table!(txn, PLUGINS);
+            let versions = table!(txn, PLUGIN_VERSIONS);
+            let mut out = Vec::new();
+            for item in current
+                .range((tenant.as_str(), "")..(tenant.as_str(), MAX_ID))
+                .map_err(redb::Error::from)?
+            {
+                let (k, v) = item.map_err(redb::Error::from)?;
+                let (_, name) = k.value();
+                if let Some(meta) = get_json(&versions, (tenant.as_str(), name, v.value()))? {
+                    out.push(meta);
+                }
+            }
+            Ok(out)
+        })
+    }
+}

@@ -1,0 +1,187 @@
+//! Durable state: tenants, API keys, webhooks, events, deliveries, attempts,
+//! counters and plugin versions, behind the [`Store`] trait so the embedded
+//! backend and the Redis backend are interchangeable.
+//!
+//! Invariants every backend keeps:
+//! - `insert_event` is atomic: the event, its idempotency records, its
+//!   deliveries and their schedule entries become durable together, before the
+//!   call returns. A trigger answered 2xx is therefore never lost.
+//! - A delivery is in the schedule exactly while its status is `pending`;
+//!   `finish_attempt` and `retry_delivery` move it in and out of the schedule in
+//!   the same write as the status change.
+//! - Counters (`DeliveryStats`) change in the same write as the status they count.
+
+pub mod embedded;
+
+use crate::ids::{DeliveryId, EventId, TenantId, WebhookId};
+use crate::model::{
+    Attempt, Delivery, DeliveryStats, DeliveryStatus, Event, EventTypeSeen, PluginVersion, Tenant,
+    Webhook,
+};
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+pub use embedded::EmbeddedStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage: {0}")]
+    Storage(#[from] redb::Error),
+    #[error("corrupt record: {0}")]
+    Corrupt(#[from] serde_json::Error),
+    #[error("{0} already exists")]
+    Conflict(&'static str),
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("commit failed: {0}")]
+    Commit(String),
+    #[error("the store is shutting down")]
+    Closed,
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Storage(e.into())
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::TableError,
+    redb::StorageError,
+    redb::TransactionError,
+    redb::CommitError,
+    redb::DatabaseError
+);
+
+/// A trigger, checked and ready to be written.
+#[derive(Debug)]
+pub struct NewEvent {
+    pub id: EventId,
+    pub tenant: TenantId,
+    pub event_type: String,
+    pub data: Box<RawValue>,
+    pub occurred_at_ms: u64,
+    /// The caller's `Idempotency-Key`, if any. The event id always acts as one too.
+    pub idempotency_key: Option<String>,
+    /// Fingerprint of the request, to tell a retried trigger from a different
+    /// one reusing the same key.
+    pub fingerprint: String,
+    /// Deliver to this webhook only, whatever it subscribes to (the `test` route).
+    pub only_webhook: Option<WebhookId>,
+    /// The new deliveries are due at this time; the caller hands them to its
+    /// own worker at once, so this is a lease: if the process dies first, they
+    /// come due then.
+    pub due_at_ms: u64,
+}
+
+/// What an earlier trigger with the same idempotency key answered.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct IdempotentAnswer {
+    pub event_id: EventId,
+    pub event_type: String,
+    pub deliveries: u32,
+    pub fingerprint: String,
+}
+
+#[derive(Debug)]
+pub enum Ingested {
+    /// Written now; these deliveries were created.
+    Created {
+        event: Event,
+        deliveries: Vec<Delivery>,
+    },
+    /// The same trigger was accepted before: here is what it answered.
+    Replayed(IdempotentAnswer),
+    /// The key (or event id) was used before by a different trigger.
+    KeyReused(IdempotentAnswer),
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Page<'a> {
+    pub limit: usize,
+    /// Only deliveries older than this one (ids sort by creation time).
+    pub before: Option<&'a DeliveryId>,
+    pub status: Option<DeliveryStatus>,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates a tenant with the hash of its first API key.
+    async fn create_tenant(&self, tenant: Tenant, api_key_hash: String) -> Result<(), StoreError>;
+    async fn get_tenant(&self, id: &TenantId) -> Result<Option<Tenant>, StoreError>;
+    async fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError>;
+    async fn tenant_by_key_hash(&self, hash: &str) -> Result<Option<TenantId>, StoreError>;
+
+    /// Creates or replaces a webhook.
+    async fn put_webhook(&self, webhook: Webhook) -> Result<(), StoreError>;
+    async fn get_webhook(
+        &self,
+        tenant: &TenantId,
+        id: &WebhookId,
+    ) -> Result<Option<Webhook>, StoreError>;
+    async fn list_webhooks(&self, tenant: &TenantId) -> Result<Vec<Webhook>, StoreError>;
+    /// Deletes a webhook; its deliveries and counters stay as history.
+    async fn delete_webhook(&self, tenant: &TenantId, id: &WebhookId) -> Result<bool, StoreError>;
+
+    /// Writes an event and fans it out to the tenant's active, subscribed
+    /// webhooks (see the module doc for what is atomic).
+    async fn insert_event(&self, event: NewEvent) -> Result<Ingested, StoreError>;
+    async fn get_event(&self, tenant: &TenantId, id: &EventId)
+    -> Result<Option<Event>, StoreError>;
+    async fn event_deliveries(
+        &self,
+        tenant: &TenantId,
+        id: &EventId,
+    ) -> Result<Vec<Delivery>, StoreError>;
+    async fn event_types(&self, tenant: &TenantId) -> Result<Vec<EventTypeSeen>, StoreError>;
+
+    async fn get_delivery(&self, id: &DeliveryId) -> Result<Option<Delivery>, StoreError>;
+    /// A webhook's deliveries, newest first.
+    async fn list_deliveries(
+        &self,
+        webhook: &WebhookId,
+        page: Page<'_>,
+    ) -> Result<Vec<Delivery>, StoreError>;
+    async fn attempts(&self, id: &DeliveryId) -> Result<Vec<Attempt>, StoreError>;
+    /// Records the end of an attempt (or of a delivery that needed none, such
+    /// as one for a deleted webhook): the updated delivery replaces the stored
+    /// one; it stays scheduled at `next_attempt_at_ms` if still pending.
+    async fn finish_attempt(
+        &self,
+        delivery: Delivery,
+        attempt: Option<Attempt>,
+    ) -> Result<(), StoreError>;
+    /// Makes a finished delivery pending again, due now (manual retry).
+    async fn retry_delivery(&self, id: &DeliveryId, now_ms: u64) -> Result<Delivery, StoreError>;
+
+    async fn webhook_stats(
+        &self,
+        tenant: &TenantId,
+        id: &WebhookId,
+    ) -> Result<DeliveryStats, StoreError>;
+    /// Counters of every webhook the tenant ever had, summed.
+    async fn tenant_stats(&self, tenant: &TenantId) -> Result<DeliveryStats, StoreError>;
+
+    /// Stores a new version of a plugin and makes it current; returns it.
+    async fn put_plugin(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        component: Vec<u8>,
+        sha256: String,
+        uploaded_by: &str,
+        now_ms: u64,
+    ) -> Result<PluginVersion, StoreError>;
+    /// The current version of a plugin and its component bytes.
+    async fn current_plugin(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+    ) -> Result<Option<(PluginVersion, Vec<u8>)>, StoreError>;
+    /// The current version of each of the tenant's plugins.
+    async fn list_plugins(&self, tenant: &TenantId) -> Result<Vec<PluginVersion>, StoreError>;
+}

@@ -1,0 +1,511 @@
+//! # wasmhook-sdk
+//!
+//! Write a wasmhook plugin: a small Rust type that decides whether a delivery
+//! goes out and shapes the exact request (body, content type, headers) the
+//! receiving application expects, and says how the engine must sign it. The
+//! engine holds the secrets and computes the signature; a plugin never sees a
+//! secret.
+//!
+//! ```ignore
+//! use wasmhook_sdk::prelude::*;
+//!
+//! struct MyFormat;
+//!
+//! impl Plugin for MyFormat {
+//!     // Optional: skip deliveries (the reason is recorded).
+//!     fn filter(input: &Input) -> Result<Filter> {
+//!         if input.event.data()?["amount"].as_f64().unwrap_or(0.0) < 10.0 {
+//!             return Ok(Filter::Skip("amount under 10".into()));
+//!         }
+//!         Ok(Filter::Deliver)
+//!     }
+//!
+//!     fn transform(input: &Input) -> Result<Request> {
+//!         let body = json!({
+//!             "event": input.event.event_type,
+//!             "data": input.event.data()?,
+//!         });
+//!         Ok(Request::json(&body)?
+//!             .header("X-Event-Type", &input.event.event_type)
+//!             .sign(Signature::hmac_sha256_hex("X-Signature").prefix("sha256=")))
+//!     }
+//! }
+//!
+//! export_plugin!(MyFormat);
+//! ```
+//!
+//! Build with `cargo build --release --target wasm32-wasip2`; the `.wasm` in
+//! `target/wasm32-wasip2/release/` is the component to upload with
+//! `PUT /api/plugins/{name}` (`Content-Type: application/wasm`).
+//!
+//! `event.data()` parses the event's JSON once (lazily) keeping key order and
+//! every digit of every number; `event.raw_data` is the exact text the
+//! application sent.
+
+use std::cell::OnceCell;
+use std::collections::BTreeMap;
+use std::fmt;
+
+pub use serde_json::{self, Value, json};
+
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "plugin",
+        pub_export_macro: true,
+        default_bindings_module: "wasmhook_sdk::bindings",
+    });
+}
+
+use bindings::wasmhook::plugin::types as wit;
+
+pub mod prelude {
+    pub use crate::{
+        Decision, Delivery, Encoding, Error, Event, Filter, Input, KeyFormat, Plugin, Request,
+        Result, ResultExt, Signature, SignedContent, Webhook, export_plugin, log,
+    };
+    pub use serde_json::{self, Value, json};
+}
+
+/// A plugin failure with a message; the engine records it on the attempt and
+/// retries the delivery on the webhook's schedule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Error(pub String);
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<serde_json::Error> for Error {
+    fn from(e: serde_json::Error) -> Self {
+        Error(format!("JSON: {e}"))
+    }
+}
+
+impl From<String> for Error {
+    fn from(s: String) -> Self {
+        Error(s)
+    }
+}
+
+impl From<&str> for Error {
+    fn from(s: &str) -> Self {
+        Error(s.to_owned())
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Adds context to an error: `value.parse().context("config.version")?`.
+pub trait ResultExt<T> {
+    fn context(self, what: impl fmt::Display) -> Result<T>;
+}
+
+impl<T, E: fmt::Display> ResultExt<T> for std::result::Result<T, E> {
+    fn context(self, what: impl fmt::Display) -> Result<T> {
+        self.map_err(|e| Error(format!("{what}: {e}")))
+    }
+}
+
+impl<T> ResultExt<T> for Option<T> {
+    fn context(self, what: impl fmt::Display) -> Result<T> {
+        self.ok_or_else(|| Error(format!("{what}: missing")))
+    }
+}
+
+/// The event being delivered.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub id: String,
+    pub event_type: String,
+    pub tenant: String,
+    /// RFC 3339, UTC, milliseconds.
+    pub occurred_at: String,
+    pub occurred_at_ms: u64,
+    /// The `data` JSON exactly as the application sent it.
+    pub raw_data: String,
+    parsed: OnceCell<Value>,
+}
+
+impl Event {
+    pub fn new(
+        id: impl Into<String>,
+        event_type: impl Into<String>,
+        tenant: impl Into<String>,
+        occurred_at_ms: u64,
+        occurred_at: impl Into<String>,
+        raw_data: impl Into<String>,
+    ) -> Self {
+        Event {
+            id: id.into(),
+            event_type: event_type.into(),
+            tenant: tenant.into(),
+            occurred_at: occurred_at.into(),
+            occurred_at_ms,
+            raw_data: raw_data.into(),
+            parsed: OnceCell::new(),
+        }
+    }
+
+    /// The data, parsed on first use (key order and number digits preserved).
+    pub fn data(&self) -> Result<&Value> {
+        if let Some(v) = self.parsed.get() {
+            return Ok(v);
+        }
+        let v: Value = serde_json::from_str(&self.raw_data).context("event data")?;
+        Ok(self.parsed.get_or_init(|| v))
+    }
+}
+
+/// The webhook the event goes to.
+#[derive(Debug, Clone, Default)]
+pub struct Webhook {
+    pub id: String,
+    pub url: String,
+    /// The webhook's `plugin_config` (`Value::Null` when unset).
+    pub config: Value,
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl Webhook {
+    /// A string from the config, or `default`.
+    pub fn config_str<'a>(&'a self, key: &str, default: &'a str) -> &'a str {
+        self.config
+            .get(key)
+            .and_then(Value::as_str)
+            .unwrap_or(default)
+    }
+}
+
+/// This attempt.
+#[derive(Debug, Clone, Default)]
+pub struct Delivery {
+    /// The same for every attempt; receivers deduplicate on it.
+    pub id: String,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    /// Unix seconds.
+    pub timestamp: u64,
+    /// RFC 3339, UTC, milliseconds.
+    pub time: String,
+}
+
+/// Everything a plugin gets for one attempt.
+#[derive(Debug, Clone)]
+pub struct Input {
+    pub event: Event,
+    pub webhook: Webhook,
+    pub delivery: Delivery,
+}
+
+impl Input {
+    /// An input for unit tests: the given event type and data, placeholder ids
+    /// and times (`evt_test`, `dlv_test`, attempt 1, 2026-01-01T00:00:00.000Z).
+    pub fn test(event_type: &str, data: Value) -> Input {
+        Input {
+            event: Event::new(
+                "evt_test",
+                event_type,
+                "tenant_test",
+                1_767_225_600_000,
+                "2026-01-01T00:00:00.000Z",
+                data.to_string(),
+            ),
+            webhook: Webhook {
+                id: "wh_test".into(),
+                url: "https://example.com/hook".into(),
+                ..Webhook::default()
+            },
+            delivery: Delivery {
+                id: "dlv_test".into(),
+                attempt: 1,
+                timestamp: 1_767_225_600,
+                time: "2026-01-01T00:00:00.000Z".into(),
+            },
+        }
+    }
+
+    /// The same input with this webhook config.
+    pub fn with_config(mut self, config: Value) -> Input {
+        self.webhook.config = config;
+        self
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encoding {
+    Hex,
+    Base64,
+}
+
+/// How the engine turns the webhook secret into the HMAC key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyFormat {
+    /// The secret's UTF-8 bytes (Node's `createHmac('sha256', secret)`).
+    Utf8,
+    /// Standard Webhooks: base64-decode what follows `whsec_`.
+    StandardWebhooks,
+}
+
+/// What the engine signs.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SignedContent {
+    Body,
+    Bytes(Vec<u8>),
+    /// `{delivery id}.{timestamp}.{body}`.
+    StandardWebhooks,
+}
+
+/// Where and how the engine writes the HMAC-SHA256 signature.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Signature {
+    pub header: String,
+    pub prefix: String,
+    pub encoding: Encoding,
+    pub key: KeyFormat,
+    pub content: SignedContent,
+    pub rotation_separator: Option<String>,
+}
+
+impl Signature {
+    /// Hex HMAC-SHA256 of the body with the secret's UTF-8 bytes, in `header`.
+    pub fn hmac_sha256_hex(header: &str) -> Signature {
+        Signature {
+            header: header.into(),
+            prefix: String::new(),
+            encoding: Encoding::Hex,
+            key: KeyFormat::Utf8,
+            content: SignedContent::Body,
+            rotation_separator: None,
+        }
+    }
+
+    /// The Standard Webhooks signature: `webhook-signature: v1,<base64>` over
+    /// `{id}.{timestamp}.{body}`, one per live secret, space-separated.
+    pub fn standard_webhooks() -> Signature {
+        Signature {
+            header: "webhook-signature".into(),
+            prefix: "v1,".into(),
+            encoding: Encoding::Base64,
+            key: KeyFormat::StandardWebhooks,
+            content: SignedContent::StandardWebhooks,
+            rotation_separator: Some(" ".into()),
+        }
+    }
+
+    /// Text written before the signature, e.g. `sha256=`.
+    pub fn prefix(mut self, prefix: &str) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    pub fn base64(mut self) -> Self {
+        self.encoding = Encoding::Base64;
+        self
+    }
+
+    /// Sign these bytes instead of the body.
+    pub fn over(mut self, bytes: impl Into<Vec<u8>>) -> Self {
+        self.content = SignedContent::Bytes(bytes.into());
+        self
+    }
+
+    pub fn key(mut self, key: KeyFormat) -> Self {
+        self.key = key;
+        self
+    }
+}
+
+/// The request to send.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Request {
+    pub body: Vec<u8>,
+    pub content_type: String,
+    pub headers: Vec<(String, String)>,
+    pub signature: Option<Signature>,
+}
+
+impl Request {
+    pub fn new(body: impl Into<Vec<u8>>, content_type: &str) -> Request {
+        Request {
+            body: body.into(),
+            content_type: content_type.into(),
+            headers: Vec::new(),
+            signature: None,
+        }
+    }
+
+    /// A compact JSON body (`application/json`), keys in insertion order.
+    pub fn json(value: &impl serde::Serialize) -> Result<Request> {
+        Ok(Request::new(serde_json::to_vec(value)?, "application/json"))
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    pub fn sign(mut self, signature: Signature) -> Self {
+        self.signature = Some(signature);
+        self
+    }
+
+    /// The body as text (for tests).
+    pub fn body_str(&self) -> &str {
+        std::str::from_utf8(&self.body).unwrap_or("<binary>")
+    }
+
+    /// A header's value, if set (for tests; case-insensitive).
+    pub fn header_value(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Filter {
+    Deliver,
+    Skip(String),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decision {
+    Deliver(Request),
+    Skip(String),
+}
+
+/// A plugin: an optional filter and a transform. The engine calls `filter`
+/// first and `transform` only if it delivers; both see the same `Input`, so
+/// the event data is parsed at most once.
+pub trait Plugin {
+    fn filter(_input: &Input) -> Result<Filter> {
+        Ok(Filter::Deliver)
+    }
+
+    fn transform(input: &Input) -> Result<Request>;
+}
+
+/// Runs a plugin on an input the way the engine does (for unit tests).
+pub fn run<P: Plugin>(input: &Input) -> Result<Decision> {
+    match P::filter(input)? {
+        Filter::Skip(reason) => Ok(Decision::Skip(reason)),
+        Filter::Deliver => P::transform(input).map(Decision::Deliver),
+    }
+}
+
+/// Writes to the engine's log, tagged with the tenant and plugin.
+pub mod log {
+    use crate::bindings::wasmhook::plugin::log::{Level, log};
+
+    fn write(level: Level, message: &str) {
+        #[cfg(target_arch = "wasm32")]
+        log(level, message);
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let _ = (level, log as fn(Level, &str));
+            eprintln!("[plugin] {message}");
+        }
+    }
+
+    pub fn debug(message: &str) {
+        write(Level::Debug, message)
+    }
+    pub fn info(message: &str) {
+        write(Level::Info, message)
+    }
+    pub fn warn(message: &str) {
+        write(Level::Warn, message)
+    }
+    pub fn error(message: &str) {
+        write(Level::Error, message)
+    }
+}
+
+#[doc(hidden)]
+pub fn __handle<P: Plugin>(
+    event: wit::Event,
+    webhook: wit::Webhook,
+    delivery: wit::Delivery,
+) -> std::result::Result<wit::Decision, wit::PluginError> {
+    let input = Input {
+        event: Event::new(
+            event.id,
+            event.event_type,
+            event.tenant,
+            event.occurred_at_ms,
+            event.occurred_at,
+            event.data,
+        ),
+        webhook: Webhook {
+            id: webhook.id,
+            url: webhook.url,
+            config: serde_json::from_str(&webhook.config).unwrap_or(Value::Null),
+            metadata: webhook.metadata.into_iter().collect(),
+        },
+        delivery: Delivery {
+            id: delivery.id,
+            attempt: delivery.attempt,
+            timestamp: delivery.timestamp,
+            time: delivery.time,
+        },
+    };
+    match run::<P>(&input) {
+        Ok(Decision::Skip(reason)) => Ok(wit::Decision::Skip(reason)),
+        Ok(Decision::Deliver(r)) => Ok(wit::Decision::Deliver(to_wit(r))),
+        Err(e) => Err(wit::PluginError { message: e.0 }),
+    }
+}
+
+fn to_wit(r: Request) -> wit::Request {
+    wit::Request {
+        body: r.body,
+        content_type: r.content_type,
+        headers: r.headers,
+        signature: r.signature.map(|s| wit::Signature {
+            header: s.header,
+            prefix: s.prefix,
+            encoding: match s.encoding {
+                Encoding::Hex => wit::Encoding::Hex,
+                Encoding::Base64 => wit::Encoding::Base64,
+            },
+            key: match s.key {
+                KeyFormat::Utf8 => wit::KeyFormat::Utf8,
+                KeyFormat::StandardWebhooks => wit::KeyFormat::StandardWebhooks,
+            },
+            content: match s.content {
+                SignedContent::Body => wit::SignedContent::Body,
+                SignedContent::Bytes(b) => wit::SignedContent::Bytes(b),
+                SignedContent::StandardWebhooks => wit::SignedContent::StandardWebhooks,
+            },
+            rotation_separator: s.rotation_separator,
+        }),
+    }
+}
+
+/// Exports a [`Plugin`] implementation as the component's `handle`.
+#[macro_export]
+macro_rules! export_plugin {
+    ($plugin:ty) => {
+        struct __WasmhookGuest;
+
+        impl $crate::bindings::Guest for __WasmhookGuest {
+            fn handle(
+                event: $crate::bindings::wasmhook::plugin::types::Event,
+                webhook: $crate::bindings::wasmhook::plugin::types::Webhook,
+                delivery: $crate::bindings::wasmhook::plugin::types::Delivery,
+            ) -> ::std::result::Result<
+                $crate::bindings::wasmhook::plugin::types::Decision,
+                $crate::bindings::wasmhook::plugin::types::PluginError,
+            > {
+                $crate::__handle::<$plugin>(event, webhook, delivery)
+            }
+        }
+
+        $crate::bindings::export!(__WasmhookGuest with_types_in $crate::bindings);
+    };
+}

@@ -1,0 +1,207 @@
+//! The README walkthrough, fan-out, wildcards, idempotent triggers, payload
+//! fidelity.
+
+use crate::harness::{TestEngine, TestReceiver, verify_standard};
+use axum::http::StatusCode;
+use serde_json::json;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn readme_walkthrough_delivers_a_signed_event() {
+    let engine = TestEngine::spawn().await;
+    let receiver = TestReceiver::spawn().await;
+    let key = engine.tenant("acme-law").await;
+    let hook = engine
+        .webhook(
+            &key,
+            &receiver.url,
+            json!({"events": ["invoice.paid"], "description": "billing"}),
+        )
+        .await;
+    let secret = hook["secret"].as_str().unwrap();
+    assert!(secret.starts_with("whsec_"));
+
+    let answer = engine
+        .trigger(
+            &key,
+            "invoice.paid",
+            json!({"invoiceNumber": "INV-1", "totalAmount": 1250.5}),
+        )
+        .await;
+    assert_eq!(answer["deliveries"], 1);
+
+    let got = receiver.wait_for(1, WAIT).await;
+    let req = &got[0];
+    verify_standard(secret, req);
+    assert_eq!(req.header("content-type"), "application/json");
+    let body = req.json();
+    assert_eq!(body["type"], "invoice.paid");
+    assert_eq!(body["data"]["invoiceNumber"], "INV-1");
+    assert!(req.header("webhook-id").starts_with("dlv_"));
+
+    // The delivery is visible with its attempt.
+    let event_id = answer["id"].as_str().unwrap();
+    let hook_id = hook["id"].as_str().unwrap();
+    let delivery_id = req.header("webhook-id").to_owned();
+    let d = engine
+        .wait_delivery(&key, hook_id, &delivery_id, WAIT, |d| {
+            d["status"] == "succeeded"
+        })
+        .await;
+    assert_eq!(d["attempts"], 1);
+    assert_eq!(d["attempt_log"][0]["status_code"], 200);
+    assert_eq!(d["attempt_log"][0]["response_body"], "received");
+    let (status, event) = engine.get(&format!("/api/events/{event_id}"), &key).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(event["deliveries"][0]["id"], delivery_id.as_str());
+    assert_eq!(event["data"]["totalAmount"], 1250.5);
+}
+
+#[tokio::test]
+async fn fan_out_follows_subscriptions_and_wildcards() {
+    let engine = TestEngine::spawn().await;
+    let key = engine.tenant("erp").await;
+    let exact = TestReceiver::spawn().await;
+    let prefix = TestReceiver::spawn().await;
+    let all = TestReceiver::spawn().await;
+    let other = TestReceiver::spawn().await;
+    let inactive = TestReceiver::spawn().await;
+    engine
+        .webhook(&key, &exact.url, json!({"events": ["invoice.paid"]}))
+        .await;
+    engine
+        .webhook(&key, &prefix.url, json!({"events": ["invoice.*"]}))
+        .await;
+    engine
+        .webhook(&key, &all.url, json!({"events": ["*"]}))
+        .await;
+    engine
+        .webhook(&key, &other.url, json!({"events": ["low-stock-alert"]}))
+        .await;
+    engine
+        .webhook(
+            &key,
+            &inactive.url,
+            json!({"events": ["*"], "active": false}),
+        )
+        .await;
+
+    assert_eq!(
+        engine.trigger(&key, "invoice.paid", json!({"n": 1})).await["deliveries"],
+        3
+    );
+    assert_eq!(
+        engine.trigger(&key, "invoice.sent", json!({"n": 2})).await["deliveries"],
+        2
+    );
+    assert_eq!(
+        engine
+            .trigger(&key, "low-stock-alert", json!({"n": 3}))
+            .await["deliveries"],
+        2
+    );
+
+    assert_eq!(exact.wait_for(1, WAIT).await.len(), 1);
+    assert_eq!(prefix.wait_for(2, WAIT).await.len(), 2);
+    assert_eq!(all.wait_for(3, WAIT).await.len(), 3);
+    assert_eq!(
+        other.wait_for(1, WAIT).await[0].json()["type"],
+        "low-stock-alert"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(exact.received().len(), 1);
+    assert!(inactive.received().is_empty());
+
+    let (_, types) = engine.get("/api/webhooks/events", &key).await;
+    let names: Vec<_> = types["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["invoice.paid", "invoice.sent", "low-stock-alert"]);
+}
+
+#[tokio::test]
+async fn idempotent_triggers_are_no_ops() {
+    let engine = TestEngine::spawn().await;
+    let receiver = TestReceiver::spawn().await;
+    let key = engine.tenant("shop").await;
+    engine.webhook(&key, &receiver.url, json!({})).await;
+
+    let send = |headers: Vec<(&'static str, &'static str)>, body: serde_json::Value| {
+        let mut req = engine
+            .http
+            .post(format!("{}/api/events", engine.url))
+            .bearer_auth(&key)
+            .json(&body);
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        req.send()
+    };
+    let body = json!({"type": "order.created", "data": {"order": 7}});
+    let first = send(vec![("Idempotency-Key", "order-7")], body.clone())
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 202);
+    let first: serde_json::Value = first.json().await.unwrap();
+    let again = send(vec![("Idempotency-Key", "order-7")], body.clone())
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 202);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let again: serde_json::Value = again.json().await.unwrap();
+    assert_eq!(again["id"], first["id"]);
+    assert_eq!(again["deliveries"], 1);
+
+    // Same key, different request: a conflict, not a silent replay.
+    let other = send(
+        vec![("Idempotency-Key", "order-7")],
+        json!({"type": "order.created", "data": {"order": 8}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(other.status(), 409);
+
+    // A caller-given event id works the same way.
+    let with_id = json!({"type": "order.paid", "data": {"order": 7}, "id": "order-7-paid"});
+    let a: serde_json::Value = send(vec![], with_id.clone())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let b = send(vec![], with_id).await.unwrap();
+    assert_eq!(b.headers()["idempotent-replayed"], "true");
+    assert_eq!(a["id"], "order-7-paid");
+
+    receiver.wait_for(2, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.received().len(), 2, "each event delivered once");
+}
+
+#[tokio::test]
+async fn event_data_arrives_byte_for_byte() {
+    let engine = TestEngine::spawn().await;
+    let receiver = TestReceiver::spawn().await;
+    let key = engine.tenant("fidelity").await;
+    engine.webhook(&key, &receiver.url, json!({})).await;
+    let data = r#"{"zeta":1,"alpha":12345678901234567890123.4500,"tiny":1e-7,"text":"caf\u00e9 ☕ \"q\"","nested":{"b":[1,2.0,null],"a":true}}"#;
+    let raw = format!(r#"{{"type":"fidelity.check","data":{data}}}"#);
+    let resp = engine
+        .http
+        .post(format!("{}/api/events", engine.url))
+        .bearer_auth(&key)
+        .header("content-type", "application/json")
+        .body(raw)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let got = receiver.wait_for(1, WAIT).await;
+    let body = got[0].text();
+    assert!(body.ends_with(&format!(r#","data":{data}}}"#)), "{body}");
+}

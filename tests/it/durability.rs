@@ -1,0 +1,70 @@
+//! Restart durability: deliveries pending when the engine stops complete
+//! after it starts again on the same data directory.
+
+use crate::harness::{TestEngine, TestReceiver};
+use serde_json::json;
+use std::time::Duration;
+
+#[tokio::test]
+async fn pending_deliveries_complete_after_a_restart() {
+    let engine = TestEngine::spawn().await;
+    let receiver = TestReceiver::spawn().await;
+    receiver.answer(&[503, 503, 503]);
+    let key = engine.tenant("durable").await;
+    let hook = engine
+        .webhook(&key, &receiver.url, json!({
+            "retry_policy": {"strategy": "fixed", "retries": 5, "delay_ms": 1500, "jitter": false}
+        }))
+        .await;
+    for n in 0..3 {
+        engine.trigger(&key, "case.updated", json!({"n": n})).await;
+    }
+    // Each delivery failed once and is now waiting for its retry.
+    receiver.wait_for(3, Duration::from_secs(10)).await;
+    let (dir, data_dir) = engine.stop().await;
+
+    let engine = TestEngine::spawn_in(&data_dir).await;
+    let got = receiver.wait_for(6, Duration::from_secs(15)).await;
+    let mut ns: Vec<i64> = got[3..]
+        .iter()
+        .map(|r| r.json()["data"]["n"].as_i64().unwrap())
+        .collect();
+    ns.sort();
+    assert_eq!(ns, [0, 1, 2]);
+    let hook_id = hook["id"].as_str().unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, stats) = engine
+            .get(&format!("/api/webhooks/{hook_id}/stats"), &key)
+            .await;
+        if stats["succeeded"] == 3 {
+            assert_eq!(stats["pending"], 0);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{stats}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    engine.stop().await;
+    drop(dir);
+}
+
+#[tokio::test]
+async fn accepted_events_survive_a_restart() {
+    let engine = TestEngine::spawn().await;
+    let key = engine.tenant("persist").await;
+    let answer = engine
+        .trigger(&key, "client.created", json!({"firstName": "Ada"}))
+        .await;
+    let (dir, data_dir) = engine.stop().await;
+    let engine = TestEngine::spawn_in(&data_dir).await;
+    let (status, event) = engine
+        .get(
+            &format!("/api/events/{}", answer["id"].as_str().unwrap()),
+            &key,
+        )
+        .await;
+    assert_eq!(status, 200, "{event}");
+    assert_eq!(event["data"]["firstName"], "Ada");
+    engine.stop().await;
+    drop(dir);
+}

@@ -1,0 +1,271 @@
+//! The shared test harness: the real engine on an ephemeral port with a fresh
+//! data directory, a client for its API, and loopback receivers that record
+//! what they get and answer what they are told.
+
+use axum::http::{HeaderMap, StatusCode};
+use reqwest::Method;
+use serde_json::{Value, json};
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tempfile::TempDir;
+use tokio::sync::{Notify, oneshot};
+use wasmhook::config::Settings;
+
+pub const ADMIN: &str = "test-admin-token-0123456789";
+
+pub struct TestEngine {
+    pub url: String,
+    pub http: reqwest::Client,
+    dir: Option<TempDir>,
+    data_dir: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestEngine {
+    pub async fn spawn() -> TestEngine {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().to_path_buf();
+        let mut engine = Self::spawn_in(&data_dir).await;
+        engine.dir = Some(dir);
+        engine
+    }
+
+    /// An engine on an existing data directory (for restarts).
+    pub async fn spawn_in(data_dir: &Path) -> TestEngine {
+        let settings = Settings::for_tests(data_dir.to_path_buf(), ADMIN);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(wasmhook::run(settings, listener, async {
+            let _ = stopped.await;
+        }));
+        TestEngine {
+            url,
+            http: reqwest::Client::new(),
+            dir: None,
+            data_dir: data_dir.to_path_buf(),
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Stops the engine and returns its data directory (kept alive).
+    pub async fn stop(mut self) -> (Option<TempDir>, PathBuf) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap().unwrap();
+        (self.dir.take(), self.data_dir.clone())
+    }
+
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{}", self.url, path))
+            .bearer_auth(token);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.unwrap();
+        let status = StatusCode::from_u16(resp.status().as_u16()).unwrap();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
+        self.call(Method::GET, path, token, None).await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::POST, path, token, Some(body)).await
+    }
+
+    /// Creates a tenant; returns its API key.
+    pub async fn tenant(&self, id: &str) -> String {
+        let (status, body) = self
+            .post("/api/tenants", ADMIN, json!({"id": id, "name": id}))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["api_key"].as_str().unwrap().to_owned()
+    }
+
+    /// Creates a webhook from `spec` (merged over url + events ["*"]); returns the answer.
+    pub async fn webhook(&self, key: &str, url: &str, spec: Value) -> Value {
+        let mut body = json!({"url": url, "events": ["*"]});
+        for (k, v) in spec.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let (status, answer) = self.post("/api/webhooks", key, body).await;
+        assert_eq!(status, StatusCode::CREATED, "{answer}");
+        answer
+    }
+
+    pub async fn trigger(&self, key: &str, event_type: &str, data: Value) -> Value {
+        let (status, body) = self
+            .post(
+                "/api/events",
+                key,
+                json!({"type": event_type, "data": data}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        body
+    }
+
+    /// Polls a delivery until `done` says so (or panics after `within`).
+    pub async fn wait_delivery(
+        &self,
+        key: &str,
+        webhook: &str,
+        delivery: &str,
+        within: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let (status, body) = self
+                .get(
+                    &format!("/api/webhooks/{webhook}/deliveries/{delivery}"),
+                    key,
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            if done(&body) {
+                return body;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "delivery never reached the state: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+/// One request a receiver got.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+    pub at: tokio::time::Instant,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap())
+            .unwrap_or("")
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+
+    pub fn text(&self) -> &str {
+        std::str::from_utf8(&self.body).unwrap()
+    }
+}
+
+#[derive(Default)]
+struct ReceiverState {
+    got: Mutex<Vec<Received>>,
+    /// Answers to give, in order; 200 once empty.
+    script: Mutex<VecDeque<(u16, Vec<(String, String)>)>>,
+    notify: Notify,
+}
+
+/// A loopback HTTP receiver.
+pub struct TestReceiver {
+    pub url: String,
+    state: Arc<ReceiverState>,
+}
+
+impl TestReceiver {
+    pub async fn spawn() -> TestReceiver {
+        let state = Arc::new(ReceiverState::default());
+        let s = state.clone();
+        let app = axum::Router::new().fallback(move |headers: HeaderMap, body: bytes::Bytes| {
+            let s = s.clone();
+            async move {
+                let (status, extra) = s
+                    .script
+                    .lock()
+                    .unwrap()
+                    .pop_front()
+                    .unwrap_or((200, vec![]));
+                s.got.lock().unwrap().push(Received {
+                    headers,
+                    body: body.to_vec(),
+                    at: tokio::time::Instant::now(),
+                });
+                s.notify.notify_waiters();
+                let mut resp = axum::http::Response::builder().status(status);
+                for (k, v) in extra {
+                    resp = resp.header(k, v);
+                }
+                resp.body(axum::body::Body::from("received")).unwrap()
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        TestReceiver { url, state }
+    }
+
+    /// The next answers, in order (then 200).
+    pub fn answer(&self, statuses: &[u16]) {
+        let mut script = self.state.script.lock().unwrap();
+        script.extend(statuses.iter().map(|s| (*s, vec![])));
+    }
+
+    pub fn answer_with_headers(&self, status: u16, headers: &[(&str, &str)]) {
+        self.state.script.lock().unwrap().push_back((
+            status,
+            headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        ));
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.got.lock().unwrap().clone()
+    }
+
+    /// Waits until at least `n` requests arrived.
+    pub async fn wait_for(&self, n: usize, within: Duration) -> Vec<Received> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let notified = self.state.notify.notified();
+            let got = self.received();
+            if got.len() >= n {
+                return got;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "receiver got {} of {n} requests",
+                got.len()
+            );
+            let _ = tokio::time::timeout(Duration::from_millis(50), notified).await;
+        }
+    }
+}
+
+/// Verifies a delivery the way a Standard Webhooks receiver does, with the
+/// public `standardwebhooks` library.
+pub fn verify_standard(secret: &str, got: &Received) {
+    let wh = standardwebhooks::Webhook::new(secret).unwrap();
+    wh.verify(&got.body, &got.headers)
+        .unwrap_or_else(|e| panic!("Standard Webhooks verification failed: {e:?}"));
+}

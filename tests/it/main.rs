@@ -1,0 +1,11 @@
+//! Black-box tests of the whole engine: real engine, real loopback receivers,
+//! real plugin components built from `plugins/`.
+
+mod harness;
+
+mod api_errors;
+mod delivery;
+mod durability;
+mod plugins;
+mod retries;
+mod tenancy;

@@ -1,0 +1,205 @@
+//! Plugins uploaded over the API shape deliveries; the standard-webhooks
+//! plugin is byte-for-byte the native default; bad uploads are refused.
+
+use crate::harness::{TestEngine, TestReceiver, verify_standard};
+use axum::http::StatusCode;
+use serde_json::json;
+use serde_json::value::RawValue;
+use std::collections::BTreeMap;
+use std::time::Duration;
+use wasmhook::delivery::request::{AttemptContext, Shaped};
+use wasmhook::delivery::{shape, sign};
+use wasmhook::ids::{EventId, TenantId, WebhookId};
+use wasmhook::model::{Event, PluginVersion, Secret, Webhook};
+use wasmhook::plugin::PluginRuntime;
+use wasmhook::schedule::policy::RetryPolicy;
+use wasmhook_tests::plugins::STANDARD_WEBHOOKS;
+
+async fn upload(
+    engine: &TestEngine,
+    key: &str,
+    name: &str,
+    bytes: Vec<u8>,
+    content_type: &str,
+) -> (StatusCode, serde_json::Value) {
+    let resp = engine
+        .http
+        .put(format!("{}/api/plugins/{name}", engine.url))
+        .bearer_auth(key)
+        .header("content-type", content_type)
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
+    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap();
+    (status, resp.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn uploaded_plugin_shapes_the_delivery() {
+    let engine = TestEngine::spawn().await;
+    let receiver = TestReceiver::spawn().await;
+    let key = engine.tenant("plugged").await;
+    let bytes = std::fs::read(STANDARD_WEBHOOKS).unwrap();
+    let (status, body) = upload(
+        &engine,
+        &key,
+        "standard-webhooks",
+        bytes.clone(),
+        "application/wasm",
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["version"], 1);
+    let (status, body) = upload(
+        &engine,
+        &key,
+        "standard-webhooks",
+        bytes,
+        "application/wasm",
+    )
+    .await;
+    assert_eq!(
+        (status, body["version"].as_u64()),
+        (StatusCode::CREATED, Some(2))
+    );
+    let (_, list) = engine.get("/api/plugins", &key).await;
+    assert_eq!(list["data"][0]["name"], "standard-webhooks");
+
+    let hook = engine
+        .webhook(
+            &key,
+            &receiver.url,
+            json!({"plugin": "standard-webhooks", "plugin_config": {"x": 1}}),
+        )
+        .await;
+    engine
+        .trigger(&key, "document.signed", json!({"signedBy": "u1"}))
+        .await;
+    let got = receiver.wait_for(1, Duration::from_secs(10)).await;
+    verify_standard(hook["secret"].as_str().unwrap(), &got[0]);
+    assert_eq!(got[0].json()["data"]["signedBy"], "u1");
+    let d = engine
+        .wait_delivery(
+            &key,
+            hook["id"].as_str().unwrap(),
+            got[0].header("webhook-id"),
+            Duration::from_secs(10),
+            |d| d["status"] == "succeeded",
+        )
+        .await;
+    assert_eq!(d["attempt_log"][0]["plugin"], "standard-webhooks@2");
+}
+
+#[tokio::test]
+async fn bad_uploads_are_refused_with_the_reason() {
+    let engine = TestEngine::spawn().await;
+    let key = engine.tenant("bad-plugins").await;
+    let (status, body) = upload(
+        &engine,
+        &key,
+        "junk",
+        b"not wasm".to_vec(),
+        "application/wasm",
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(body["error"]["code"], "invalid_plugin");
+    // A core module is not a component of the world.
+    let core = vec![0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00];
+    let (status, body) = upload(&engine, &key, "core", core, "application/wasm").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let (status, _) = upload(&engine, &key, "x", b"abc".to_vec(), "text/plain").await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let (status, body) = upload(
+        &engine,
+        &key,
+        "Bad Name",
+        b"abc".to_vec(),
+        "application/wasm",
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let (_, list) = engine.get("/api/plugins", &key).await;
+    assert!(list["data"].as_array().unwrap().is_empty());
+    // A webhook cannot name a plugin that was never uploaded.
+    let (status, body) = engine
+        .post(
+            "/api/webhooks",
+            &key,
+            json!({"url": "http://127.0.0.1:1/x", "events": ["*"], "plugin": "nope"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(body["error"]["message"].as_str().unwrap().contains("nope"));
+}
+
+#[test]
+fn standard_webhooks_plugin_matches_the_native_default_byte_for_byte() {
+    let runtime = PluginRuntime::new(Duration::from_millis(500), 64 << 20).unwrap();
+    let pre = runtime
+        .compile(&std::fs::read(STANDARD_WEBHOOKS).unwrap())
+        .unwrap();
+    let tenant = TenantId::from_trusted("t");
+    let meta = PluginVersion {
+        name: "standard-webhooks".into(),
+        version: 1,
+        sha256: String::new(),
+        size: 0,
+        uploaded_at_ms: 0,
+        uploaded_by: "test".into(),
+    };
+    let plugin = runtime.install(&tenant, &meta, pre);
+    let webhook = Webhook {
+        id: WebhookId::from_trusted("wh_1"),
+        tenant: tenant.clone(),
+        url: "http://127.0.0.1/x".into(),
+        events: vec!["*".into()],
+        active: true,
+        disabled_reason: None,
+        description: String::new(),
+        headers: BTreeMap::new(),
+        metadata: BTreeMap::new(),
+        plugin: Some("standard-webhooks".into()),
+        plugin_config: serde_json::Value::Null,
+        retry_policy: RetryPolicy::default(),
+        timeout_ms: 1000,
+        secret: Secret::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()),
+        retired_secrets: vec![],
+        created_at_ms: 0,
+        updated_at_ms: 0,
+    };
+    let datas = [
+        r#"{}"#,
+        r#"{"b":1,"a":[1.50,-0,1e400],"s":"\u00e9\"\\ \ud83d\ude00 ☕"}"#,
+        r#"{ "spaced" : true , "n": 123456789012345678901234567890 }"#,
+    ];
+    for (i, data) in datas.iter().enumerate() {
+        let event = Event {
+            id: EventId::from_trusted("evt_1"),
+            tenant: tenant.clone(),
+            event_type: format!("type.\"{i}\"é"),
+            data: RawValue::from_string(data.to_string()).unwrap(),
+            occurred_at_ms: 1_700_000_000_000 + i as u64,
+        };
+        let ctx = AttemptContext::new("dlv_1", 2, 1_700_000_123_456);
+        let Shaped::Deliver(from_plugin) = runtime.call(&plugin, &event, &webhook, &ctx).unwrap()
+        else {
+            panic!("plugin skipped")
+        };
+        let native = shape::standard_webhooks(&event, &ctx);
+        assert_eq!(from_plugin, native, "data {data}");
+        let secrets = webhook.live_secrets(0);
+        let spec = native.signature.as_ref().unwrap();
+        assert_eq!(
+            sign::signature_value(
+                from_plugin.signature.as_ref().unwrap(),
+                &secrets,
+                &from_plugin.body,
+                "dlv_1",
+                ctx.timestamp
+            ),
+            sign::signature_value(spec, &secrets, &native.body, "dlv_1", ctx.timestamp),
+        );
+    }
+}

@@ -1,0 +1,184 @@
+//! Retries with backoff, Retry-After, exhausted attempts and manual retry,
+//! 410 Gone.
+
+use crate::harness::{TestEngine, TestReceiver};
+use axum::http::StatusCode;
+use serde_json::json;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+#[tokio::test]
+async fn failing_receiver_is_retried_with_backoff_until_it_lands() {
+    let engine = TestEngine::spawn().await;
+    let receiver = TestReceiver::spawn().await;
+    receiver.answer(&[500, 503]);
+    let key = engine.tenant("backoff").await;
+    let hook = engine
+        .webhook(&key, &receiver.url, json!({
+            "retry_policy": {"strategy": "exponential", "retries": 3, "initial_delay_ms": 300, "jitter": false}
+        }))
+        .await;
+    engine.trigger(&key, "invoice.paid", json!({"n": 1})).await;
+
+    let got = receiver.wait_for(3, WAIT).await;
+    let first_gap = got[1].at - got[0].at;
+    let second_gap = got[2].at - got[1].at;
+    assert!(first_gap >= Duration::from_millis(280), "{first_gap:?}");
+    assert!(second_gap >= Duration::from_millis(580), "{second_gap:?}");
+    // Every attempt carries the same delivery id and the same body.
+    assert_eq!(got[0].header("webhook-id"), got[2].header("webhook-id"));
+    assert_eq!(got[0].json()["data"], got[2].json()["data"]);
+
+    let d = engine
+        .wait_delivery(
+            &key,
+            hook["id"].as_str().unwrap(),
+            got[0].header("webhook-id"),
+            WAIT,
+            |d| d["status"] == "succeeded",
+        )
+        .await;
+    let log = d["attempt_log"].as_array().unwrap();
+    assert_eq!(log.len(), 3);
+    assert_eq!(log[0]["status_code"], 500);
+    assert_eq!(log[0]["outcome"], "http_error");
+    assert_eq!(log[1]["status_code"], 503);
+    assert_eq!(log[2]["outcome"], "succeeded");
+}
+
+#[tokio::test]
+async fn exhausted_delivery_fails_and_can_be_retried_by_hand() {
+    let engine = TestEngine::spawn().await;
+    let receiver = TestReceiver::spawn().await;
+    receiver.answer(&[500, 502]);
+    let key = engine.tenant("exhaust").await;
+    let hook = engine
+        .webhook(
+            &key,
+            &receiver.url,
+            json!({
+                "retry_policy": {"strategy": "fixed", "retries": 1, "delay_ms": 100}
+            }),
+        )
+        .await;
+    let hook_id = hook["id"].as_str().unwrap();
+    engine
+        .trigger(&key, "payment.failed", json!({"n": 1}))
+        .await;
+    let got = receiver.wait_for(2, WAIT).await;
+    let delivery = got[0].header("webhook-id").to_owned();
+    let d = engine
+        .wait_delivery(&key, hook_id, &delivery, WAIT, |d| d["status"] == "failed")
+        .await;
+    assert!(
+        d["reason"]
+            .as_str()
+            .unwrap()
+            .contains("gave up after 2 attempts"),
+        "{d}"
+    );
+
+    let (_, failed) = engine
+        .get(
+            &format!("/api/webhooks/{hook_id}/deliveries?status=failed"),
+            &key,
+        )
+        .await;
+    assert_eq!(failed["data"].as_array().unwrap().len(), 1);
+    let (_, stats) = engine
+        .get(&format!("/api/webhooks/{hook_id}/stats"), &key)
+        .await;
+    assert_eq!(stats["failed"], 1);
+    assert_eq!(stats["attempts"], 2);
+
+    let (status, body) = engine
+        .post(
+            &format!("/api/webhooks/{hook_id}/deliveries/{delivery}/retry"),
+            &key,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    receiver.wait_for(3, WAIT).await;
+    let d = engine
+        .wait_delivery(&key, hook_id, &delivery, WAIT, |d| {
+            d["status"] == "succeeded"
+        })
+        .await;
+    assert_eq!(d["attempts"], 3);
+    let (_, stats) = engine
+        .get(&format!("/api/webhooks/{hook_id}/stats"), &key)
+        .await;
+    assert_eq!(
+        (stats["failed"].as_u64(), stats["succeeded"].as_u64()),
+        (Some(0), Some(1))
+    );
+
+    // A delivery that succeeded is not retried by hand.
+    let (status, body) = engine
+        .post(
+            &format!("/api/webhooks/{hook_id}/deliveries/{delivery}/retry"),
+            &key,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured() {
+    let engine = TestEngine::spawn().await;
+    let receiver = TestReceiver::spawn().await;
+    receiver.answer_with_headers(429, &[("retry-after", "1")]);
+    let key = engine.tenant("ratelimited").await;
+    engine
+        .webhook(
+            &key,
+            &receiver.url,
+            json!({
+                "retry_policy": {"strategy": "fixed", "retries": 2, "delay_ms": 50}
+            }),
+        )
+        .await;
+    engine.trigger(&key, "x.y", json!({})).await;
+    let got = receiver.wait_for(2, WAIT).await;
+    assert!(
+        got[1].at - got[0].at >= Duration::from_millis(950),
+        "{:?}",
+        got[1].at - got[0].at
+    );
+}
+
+#[tokio::test]
+async fn gone_disables_the_webhook() {
+    let engine = TestEngine::spawn().await;
+    let receiver = TestReceiver::spawn().await;
+    receiver.answer(&[410]);
+    let key = engine.tenant("gone").await;
+    let hook = engine.webhook(&key, &receiver.url, json!({})).await;
+    let hook_id = hook["id"].as_str().unwrap();
+    engine.trigger(&key, "a.b", json!({})).await;
+    let got = receiver.wait_for(1, WAIT).await;
+    let d = engine
+        .wait_delivery(&key, hook_id, got[0].header("webhook-id"), WAIT, |d| {
+            d["status"] == "failed"
+        })
+        .await;
+    assert!(d["reason"].as_str().unwrap().contains("410"));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, w) = engine.get(&format!("/api/webhooks/{hook_id}"), &key).await;
+        if w["active"] == false {
+            assert!(w["disabled_reason"].as_str().unwrap().contains("410"));
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Disabled webhooks get no new events.
+    assert_eq!(
+        engine.trigger(&key, "a.b", json!({})).await["deliveries"],
+        0
+    );
+}
