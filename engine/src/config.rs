@@ -131,10 +131,10 @@ impl RawConfig {
                     .map_err(|_| invalid("allow_private_targets", format!("'{s}' is not a CIDR")))
             })
             .collect::<Result<_, _>>()?;
-        if let Some(token) = &self.admin_token {
-            if token.len() < 16 {
-                return Err(invalid("admin_token", "must be at least 16 characters"));
-            }
+        if let Some(token) = &self.admin_token
+            && token.len() < 16
+        {
+            return Err(invalid("admin_token", "must be at least 16 characters"));
         }
         if self.delivery_concurrency == 0 {
             return Err(invalid("delivery_concurrency", "must be at least 1"));

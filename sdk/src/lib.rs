@@ -6,7 +6,7 @@
 //! engine holds the secrets and computes the signature; a plugin never sees a
 //! secret.
 //!
-//! ```ignore
+//! ```no_run
 //! use wasmhook_sdk::prelude::*;
 //!
 //! struct MyFormat;

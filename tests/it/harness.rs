@@ -177,11 +177,14 @@ impl Received {
     }
 }
 
+/// A status and extra headers to answer with.
+type Answer = (u16, Vec<(String, String)>);
+
 #[derive(Default)]
 struct ReceiverState {
     got: Mutex<Vec<Received>>,
     /// Answers to give, in order; 200 once empty.
-    script: Mutex<VecDeque<(u16, Vec<(String, String)>)>>,
+    script: Mutex<VecDeque<Answer>>,
     notify: Notify,
 }
 

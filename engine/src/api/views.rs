@@ -61,7 +61,7 @@ pub fn stats(s: &DeliveryStats) -> Value {
         "failed": s.failed,
         "skipped": s.skipped,
         "attempts": s.attempts,
-        "average_attempt_ms": if s.attempts == 0 { 0 } else { s.attempt_duration_ms_total / s.attempts },
+        "average_attempt_ms": s.attempt_duration_ms_total.checked_div(s.attempts).unwrap_or(0),
         "success_rate": if finished == 0 { Value::Null } else { json!(s.succeeded as f64 / finished as f64) },
     })
 }

@@ -115,12 +115,12 @@ fn check_url(url: &str, allow: &[ipnet::IpNet]) -> Result<(), ApiError> {
     } else {
         host.parse().ok()
     };
-    if let Some(ip) = literal {
-        if !ssrf::allowed(ip, allow) {
-            return Err(bad(&format!(
-                "{host} is a private address; the operator can allow its range with allow_private_targets"
-            )));
-        }
+    if let Some(ip) = literal
+        && !ssrf::allowed(ip, allow)
+    {
+        return Err(bad(&format!(
+            "{host} is a private address; the operator can allow its range with allow_private_targets"
+        )));
     }
     Ok(())
 }

@@ -122,10 +122,9 @@ impl HttpClient {
             .host()
             .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
             .and_then(|h| h.parse::<IpAddr>().ok())
+            && !ssrf::allowed(ip, &self.allow)
         {
-            if !ssrf::allowed(ip, &self.allow) {
-                return Err((SendError::PrivateAddress(ip), started.elapsed()));
-            }
+            return Err((SendError::PrivateAddress(ip), started.elapsed()));
         }
         let mut req = Request::post(uri.clone())
             .body(Full::new(Bytes::from(body)))

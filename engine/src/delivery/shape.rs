@@ -86,10 +86,10 @@ pub fn check(req: &OutRequest) -> Result<(), String> {
         if sig.prefix.contains(['\r', '\n']) {
             return Err("signature prefix contains CR or LF".into());
         }
-        if let Some(sep) = &sig.rotation_separator {
-            if sep.contains(['\r', '\n']) {
-                return Err("rotation separator contains CR or LF".into());
-            }
+        if let Some(sep) = &sig.rotation_separator
+            && sep.contains(['\r', '\n'])
+        {
+            return Err("rotation separator contains CR or LF".into());
         }
     }
     for (name, value) in &req.headers {

@@ -153,10 +153,15 @@ impl PluginRuntime {
             sha256: meta.sha256.clone(),
             pre,
         });
-        self.loaded
-            .write()
-            .expect("plugin map lock")
-            .insert((tenant.clone(), meta.name.clone()), plugin.clone());
+        let mut loaded = self.loaded.write().expect("plugin map lock");
+        let key = (tenant.clone(), meta.name.clone());
+        // Two uploads finishing out of order must not bring back the older one.
+        match loaded.get(&key) {
+            Some(current) if current.version > plugin.version => {}
+            _ => {
+                loaded.insert(key, plugin.clone());
+            }
+        }
         plugin
     }
 
