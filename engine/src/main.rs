@@ -33,12 +33,23 @@ enum Command {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wasmhook: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {
         Command::Serve { config } => {
-            let settings = Settings::load(config.as_deref()).context("invalid configuration")?;
+            let settings = Settings::load(config.as_deref())
+                .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
             init_tracing(settings.log_json);
             runtime.block_on(async move {
                 let listener = tokio::net::TcpListener::bind(settings.listen)
