@@ -6,5 +6,5 @@ wasmtime::component::bindgen!({
     world: "plugin",
 });
 
-pub use wasmhook::plugin::log::{Host as LogHost, Level};
-pub use wasmhook::plugin::types::Host as TypesHost;
+pub use self::wasmhook::plugin::log::{Host as LogHost, Level};
+pub use self::wasmhook::plugin::types::Host as TypesHost;
