@@ -5,7 +5,14 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-const PLUGINS: &[&str] = &["standard-webhooks"];
+const PLUGINS: &[&str] = &[
+    "standard-webhooks",
+    "lawfirm",
+    "gestiqcloud",
+    "jossiedb",
+    "esign",
+    "corp-astro",
+];
 
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());

@@ -48,6 +48,8 @@ use std::fmt;
 
 pub use serde_json::{self, Value, json};
 
+pub mod js;
+
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({

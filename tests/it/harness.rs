@@ -90,6 +90,35 @@ impl TestEngine {
         self.call(Method::POST, path, token, Some(body)).await
     }
 
+    /// Uploads a plugin component; returns the status and answer.
+    pub async fn upload(
+        &self,
+        key: &str,
+        name: &str,
+        bytes: Vec<u8>,
+        content_type: &str,
+    ) -> (StatusCode, Value) {
+        let resp = self
+            .http
+            .put(format!("{}/api/plugins/{name}", self.url))
+            .bearer_auth(key)
+            .header("content-type", content_type)
+            .body(bytes)
+            .send()
+            .await
+            .unwrap();
+        let status = StatusCode::from_u16(resp.status().as_u16()).unwrap();
+        (status, resp.json().await.unwrap())
+    }
+
+    /// Uploads a plugin built from `plugins/`, asserting it is accepted.
+    pub async fn install_plugin(&self, key: &str, name: &str, path: &str) {
+        let (status, body) = self
+            .upload(key, name, std::fs::read(path).unwrap(), "application/wasm")
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+
     /// Creates a tenant; returns its API key.
     pub async fn tenant(&self, id: &str) -> String {
         let (status, body) = self

@@ -6,6 +6,7 @@ mod harness;
 mod api_errors;
 mod delivery;
 mod durability;
+mod formats;
 mod plugins;
 mod retries;
 mod tenancy;

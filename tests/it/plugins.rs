@@ -15,50 +15,20 @@ use wasmhook::plugin::PluginRuntime;
 use wasmhook::schedule::policy::RetryPolicy;
 use wasmhook_tests::plugins::STANDARD_WEBHOOKS;
 
-async fn upload(
-    engine: &TestEngine,
-    key: &str,
-    name: &str,
-    bytes: Vec<u8>,
-    content_type: &str,
-) -> (StatusCode, serde_json::Value) {
-    let resp = engine
-        .http
-        .put(format!("{}/api/plugins/{name}", engine.url))
-        .bearer_auth(key)
-        .header("content-type", content_type)
-        .body(bytes)
-        .send()
-        .await
-        .unwrap();
-    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap();
-    (status, resp.json().await.unwrap())
-}
-
 #[tokio::test]
 async fn uploaded_plugin_shapes_the_delivery() {
     let engine = TestEngine::spawn().await;
     let receiver = TestReceiver::spawn().await;
     let key = engine.tenant("plugged").await;
     let bytes = std::fs::read(STANDARD_WEBHOOKS).unwrap();
-    let (status, body) = upload(
-        &engine,
-        &key,
-        "standard-webhooks",
-        bytes.clone(),
-        "application/wasm",
-    )
-    .await;
+    let (status, body) = engine
+        .upload(&key, "standard-webhooks", bytes.clone(), "application/wasm")
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["version"], 1);
-    let (status, body) = upload(
-        &engine,
-        &key,
-        "standard-webhooks",
-        bytes,
-        "application/wasm",
-    )
-    .await;
+    let (status, body) = engine
+        .upload(&key, "standard-webhooks", bytes, "application/wasm")
+        .await;
     assert_eq!(
         (status, body["version"].as_u64()),
         (StatusCode::CREATED, Some(2))
@@ -95,30 +65,22 @@ async fn uploaded_plugin_shapes_the_delivery() {
 async fn bad_uploads_are_refused_with_the_reason() {
     let engine = TestEngine::spawn().await;
     let key = engine.tenant("bad-plugins").await;
-    let (status, body) = upload(
-        &engine,
-        &key,
-        "junk",
-        b"not wasm".to_vec(),
-        "application/wasm",
-    )
-    .await;
+    let (status, body) = engine
+        .upload(&key, "junk", b"not wasm".to_vec(), "application/wasm")
+        .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(body["error"]["code"], "invalid_plugin");
     // A core module is not a component of the world.
     let core = vec![0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00];
-    let (status, body) = upload(&engine, &key, "core", core, "application/wasm").await;
+    let (status, body) = engine.upload(&key, "core", core, "application/wasm").await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
-    let (status, _) = upload(&engine, &key, "x", b"abc".to_vec(), "text/plain").await;
+    let (status, _) = engine
+        .upload(&key, "x", b"abc".to_vec(), "text/plain")
+        .await;
     assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
-    let (status, body) = upload(
-        &engine,
-        &key,
-        "Bad Name",
-        b"abc".to_vec(),
-        "application/wasm",
-    )
-    .await;
+    let (status, body) = engine
+        .upload(&key, "Bad Name", b"abc".to_vec(), "application/wasm")
+        .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     let (_, list) = engine.get("/api/plugins", &key).await;
     assert!(list["data"].as_array().unwrap().is_empty());
