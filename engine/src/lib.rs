@@ -16,6 +16,8 @@ pub mod api;
 pub mod clock;
 pub mod config;
 pub mod delivery;
+pub mod devkit;
+pub mod filter;
 pub mod ids;
 pub mod metrics;
 pub mod model;

@@ -25,11 +25,44 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Plugin developer kit: scaffold and try out plugins.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
     /// Listen for webhooks and print each one (method, headers, body); answers 200.
     DevReceiver {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:9000")]
         listen: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Create a ready-to-build plugin crate (SDK dependency, example, tests).
+    New {
+        /// The plugin's name (lowercase letters, digits, '-', '_').
+        name: String,
+        /// Where to create it (default: ./NAME).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Path to the wasmhook-sdk crate (default: the SDK this binary was built with).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
+    /// Run a compiled plugin on an event and print the exact request the
+    /// engine would send (signed with a test secret), or the skip reason.
+    /// Exits non-zero when the plugin fails.
+    Test {
+        /// The component (`target/wasm32-wasip2/release/NAME.wasm`).
+        wasm: PathBuf,
+        /// A trigger body: {"type": ..., "data": {...}}.
+        #[arg(long)]
+        event: PathBuf,
+        /// The webhook: {"url"?, "plugin_config"?, "metadata"?, "headers"?, "secret"?}.
+        #[arg(long)]
+        webhook: Option<PathBuf>,
     },
 }
 
@@ -58,7 +91,39 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 wasmhook::run(settings, listener, shutdown_signal()).await
             })
         }
+        Command::Plugin { command } => plugin(command),
         Command::DevReceiver { listen } => runtime.block_on(dev_receiver(listen)),
+    }
+}
+
+fn plugin(command: PluginCommand) -> anyhow::Result<()> {
+    use wasmhook::devkit;
+    match command {
+        PluginCommand::New { name, dir, sdk } => {
+            let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
+            let sdk = sdk
+                .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../sdk")));
+            let sdk = sdk
+                .canonicalize()
+                .with_context(|| format!("the SDK is not at {} (give --sdk)", sdk.display()))?;
+            devkit::scaffold(&name, &dir, &sdk)?;
+            println!(
+                "created {}: cd there, then `cargo test` and `cargo build --release --target wasm32-wasip2`",
+                dir.display()
+            );
+            Ok(())
+        }
+        PluginCommand::Test {
+            wasm,
+            event,
+            webhook,
+        } => {
+            match devkit::test_plugin(&wasm, &event, webhook.as_deref())? {
+                devkit::TestOutcome::Request(text) => println!("{text}"),
+                devkit::TestOutcome::Skipped(reason) => println!("skipped: {reason}"),
+            }
+            Ok(())
+        }
     }
 }
 

@@ -18,6 +18,7 @@ pub struct Metrics {
     pub events_accepted: Counter,
     pub events_replayed: Counter,
     pub deliveries_created: Counter,
+    pub deliveries_filtered: Counter,
     pub attempts: Family<OutcomeLabel, Counter>,
     pub deliveries_finished: Family<OutcomeLabel, Counter>,
     pub attempt_seconds: Histogram,
@@ -30,6 +31,7 @@ impl Default for Metrics {
         let events_accepted = Counter::default();
         let events_replayed = Counter::default();
         let deliveries_created = Counter::default();
+        let deliveries_filtered = Counter::default();
         let attempts = Family::<OutcomeLabel, Counter>::default();
         let deliveries_finished = Family::<OutcomeLabel, Counter>::default();
         let attempt_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
@@ -48,6 +50,11 @@ impl Default for Metrics {
             "deliveries_created",
             "Deliveries created by fan-out",
             deliveries_created.clone(),
+        );
+        registry.register(
+            "deliveries_filtered",
+            "Subscribed webhooks an event skipped because their payload filter did not match",
+            deliveries_filtered.clone(),
         );
         registry.register("attempts", "Delivery attempts by outcome", attempts.clone());
         registry.register(
@@ -70,6 +77,7 @@ impl Default for Metrics {
             events_accepted,
             events_replayed,
             deliveries_created,
+            deliveries_filtered,
             attempts,
             deliveries_finished,
             attempt_seconds,

@@ -71,6 +71,9 @@ pub struct Webhook {
     pub metadata: BTreeMap<String, String>,
     pub plugin: Option<String>,
     pub plugin_config: serde_json::Value,
+    /// A declarative payload filter (see [`crate::filter`]).
+    #[serde(default)]
+    pub filter: Option<serde_json::Value>,
     pub retry_policy: RetryPolicy,
     pub timeout_ms: u64,
     pub secret: Secret,

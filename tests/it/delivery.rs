@@ -205,3 +205,62 @@ async fn event_data_arrives_byte_for_byte() {
     let body = got[0].text();
     assert!(body.ends_with(&format!(r#","data":{data}}}"#)), "{body}");
 }
+
+#[tokio::test]
+async fn payload_filters_decide_before_any_plugin() {
+    let engine = TestEngine::spawn().await;
+    let receiver = TestReceiver::spawn().await;
+    let key = engine.tenant("filters").await;
+    engine
+        .webhook(&key, &receiver.url, json!({
+            "events": ["invoice.*"],
+            "filter": {"totalAmount": {"$gte": 1000}, "$or": [{"currency": "EUR"}, {"client.vip": true}]}
+        }))
+        .await;
+    let big = engine
+        .trigger(
+            &key,
+            "invoice.paid",
+            json!({"totalAmount": 1500.00, "currency": "EUR"}),
+        )
+        .await;
+    assert_eq!(
+        (big["deliveries"].as_u64(), big["filtered"].as_u64()),
+        (Some(1), Some(0))
+    );
+    let small = engine
+        .trigger(
+            &key,
+            "invoice.paid",
+            json!({"totalAmount": 10, "currency": "EUR"}),
+        )
+        .await;
+    assert_eq!(
+        (small["deliveries"].as_u64(), small["filtered"].as_u64()),
+        (Some(0), Some(1))
+    );
+    let vip = engine
+        .trigger(
+            &key,
+            "invoice.sent",
+            json!({"totalAmount": 2000, "currency": "USD", "client": {"vip": true}}),
+        )
+        .await;
+    assert_eq!(vip["deliveries"], 1);
+    let got = receiver.wait_for(2, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(receiver.received().len(), 2);
+    assert_eq!(got[0].json()["data"]["currency"], "EUR");
+
+    let (status, body) = engine
+        .post("/api/webhooks", &key, json!({"url": receiver.url, "events": ["*"], "filter": {"amount": {"$between": [1, 2]}}}))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("$between"),
+        "{body}"
+    );
+}

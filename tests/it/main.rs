@@ -5,6 +5,7 @@ mod harness;
 
 mod api_errors;
 mod delivery;
+mod devkit;
 mod durability;
 mod formats;
 mod plugins;

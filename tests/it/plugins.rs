@@ -124,6 +124,7 @@ fn standard_webhooks_plugin_matches_the_native_default_byte_for_byte() {
         metadata: BTreeMap::new(),
         plugin: Some("standard-webhooks".into()),
         plugin_config: serde_json::Value::Null,
+        filter: None,
         retry_policy: RetryPolicy::default(),
         timeout_ms: 1000,
         secret: Secret::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()),

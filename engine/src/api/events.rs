@@ -96,18 +96,23 @@ pub async fn trigger(
 /// webhook `test` route.
 pub async fn ingest(app: &App, new: NewEvent) -> ApiResult<Response> {
     match app.store.insert_event(new).await? {
-        Ingested::Created { event, deliveries } => {
+        Ingested::Created {
+            event,
+            deliveries,
+            filtered,
+        } => {
             app.metrics.events_accepted.inc();
-            app.metrics
-                .deliveries_created
-                .inc_by(deliveries.len() as u64);
+            let created = deliveries.len() as u64;
+            app.metrics.deliveries_created.inc_by(created);
+            app.metrics.deliveries_filtered.inc_by(u64::from(filtered));
             app.deliverer.submit(&deliveries);
-            let body = answer(
+            let mut body = answer(
                 event.id.as_str(),
                 &event.event_type,
                 deliveries.len() as u32,
                 &deliveries,
             );
+            body["filtered"] = json!(filtered);
             Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response())
         }
         Ingested::Replayed(prev) => {

@@ -16,6 +16,7 @@ pub fn webhook(w: &Webhook) -> Value {
         "metadata": w.metadata,
         "plugin": w.plugin,
         "plugin_config": w.plugin_config,
+        "filter": w.filter,
         "retry_policy": w.retry_policy,
         "timeout_ms": w.timeout_ms,
         "created_at": rfc3339_ms(w.created_at_ms),

@@ -61,6 +61,8 @@ pub struct WebhookInput {
     #[serde(default, deserialize_with = "present")]
     plugin: Option<Option<String>>,
     plugin_config: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    filter: Option<Option<Value>>,
     retry_policy: Option<RetryPolicy>,
     timeout_ms: Option<u64>,
     secret: Option<String>,
@@ -228,6 +230,13 @@ async fn apply(app: &App, caller: &Caller, w: &mut Webhook, input: WebhookInput)
         }
         w.plugin_config = config;
     }
+    if let Some(filter) = input.filter {
+        if let Some(spec) = &filter {
+            crate::filter::Filter::compile(spec)
+                .map_err(|e| ApiError::invalid(format!("filter: {e}")))?;
+        }
+        w.filter = filter;
+    }
     if let Some(policy) = input.retry_policy {
         policy
             .validate()
@@ -276,6 +285,7 @@ pub async fn create(
         metadata: BTreeMap::new(),
         plugin: None,
         plugin_config: Value::Null,
+        filter: None,
         retry_policy: RetryPolicy::default(),
         timeout_ms: DEFAULT_TIMEOUT_MS,
         secret: Secret::generate(),

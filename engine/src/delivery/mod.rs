@@ -373,8 +373,9 @@ impl Deliverer {
 }
 
 /// The final headers and body: content type, user agent, the shaped headers,
-/// the webhook's custom headers (which win), and the signature.
-fn build(
+/// the webhook's custom headers (which win), and the signature. `req` must
+/// have passed [`shape::check`].
+pub fn build(
     webhook: &Webhook,
     req: request::OutRequest,
     ctx: &AttemptContext,

@@ -12,6 +12,7 @@
 //! the shared transaction, so closures check before they write.
 
 use super::{IdempotentAnswer, Ingested, NewEvent, Page, Store, StoreError};
+use crate::filter::Filter;
 use crate::ids::{DeliveryId, EventId, TenantId, WebhookId};
 use crate::model::{
     Attempt, Delivery, DeliveryStats, DeliveryStatus, Event, EventTypeSeen, PluginVersion, Tenant,
@@ -57,7 +58,9 @@ const MAX_GROUP: usize = 512;
 
 type Done = Box<dyn FnOnce(Result<(), String>) + Send>;
 type Op = Box<dyn FnOnce(Option<&WriteTransaction>) -> Done + Send>;
-type WebhookCache = Mutex<HashMap<TenantId, Arc<Vec<Webhook>>>>;
+/// A webhook with its payload filter compiled.
+type CachedHook = (Webhook, Option<Filter>);
+type WebhookCache = Mutex<HashMap<TenantId, Arc<Vec<CachedHook>>>>;
 
 pub struct EmbeddedStore {
     db: Arc<Database>,
@@ -263,11 +266,23 @@ fn tenant_webhooks(
     txn: &WriteTransaction,
     cache: &WebhookCache,
     tenant: &TenantId,
-) -> Result<Arc<Vec<Webhook>>, StoreError> {
+) -> Result<Arc<Vec<CachedHook>>, StoreError> {
     if let Some(hooks) = cache.lock().expect("cache lock").get(tenant) {
         return Ok(hooks.clone());
     }
-    let hooks: Arc<Vec<Webhook>> = Arc::new(list_json(&table!(txn, WEBHOOKS), tenant.as_str())?);
+    let list: Vec<Webhook> = list_json(&table!(txn, WEBHOOKS), tenant.as_str())?;
+    let hooks: Arc<Vec<CachedHook>> = Arc::new(
+        list.into_iter()
+            .map(|w| {
+                let filter = w.filter.as_ref().map(Filter::compile).transpose().unwrap_or_else(|e| {
+                    // Filters are checked when written; one that no longer compiles matches nothing.
+                    tracing::error!(webhook = %w.id, error = %e, "stored payload filter does not compile");
+                    Some(Filter::never())
+                });
+                (w, filter)
+            })
+            .collect(),
+    );
     cache
         .lock()
         .expect("cache lock")
@@ -297,13 +312,31 @@ fn ingest(
     }
 
     let hooks = tenant_webhooks(txn, cache, &new.tenant)?;
-    let targets: Vec<&Webhook> = hooks
-        .iter()
-        .filter(|w| match &new.only_webhook {
-            Some(only) => &w.id == only,
-            None => w.active && w.subscribes_to(&new.event_type),
-        })
-        .collect();
+    let subscribed = hooks.iter().filter(|(w, _)| match &new.only_webhook {
+        Some(only) => &w.id == only,
+        None => w.active && w.subscribes_to(&new.event_type),
+    });
+    // The data is parsed only if a subscribed webhook has a filter, and once.
+    let mut parsed: Option<serde_json::Value> = None;
+    let mut filtered = 0u32;
+    let mut targets: Vec<&Webhook> = Vec::new();
+    for (w, filter) in subscribed {
+        let pass = match (filter, &new.only_webhook) {
+            (Some(f), None) => {
+                let data = match &parsed {
+                    Some(v) => v,
+                    None => parsed.insert(serde_json::from_str(new.data.get())?),
+                };
+                f.matches(data)
+            }
+            _ => true,
+        };
+        if pass {
+            targets.push(w);
+        } else {
+            filtered += 1;
+        }
+    }
     let event = Event {
         id: new.id,
         tenant: new.tenant.clone(),
@@ -375,7 +408,11 @@ fn ingest(
             .map_err(redb::Error::from)?;
         schedule_at(txn, d.id.as_str(), new.due_at_ms, true)?;
     }
-    Ok(Ingested::Created { event, deliveries })
+    Ok(Ingested::Created {
+        event,
+        deliveries,
+        filtered,
+    })
 }
 
 #[async_trait]

@@ -93,6 +93,8 @@ pub enum Ingested {
     Created {
         event: Event,
         deliveries: Vec<Delivery>,
+        /// Subscribed webhooks whose payload filter did not match.
+        filtered: u32,
     },
     /// The same trigger was accepted before: here is what it answered.
     Replayed(IdempotentAnswer),
