@@ -27,7 +27,9 @@ pub struct RawConfig {
     pub max_plugin_bytes: usize,
     /// Deliveries in flight at once.
     pub delivery_concurrency: usize,
-    /// How long a claimed delivery stays leased before another claim may take it.
+    /// How long a claimed delivery stays leased before another claim may take
+    /// it. Attempts are cut off a second before their lease ends, so a webhook
+    /// timeout longer than this is shortened.
     pub lease_ms: u64,
     /// CPU time one plugin call may take.
     pub plugin_timeout_ms: u64,
@@ -35,6 +37,14 @@ pub struct RawConfig {
     pub plugin_memory_bytes: usize,
     /// Log format: `text` or `json`.
     pub log_format: String,
+    /// Redis URL (`redis://host:6379/0`); when set, all state lives in Redis.
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key, so several deployments can share one Redis.
+    pub redis_prefix: String,
+    /// How many sorted sets the Redis schedule is split into.
+    pub schedule_partitions: u32,
+    /// Days events, deliveries and attempts are kept (both backends).
+    pub retention_days: u32,
 }
 
 impl Default for RawConfig {
@@ -51,6 +61,10 @@ impl Default for RawConfig {
             plugin_timeout_ms: 50,
             plugin_memory_bytes: 64 << 20,
             log_format: "text".into(),
+            redis_url: None,
+            redis_prefix: "wasmhook".into(),
+            schedule_partitions: 16,
+            retention_days: 30,
         }
     }
 }
@@ -69,6 +83,10 @@ pub struct Settings {
     pub plugin_timeout: Duration,
     pub plugin_memory_bytes: usize,
     pub log_json: bool,
+    pub redis_url: Option<String>,
+    pub redis_prefix: String,
+    pub schedule_partitions: u32,
+    pub retention: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -139,11 +157,8 @@ impl RawConfig {
         if self.delivery_concurrency == 0 {
             return Err(invalid("delivery_concurrency", "must be at least 1"));
         }
-        if self.lease_ms < 70_000 {
-            return Err(invalid(
-                "lease_ms",
-                "must be at least 70000 (longer than the longest webhook timeout)",
-            ));
+        if self.lease_ms < 2_000 {
+            return Err(invalid("lease_ms", "must be at least 2000"));
         }
         if !(1..=10_000).contains(&self.plugin_timeout_ms) {
             return Err(invalid("plugin_timeout_ms", "must be 1 to 10000"));
@@ -161,6 +176,31 @@ impl RawConfig {
                 ));
             }
         };
+        if let Some(url) = &self.redis_url
+            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        {
+            return Err(invalid(
+                "redis_url",
+                "must start with redis:// or rediss://",
+            ));
+        }
+        if self.redis_prefix.is_empty()
+            || !self
+                .redis_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            return Err(invalid(
+                "redis_prefix",
+                "must be letters, digits, '-', '_' or '.'",
+            ));
+        }
+        if !(1..=1024).contains(&self.schedule_partitions) {
+            return Err(invalid("schedule_partitions", "must be 1 to 1024"));
+        }
+        if !(1..=3650).contains(&self.retention_days) {
+            return Err(invalid("retention_days", "must be 1 to 3650"));
+        }
         Ok(Settings {
             listen,
             data_dir: self.data_dir,
@@ -173,6 +213,10 @@ impl RawConfig {
             plugin_timeout: Duration::from_millis(self.plugin_timeout_ms),
             plugin_memory_bytes: self.plugin_memory_bytes,
             log_json,
+            redis_url: self.redis_url,
+            redis_prefix: self.redis_prefix,
+            schedule_partitions: self.schedule_partitions,
+            retention: Duration::from_secs(u64::from(self.retention_days) * 86_400),
         })
     }
 }

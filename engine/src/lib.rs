@@ -34,7 +34,8 @@ use schedule::Schedule;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use store::{EmbeddedStore, Store};
+use store::redis::Notice;
+use store::{EmbeddedStore, RedisStore, Store};
 use tokio::net::TcpListener;
 
 /// Resolves (changes to `true`) when the engine is asked to stop.
@@ -56,15 +57,34 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let embedded = Arc::new(EmbeddedStore::open(&settings.data_dir).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot open the store in {}: {e}",
-            settings.data_dir.display()
-        )
-    })?);
-    let closed = Arc::downgrade(&embedded);
-    let store: Arc<dyn Store> = embedded.clone();
-    let schedule: Arc<dyn Schedule> = embedded;
+    // The store closes when its last user lets go; `closed` lets `run` wait for
+    // that so the next run (or a test restarting the engine) can open it again.
+    let (store, schedule, redis, closed): (Arc<dyn Store>, Arc<dyn Schedule>, _, _) =
+        match &settings.redis_url {
+            Some(url) => {
+                let redis = Arc::new(
+                    RedisStore::connect(
+                        url,
+                        &settings.redis_prefix,
+                        settings.schedule_partitions,
+                        settings.retention,
+                    )
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot connect to Redis: {e}"))?,
+                );
+                (redis.clone(), redis.clone(), Some(redis), None)
+            }
+            None => {
+                let embedded = Arc::new(EmbeddedStore::open(&settings.data_dir).map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot open the store in {}: {e}",
+                        settings.data_dir.display()
+                    )
+                })?);
+                let closed = Arc::downgrade(&embedded);
+                (embedded.clone(), embedded, None, Some(closed))
+            }
+        };
     let plugins = Arc::new(
         PluginRuntime::new(settings.plugin_timeout, settings.plugin_memory_bytes)
             .map_err(|e| anyhow::anyhow!("cannot start the plugin runtime: {e}"))?,
@@ -88,7 +108,10 @@ pub async fn run(
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let worker = tokio::spawn(deliverer.run(stop_rx));
+    let worker = tokio::spawn(deliverer.clone().run(stop_rx.clone()));
+    if let Some(redis) = redis {
+        tokio::spawn(follow_notices(redis, app.clone(), stop_rx));
+    }
     tracing::info!(addr = %listener.local_addr()?, "wasmhook listening");
     axum::serve(listener, api::router(app.clone()))
         .with_graceful_shutdown(shutdown)
@@ -99,11 +122,42 @@ pub async fn run(
     // The store closes when its last user lets go; wait for that so the next
     // run (or a test restarting the engine) can open the file again.
     for _ in 0..500 {
-        if closed.strong_count() == 0 {
+        if closed.as_ref().is_none_or(|c| c.strong_count() == 0) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     tracing::info!("wasmhook stopped");
     Ok(())
+}
+
+/// Acts on what other engines sharing the Redis announce: wake the dispatcher
+/// for deliveries due now, drop a plugin version another engine replaced.
+/// Resubscribes after a lost connection.
+async fn follow_notices(redis: Arc<RedisStore>, app: Arc<App>, mut stop: Shutdown) {
+    use futures_util::StreamExt;
+    loop {
+        match redis.notices().await {
+            Ok(stream) => {
+                let mut stream = std::pin::pin!(stream);
+                loop {
+                    tokio::select! {
+                        _ = stop.changed() => return,
+                        notice = stream.next() => match notice {
+                            Some(Notice::Wake) => app.deliverer.wake(),
+                            Some(Notice::Plugin { tenant, name, version }) => {
+                                app.plugins.forget_older(&tenant, &name, version)
+                            }
+                            None => break,
+                        },
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot subscribe to Redis notices; retrying"),
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
 }

@@ -35,7 +35,27 @@ impl TestEngine {
 
     /// An engine on an existing data directory (for restarts).
     pub async fn spawn_in(data_dir: &Path) -> TestEngine {
-        let settings = Settings::for_tests(data_dir.to_path_buf(), ADMIN);
+        Self::spawn_with(Settings::for_tests(data_dir.to_path_buf(), ADMIN)).await
+    }
+
+    /// An engine on a Redis (several may share one), with a short lease so
+    /// tests see expired leases quickly.
+    pub async fn spawn_redis(url: &str, prefix: &str) -> TestEngine {
+        let mut raw = wasmhook::config::RawConfig {
+            admin_token: Some(ADMIN.into()),
+            allow_private_targets: vec!["127.0.0.0/8".into()],
+            redis_url: Some(url.into()),
+            redis_prefix: prefix.into(),
+            schedule_partitions: 4,
+            lease_ms: 3_000,
+            ..Default::default()
+        };
+        raw.data_dir = std::env::temp_dir().join("wasmhook-unused");
+        Self::spawn_with(raw.validate().unwrap()).await
+    }
+
+    pub async fn spawn_with(settings: Settings) -> TestEngine {
+        let data_dir = settings.data_dir.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
@@ -46,7 +66,7 @@ impl TestEngine {
             url,
             http: reqwest::Client::new(),
             dir: None,
-            data_dir: data_dir.to_path_buf(),
+            data_dir,
             stop: Some(stop),
             task: Some(task),
         }

@@ -539,6 +539,7 @@ pub async fn deliveries(
     let list = app
         .store
         .list_deliveries(
+            caller.id(),
             &w.id,
             Page {
                 limit,
@@ -565,7 +566,7 @@ async fn load_delivery(
     let id = DeliveryId::parse_external(&path.delivery_id)
         .map_err(|_| ApiError::not_found("delivery"))?;
     app.store
-        .get_delivery(&id)
+        .get_delivery(caller.id(), &id)
         .await?
         .filter(|d| d.webhook_id == w.id && &d.tenant == caller.id())
         .ok_or_else(|| ApiError::not_found("delivery"))
@@ -577,7 +578,7 @@ pub async fn delivery(
     Path(path): Path<DeliveryPath>,
 ) -> ApiResult<axum::Json<Value>> {
     let d = load_delivery(&app, &caller, &path).await?;
-    let attempts = app.store.attempts(&d.id).await?;
+    let attempts = app.store.attempts(caller.id(), &d.id).await?;
     let mut body = views::delivery(&d);
     body["attempt_log"] = json!(attempts.iter().map(views::attempt).collect::<Vec<_>>());
     Ok(axum::Json(body))
@@ -604,7 +605,10 @@ pub async fn retry(
             "the delivery already succeeded; trigger the event again to resend it",
         ));
     }
-    let d = app.store.retry_delivery(&d.id, now_ms()).await?;
+    let d = app
+        .store
+        .retry_delivery(caller.id(), &d.id, now_ms())
+        .await?;
     app.deliverer.wake();
     Ok((StatusCode::ACCEPTED, axum::Json(views::delivery(&d))))
 }

@@ -17,7 +17,7 @@ pub mod ssrf;
 
 use crate::Shutdown;
 use crate::clock::now_ms;
-use crate::ids::DeliveryId;
+use crate::ids::{DeliveryId, TenantId};
 use crate::metrics::{Metrics, OutcomeLabel};
 use crate::model::{Attempt, AttemptOutcome, Delivery, DeliveryStatus, Event, Webhook};
 use crate::plugin::PluginRuntime;
@@ -48,8 +48,8 @@ pub struct Deliverer {
     permits: Arc<Semaphore>,
     concurrency: usize,
     wake: Notify,
-    fresh_tx: mpsc::Sender<DeliveryId>,
-    fresh_rx: tokio::sync::Mutex<mpsc::Receiver<DeliveryId>>,
+    fresh_tx: mpsc::Sender<(TenantId, DeliveryId)>,
+    fresh_rx: tokio::sync::Mutex<mpsc::Receiver<(TenantId, DeliveryId)>>,
 }
 
 impl Deliverer {
@@ -87,7 +87,11 @@ impl Deliverer {
     /// If the queue is full they go out when their lease runs out instead.
     pub fn submit(&self, deliveries: &[Delivery]) {
         for d in deliveries {
-            if self.fresh_tx.try_send(d.id.clone()).is_err() {
+            if self
+                .fresh_tx
+                .try_send((d.tenant.clone(), d.id.clone()))
+                .is_err()
+            {
                 tracing::warn!(delivery = %d.id, "delivery queue full; it goes out when its lease ends");
             }
         }
@@ -101,25 +105,32 @@ impl Deliverer {
     /// Runs until `shutdown`, then waits (up to a bound) for attempts in flight.
     pub async fn run(self: Arc<Self>, mut shutdown: Shutdown) {
         let mut fresh = self.fresh_rx.lock().await;
+        // The schedule is looked at when something may be due (its earliest
+        // due time, a wake-up, or at least every MAX_IDLE), never once per
+        // fresh delivery: those come straight from the trigger API.
+        let mut next_look = tokio::time::Instant::now();
         loop {
-            let sleep = match self.claim_due().await {
-                Ok(more) if more => Duration::ZERO,
-                Ok(_) => match self.schedule.next_due_ms().await {
-                    Ok(Some(due)) => {
-                        Duration::from_millis(due.saturating_sub(now_ms())).min(MAX_IDLE)
+            if tokio::time::Instant::now() >= next_look {
+                let wait = match self.claim_due().await {
+                    Ok(true) => Duration::ZERO,
+                    Ok(false) => match self.schedule.next_due_ms().await {
+                        Ok(Some(due)) => {
+                            Duration::from_millis(due.saturating_sub(now_ms())).min(MAX_IDLE)
+                        }
+                        _ => MAX_IDLE,
+                    },
+                    Err(e) => {
+                        tracing::error!(error = %e, "claiming due deliveries failed");
+                        MAX_IDLE
                     }
-                    _ => MAX_IDLE,
-                },
-                Err(e) => {
-                    tracing::error!(error = %e, "claiming due deliveries failed");
-                    MAX_IDLE
-                }
-            };
+                };
+                next_look = tokio::time::Instant::now() + wait;
+            }
             tokio::select! {
                 _ = shutdown.changed() => break,
-                Some(id) = fresh.recv() => self.clone().spawn(id).await,
-                _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(sleep) => {}
+                Some((tenant, id)) = fresh.recv() => self.clone().spawn(tenant, id).await,
+                _ = self.wake.notified() => next_look = tokio::time::Instant::now(),
+                _ = tokio::time::sleep_until(next_look) => {}
             }
         }
         let drained =
@@ -140,13 +151,13 @@ impl Deliverer {
             .claim_due(now_ms(), free, self.lease.as_millis() as u64)
             .await?;
         let full = ids.len() == free;
-        for id in ids {
-            self.clone().spawn(id).await;
+        for (tenant, id) in ids {
+            self.clone().spawn(tenant, id).await;
         }
         Ok(full)
     }
 
-    async fn spawn(self: Arc<Self>, id: DeliveryId) {
+    async fn spawn(self: Arc<Self>, tenant: TenantId, id: DeliveryId) {
         let permit = self
             .permits
             .clone()
@@ -155,7 +166,7 @@ impl Deliverer {
             .expect("the semaphore is never closed");
         tokio::spawn(async move {
             self.metrics.in_flight.inc();
-            if let Err(e) = self.attempt(&id).await {
+            if let Err(e) = self.attempt(&tenant, &id).await {
                 tracing::error!(delivery = %id, error = %e, "recording a delivery attempt failed; it is retried when its lease ends");
             }
             self.metrics.in_flight.dec();
@@ -164,8 +175,12 @@ impl Deliverer {
     }
 
     /// One attempt of one delivery, start to finish.
-    async fn attempt(&self, id: &DeliveryId) -> Result<(), crate::store::StoreError> {
-        let Some(mut delivery) = self.store.get_delivery(id).await? else {
+    async fn attempt(
+        &self,
+        tenant: &TenantId,
+        id: &DeliveryId,
+    ) -> Result<(), crate::store::StoreError> {
+        let Some(mut delivery) = self.store.get_delivery(tenant, id).await? else {
             return Ok(());
         };
         if delivery.status != DeliveryStatus::Pending {
@@ -216,7 +231,10 @@ impl Deliverer {
                     .url
                     .parse()
                     .expect("webhook URLs are checked on write");
-                let timeout = Duration::from_millis(webhook.timeout_ms);
+                // An attempt never outlives its lease, or another engine could
+                // claim the delivery while this one is still sending it.
+                let timeout = Duration::from_millis(webhook.timeout_ms)
+                    .min(self.lease.saturating_sub(Duration::from_secs(1)));
                 match self.client.post(&uri, headers, body, timeout).await {
                     Ok((answer, took)) => {
                         attempt.duration_ms = took.as_millis() as u64;
@@ -295,7 +313,12 @@ impl Deliverer {
             })
             .inc();
         self.count_final(delivery.status);
+        let retry_scheduled = delivery.next_attempt_at_ms.is_some();
         self.store.finish_attempt(delivery, Some(attempt)).await?;
+        if retry_scheduled {
+            // The dispatcher may be sleeping past this retry's due time.
+            self.wake();
+        }
         if gone {
             self.disable(webhook, "receiver answered 410 Gone").await?;
         }

@@ -165,6 +165,16 @@ impl PluginRuntime {
         plugin
     }
 
+    /// Another engine made `version` current: drop an older loaded version so
+    /// the next call loads the new one.
+    pub fn forget_older(&self, tenant: &TenantId, name: &str, version: u32) {
+        let mut loaded = self.loaded.write().expect("plugin map lock");
+        let key = (tenant.clone(), name.to_owned());
+        if loaded.get(&key).is_some_and(|p| p.version < version) {
+            loaded.remove(&key);
+        }
+    }
+
     /// The current version of a tenant's plugin, compiled on first use.
     pub async fn get(
         self: &Arc<Self>,

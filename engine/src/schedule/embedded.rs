@@ -5,9 +5,10 @@
 //! at once instead of waiting for it to run out.
 
 use super::Schedule;
-use crate::ids::DeliveryId;
+use crate::ids::{DeliveryId, TenantId};
+use crate::model::Delivery;
 use crate::store::StoreError;
-use crate::store::embedded::{EmbeddedStore, SCHEDULE, SCHEDULE_DUE};
+use crate::store::embedded::{DELIVERIES, EmbeddedStore, SCHEDULE, SCHEDULE_DUE};
 use async_trait::async_trait;
 use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 
@@ -60,7 +61,7 @@ impl Schedule for EmbeddedStore {
         now_ms: u64,
         limit: usize,
         lease_ms: u64,
-    ) -> Result<Vec<DeliveryId>, StoreError> {
+    ) -> Result<Vec<(TenantId, DeliveryId)>, StoreError> {
         // Skip the write when nothing is due: idle engines stay idle.
         match self.next_due_ms().await? {
             Some(due) if due <= now_ms => {}
@@ -78,10 +79,16 @@ impl Schedule for EmbeddedStore {
                 }
                 ids
             };
-            for id in &due {
-                schedule_at(txn, id, now_ms + lease_ms, true)?;
+            let deliveries = txn.open_table(DELIVERIES)?;
+            let mut claimed = Vec::with_capacity(due.len());
+            for id in due {
+                schedule_at(txn, &id, now_ms + lease_ms, true)?;
+                if let Some(d) = deliveries.get(id.as_str())? {
+                    let d: Delivery = serde_json::from_slice(d.value())?;
+                    claimed.push((d.tenant, d.id));
+                }
             }
-            Ok(due.into_iter().map(DeliveryId::from_trusted).collect())
+            Ok(claimed)
         })
         .await
     }

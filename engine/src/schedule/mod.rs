@@ -12,7 +12,7 @@
 pub mod embedded;
 pub mod policy;
 
-use crate::ids::DeliveryId;
+use crate::ids::{DeliveryId, TenantId};
 use crate::store::StoreError;
 use async_trait::async_trait;
 
@@ -25,7 +25,7 @@ pub trait Schedule: Send + Sync + 'static {
         now_ms: u64,
         limit: usize,
         lease_ms: u64,
-    ) -> Result<Vec<DeliveryId>, StoreError>;
+    ) -> Result<Vec<(TenantId, DeliveryId)>, StoreError>;
 
     /// When the earliest scheduled delivery comes due, if any is scheduled.
     async fn next_due_ms(&self) -> Result<Option<u64>, StoreError>;

@@ -12,7 +12,6 @@
 //! the shared transaction, so closures check before they write.
 
 use super::{IdempotentAnswer, Ingested, NewEvent, Page, Store, StoreError};
-use crate::filter::Filter;
 use crate::ids::{DeliveryId, EventId, TenantId, WebhookId};
 use crate::model::{
     Attempt, Delivery, DeliveryStats, DeliveryStatus, Event, EventTypeSeen, PluginVersion, Tenant,
@@ -58,8 +57,7 @@ const MAX_GROUP: usize = 512;
 
 type Done = Box<dyn FnOnce(Result<(), String>) + Send>;
 type Op = Box<dyn FnOnce(Option<&WriteTransaction>) -> Done + Send>;
-/// A webhook with its payload filter compiled.
-type CachedHook = (Webhook, Option<Filter>);
+use super::CachedHook;
 type WebhookCache = Mutex<HashMap<TenantId, Arc<Vec<CachedHook>>>>;
 
 pub struct EmbeddedStore {
@@ -271,18 +269,7 @@ fn tenant_webhooks(
         return Ok(hooks.clone());
     }
     let list: Vec<Webhook> = list_json(&table!(txn, WEBHOOKS), tenant.as_str())?;
-    let hooks: Arc<Vec<CachedHook>> = Arc::new(
-        list.into_iter()
-            .map(|w| {
-                let filter = w.filter.as_ref().map(Filter::compile).transpose().unwrap_or_else(|e| {
-                    // Filters are checked when written; one that no longer compiles matches nothing.
-                    tracing::error!(webhook = %w.id, error = %e, "stored payload filter does not compile");
-                    Some(Filter::never())
-                });
-                (w, filter)
-            })
-            .collect(),
-    );
+    let hooks = Arc::new(super::with_filters(list));
     cache
         .lock()
         .expect("cache lock")
@@ -312,31 +299,7 @@ fn ingest(
     }
 
     let hooks = tenant_webhooks(txn, cache, &new.tenant)?;
-    let subscribed = hooks.iter().filter(|(w, _)| match &new.only_webhook {
-        Some(only) => &w.id == only,
-        None => w.active && w.subscribes_to(&new.event_type),
-    });
-    // The data is parsed only if a subscribed webhook has a filter, and once.
-    let mut parsed: Option<serde_json::Value> = None;
-    let mut filtered = 0u32;
-    let mut targets: Vec<&Webhook> = Vec::new();
-    for (w, filter) in subscribed {
-        let pass = match (filter, &new.only_webhook) {
-            (Some(f), None) => {
-                let data = match &parsed {
-                    Some(v) => v,
-                    None => parsed.insert(serde_json::from_str(new.data.get())?),
-                };
-                f.matches(data)
-            }
-            _ => true,
-        };
-        if pass {
-            targets.push(w);
-        } else {
-            filtered += 1;
-        }
-    }
+    let (targets, filtered) = super::fan_out(&hooks, &new)?;
     let event = Event {
         id: new.id,
         tenant: new.tenant.clone(),
@@ -346,20 +309,7 @@ fn ingest(
     };
     let deliveries: Vec<Delivery> = targets
         .into_iter()
-        .map(|w| Delivery {
-            id: DeliveryId::generate(),
-            tenant: new.tenant.clone(),
-            event_id: event.id.clone(),
-            webhook_id: w.id.clone(),
-            event_type: event.event_type.clone(),
-            status: DeliveryStatus::Pending,
-            attempts: 0,
-            next_attempt_at_ms: Some(new.due_at_ms),
-            reason: None,
-            last_status_code: None,
-            created_at_ms: event.occurred_at_ms,
-            updated_at_ms: event.occurred_at_ms,
-        })
+        .map(|w| super::new_delivery(&event, w, new.due_at_ms))
         .collect();
 
     table!(txn, EVENTS)
@@ -543,12 +493,19 @@ impl Store for EmbeddedStore {
         self.read(|txn| list_json(&table!(txn, EVENT_TYPES), tenant.as_str()))
     }
 
-    async fn get_delivery(&self, id: &DeliveryId) -> Result<Option<Delivery>, StoreError> {
-        self.read(|txn| get_json(&table!(txn, DELIVERIES), id.as_str()))
+    async fn get_delivery(
+        &self,
+        tenant: &TenantId,
+        id: &DeliveryId,
+    ) -> Result<Option<Delivery>, StoreError> {
+        let found: Option<Delivery> =
+            self.read(|txn| get_json(&table!(txn, DELIVERIES), id.as_str()))?;
+        Ok(found.filter(|d| &d.tenant == tenant))
     }
 
     async fn list_deliveries(
         &self,
+        _tenant: &TenantId,
         webhook: &WebhookId,
         page: Page<'_>,
     ) -> Result<Vec<Delivery>, StoreError> {
@@ -577,7 +534,11 @@ impl Store for EmbeddedStore {
         })
     }
 
-    async fn attempts(&self, id: &DeliveryId) -> Result<Vec<Attempt>, StoreError> {
+    async fn attempts(
+        &self,
+        _tenant: &TenantId,
+        id: &DeliveryId,
+    ) -> Result<Vec<Attempt>, StoreError> {
         self.read(|txn| {
             let table = table!(txn, ATTEMPTS);
             let mut out = Vec::new();
@@ -627,10 +588,16 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn retry_delivery(&self, id: &DeliveryId, now_ms: u64) -> Result<Delivery, StoreError> {
-        let id = id.clone();
+    async fn retry_delivery(
+        &self,
+        tenant: &TenantId,
+        id: &DeliveryId,
+        now_ms: u64,
+    ) -> Result<Delivery, StoreError> {
+        let (tenant, id) = (tenant.clone(), id.clone());
         self.write(move |txn| {
-            let mut d: Delivery = get_json(&table!(txn, DELIVERIES), id.as_str())?
+            let mut d: Delivery = get_json::<_, Delivery>(&table!(txn, DELIVERIES), id.as_str())?
+                .filter(|d| d.tenant == tenant)
                 .ok_or(StoreError::NotFound("delivery"))?;
             let previous = d.status;
             d.status = DeliveryStatus::Pending;

@@ -12,6 +12,7 @@
 //! - Counters (`DeliveryStats`) change in the same write as the status they count.
 
 pub mod embedded;
+pub mod redis;
 
 use crate::ids::{DeliveryId, EventId, TenantId, WebhookId};
 use crate::model::{
@@ -22,12 +23,94 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+pub use self::redis::RedisStore;
 pub use embedded::EmbeddedStore;
+
+/// A webhook with its payload filter compiled.
+pub type CachedHook = (Webhook, Option<crate::filter::Filter>);
+
+/// Which of a tenant's webhooks get an event: active and subscribed (or the
+/// one a test event names), and whose payload filter matches. Returns them
+/// and how many a filter turned away. The data is parsed at most once, and
+/// only if a filter needs it.
+pub fn fan_out<'a>(
+    hooks: &'a [CachedHook],
+    new: &NewEvent,
+) -> Result<(Vec<&'a Webhook>, u32), serde_json::Error> {
+    let mut parsed: Option<serde_json::Value> = None;
+    let mut filtered = 0u32;
+    let mut targets = Vec::new();
+    for (w, filter) in hooks {
+        let subscribed = match &new.only_webhook {
+            Some(only) => &w.id == only,
+            None => w.active && w.subscribes_to(&new.event_type),
+        };
+        if !subscribed {
+            continue;
+        }
+        let pass = match (filter, &new.only_webhook) {
+            (Some(f), None) => {
+                let data = match &parsed {
+                    Some(v) => v,
+                    None => parsed.insert(serde_json::from_str(new.data.get())?),
+                };
+                f.matches(data)
+            }
+            _ => true,
+        };
+        if pass {
+            targets.push(w);
+        } else {
+            filtered += 1;
+        }
+    }
+    Ok((targets, filtered))
+}
+
+/// Compiles the webhooks' payload filters (checked when written; one that no
+/// longer compiles matches nothing).
+pub fn with_filters(hooks: Vec<Webhook>) -> Vec<CachedHook> {
+    hooks
+        .into_iter()
+        .map(|w| {
+            let filter = w
+                .filter
+                .as_ref()
+                .map(crate::filter::Filter::compile)
+                .transpose()
+                .unwrap_or_else(|e| {
+                    tracing::error!(webhook = %w.id, error = %e, "stored payload filter does not compile");
+                    Some(crate::filter::Filter::never())
+                });
+            (w, filter)
+        })
+        .collect()
+}
+
+/// A new pending delivery of `event` to `webhook`, due at `due_at_ms`.
+pub fn new_delivery(event: &Event, webhook: &Webhook, due_at_ms: u64) -> Delivery {
+    Delivery {
+        id: DeliveryId::generate(),
+        tenant: event.tenant.clone(),
+        event_id: event.id.clone(),
+        webhook_id: webhook.id.clone(),
+        event_type: event.event_type.clone(),
+        status: DeliveryStatus::Pending,
+        attempts: 0,
+        next_attempt_at_ms: Some(due_at_ms),
+        reason: None,
+        last_status_code: None,
+        created_at_ms: event.occurred_at_ms,
+        updated_at_ms: event.occurred_at_ms,
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("storage: {0}")]
     Storage(#[from] redb::Error),
+    #[error("redis: {0}")]
+    Redis(#[from] ::redis::RedisError),
     #[error("corrupt record: {0}")]
     Corrupt(#[from] serde_json::Error),
     #[error("{0} already exists")]
@@ -141,14 +224,24 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<Delivery>, StoreError>;
     async fn event_types(&self, tenant: &TenantId) -> Result<Vec<EventTypeSeen>, StoreError>;
 
-    async fn get_delivery(&self, id: &DeliveryId) -> Result<Option<Delivery>, StoreError>;
+    /// A delivery of `tenant` (another tenant's id finds nothing).
+    async fn get_delivery(
+        &self,
+        tenant: &TenantId,
+        id: &DeliveryId,
+    ) -> Result<Option<Delivery>, StoreError>;
     /// A webhook's deliveries, newest first.
     async fn list_deliveries(
         &self,
+        tenant: &TenantId,
         webhook: &WebhookId,
         page: Page<'_>,
     ) -> Result<Vec<Delivery>, StoreError>;
-    async fn attempts(&self, id: &DeliveryId) -> Result<Vec<Attempt>, StoreError>;
+    async fn attempts(
+        &self,
+        tenant: &TenantId,
+        id: &DeliveryId,
+    ) -> Result<Vec<Attempt>, StoreError>;
     /// Records the end of an attempt (or of a delivery that needed none, such
     /// as one for a deleted webhook): the updated delivery replaces the stored
     /// one; it stays scheduled at `next_attempt_at_ms` if still pending.
@@ -158,7 +251,12 @@ pub trait Store: Send + Sync + 'static {
         attempt: Option<Attempt>,
     ) -> Result<(), StoreError>;
     /// Makes a finished delivery pending again, due now (manual retry).
-    async fn retry_delivery(&self, id: &DeliveryId, now_ms: u64) -> Result<Delivery, StoreError>;
+    async fn retry_delivery(
+        &self,
+        tenant: &TenantId,
+        id: &DeliveryId,
+        now_ms: u64,
+    ) -> Result<Delivery, StoreError>;
 
     async fn webhook_stats(
         &self,

@@ -1,0 +1,756 @@
+//! The Redis backend: all state in one Redis (or Redis Cluster), shared by
+//! any number of engines.
+//!
+//! # Layout
+//! Every key starts with `{<prefix>:<p>}`, a hash tag naming the partition
+//! `p = hash(tenant) % partitions` (global keys use `{<prefix>:g}`). All of a
+//! tenant's keys share one slot, so each write below is one atomic Lua script
+//! on one shard, and a Redis Cluster spreads tenants over `partitions` slots.
+//! The schedule is one sorted set per partition, `{…:p}:sched`, scored by due
+//! time in ms, member `<tenant>|<delivery id>`.
+//!
+//! # What is atomic, what may happen twice
+//! - A trigger's event, idempotency keys, deliveries, counters and schedule
+//!   entries are written by one script, after the idempotency check in the same
+//!   script: a replay never fans out twice. Durable as Redis is configured
+//!   (`appendonly yes` + `appendfsync everysec` loses at most ~1 s on a
+//!   machine crash; `always` loses nothing).
+//! - Claiming is one script per partition: due members are re-scored to
+//!   `now + lease` before they are returned, so two engines never claim the
+//!   same delivery while the lease holds. If an engine dies mid-attempt the
+//!   lease runs out and another engine attempts it again: at-least-once, and
+//!   the receiver sees the same delivery id twice.
+//! - Recording an attempt (attempt log, delivery, counters, schedule) is one
+//!   script. An attempt sent but not recorded (crash in between) is repeated.
+//! - Retention: events, deliveries and attempts expire `retention` after
+//!   their last write; delivery lists are trimmed by id (ids sort by time).
+
+use super::{CachedHook, IdempotentAnswer, Ingested, NewEvent, Page, Store, StoreError};
+use crate::ids::{DeliveryId, EventId, TenantId, WebhookId};
+use crate::model::{
+    Attempt, Delivery, DeliveryStats, DeliveryStatus, Event, EventTypeSeen, PluginVersion, Tenant,
+    Webhook,
+};
+use crate::schedule::Schedule;
+use async_trait::async_trait;
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Script};
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// Something another engine sharing the Redis wants this one to know.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Notice {
+    /// Deliveries became due now (e.g. a manual retry).
+    Wake,
+    /// A tenant's plugin has a new current version.
+    Plugin {
+        tenant: TenantId,
+        name: String,
+        version: u32,
+    },
+}
+
+pub struct RedisStore {
+    client: redis::Client,
+    conn: ConnectionManager,
+    prefix: String,
+    partitions: u32,
+    ttl_secs: u64,
+    ingest: Script,
+    claim: Script,
+    finish: Script,
+    create_tenant: Script,
+}
+
+const INGEST: &str = r#"
+-- KEYS: idem(id), idem(header or id again), event, event deliveries, schedule, stats, types, then (delivery, webhook index) pairs
+-- ARGV: answer, event, ttl, due, tenant, type, now, n, then (delivery id, delivery json, webhook id) triples
+for i = 1, 2 do
+  local prev = redis.call('GET', KEYS[i])
+  if prev then return {0, prev} end
+end
+local ttl = ARGV[3]
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ttl)
+if KEYS[2] ~= KEYS[1] then redis.call('SET', KEYS[2], ARGV[1], 'EX', ttl) end
+redis.call('SET', KEYS[3], ARGV[2], 'EX', ttl)
+redis.call('HINCRBY', KEYS[7], 'c:' .. ARGV[6], 1)
+redis.call('HSET', KEYS[7], 'l:' .. ARGV[6], ARGV[7])
+local n = tonumber(ARGV[8])
+for i = 0, n - 1 do
+  local did, djson, wid = ARGV[9 + i * 3], ARGV[10 + i * 3], ARGV[11 + i * 3]
+  redis.call('SET', KEYS[8 + i * 2], djson, 'EX', ttl)
+  redis.call('ZADD', KEYS[9 + i * 2], 0, did)
+  redis.call('RPUSH', KEYS[4], did)
+  redis.call('ZADD', KEYS[5], ARGV[4], ARGV[5] .. '|' .. did)
+  redis.call('HINCRBY', KEYS[6], wid .. ':total', 1)
+  redis.call('HINCRBY', KEYS[6], wid .. ':pending', 1)
+end
+if n > 0 then redis.call('EXPIRE', KEYS[4], ttl) end
+return {1, ''}
+"#;
+
+const CLAIM: &str = r#"
+-- KEYS: schedule; ARGV: now, limit, lease end
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, m in ipairs(due) do redis.call('ZADD', KEYS[1], ARGV[3], m) end
+return due
+"#;
+
+const FINISH: &str = r#"
+-- KEYS: delivery, attempts, schedule, stats, event
+-- ARGV: delivery json, attempt json or '', status, webhook id, member, next due or '', ttl, duration ms
+local prev = redis.call('GET', KEYS[1])
+if not prev then return redis.error_reply('delivery not found') end
+local old = cjson.decode(prev)['status']
+local wid, ttl = ARGV[4], ARGV[7]
+if old ~= ARGV[3] then
+  redis.call('HINCRBY', KEYS[4], wid .. ':' .. old, -1)
+  redis.call('HINCRBY', KEYS[4], wid .. ':' .. ARGV[3], 1)
+end
+if ARGV[2] ~= '' then
+  redis.call('RPUSH', KEYS[2], ARGV[2])
+  redis.call('EXPIRE', KEYS[2], ttl)
+  redis.call('HINCRBY', KEYS[4], wid .. ':attempts', 1)
+  redis.call('HINCRBY', KEYS[4], wid .. ':duration', ARGV[8])
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ttl)
+if ARGV[6] ~= '' then
+  redis.call('ZADD', KEYS[3], ARGV[6], ARGV[5])
+else
+  redis.call('ZREM', KEYS[3], ARGV[5])
+end
+redis.call('EXPIRE', KEYS[5], ttl)
+return 1
+"#;
+
+const CREATE_TENANT: &str = r#"
+-- KEYS: tenants, api keys; ARGV: id, json, key hash
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+redis.call('HSET', KEYS[2], ARGV[3], ARGV[1])
+return 1
+"#;
+
+fn fnv1a(s: &str) -> u32 {
+    s.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+fn json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("records serialise")
+}
+
+fn parse<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, StoreError> {
+    Ok(serde_json::from_str(s)?)
+}
+
+impl RedisStore {
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        partitions: u32,
+        retention: Duration,
+    ) -> Result<RedisStore, StoreError> {
+        let client = redis::Client::open(url)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Duration::from_secs(5))
+            .set_response_timeout(Duration::from_secs(10))
+            .set_number_of_retries(6);
+        let conn = ConnectionManager::new_with_config(client.clone(), config).await?;
+        Ok(RedisStore {
+            client,
+            conn,
+            prefix: prefix.to_owned(),
+            partitions: partitions.max(1),
+            ttl_secs: retention.as_secs().max(1),
+            ingest: Script::new(INGEST),
+            claim: Script::new(CLAIM),
+            finish: Script::new(FINISH),
+            create_tenant: Script::new(CREATE_TENANT),
+        })
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    fn global(&self, name: &str) -> String {
+        format!("{{{}:g}}:{name}", self.prefix)
+    }
+
+    fn partition(&self, tenant: &TenantId) -> u32 {
+        fnv1a(tenant.as_str()) % self.partitions
+    }
+
+    /// A key of `tenant`'s partition.
+    fn key(&self, tenant: &TenantId, name: &str) -> String {
+        format!("{{{}:{}}}:{name}", self.prefix, self.partition(tenant))
+    }
+
+    fn schedule_key(&self, p: u32) -> String {
+        format!("{{{}:{p}}}:sched", self.prefix)
+    }
+
+    fn channel(&self) -> String {
+        format!("{}:notices", self.prefix)
+    }
+
+    async fn publish(&self, message: String) -> Result<(), StoreError> {
+        let _: i64 = self.conn().publish(self.channel(), message).await?;
+        Ok(())
+    }
+
+    /// Notices from every engine sharing this Redis (this one included),
+    /// until the connection drops; the caller resubscribes.
+    pub async fn notices(
+        &self,
+    ) -> Result<impl futures_util::Stream<Item = Notice> + use<>, StoreError> {
+        use futures_util::StreamExt;
+        let mut pubsub = self.client.get_async_pubsub().await?;
+        pubsub.subscribe(self.channel()).await?;
+        // The sink must live as long as the stream, or the connection closes.
+        let (sink, stream) = pubsub.split();
+        Ok(stream
+            .map(move |msg| {
+                let _keep_open = &sink;
+                msg
+            })
+            .filter_map(|msg| async move {
+                let text: String = msg.get_payload().ok()?;
+                let mut parts = text.split('\u{1f}');
+                match parts.next()? {
+                    "wake" => Some(Notice::Wake),
+                    "plugin" => Some(Notice::Plugin {
+                        tenant: TenantId::from_trusted(parts.next()?),
+                        name: parts.next()?.to_owned(),
+                        version: parts.next()?.parse().ok()?,
+                    }),
+                    _ => None,
+                }
+            }))
+    }
+
+    async fn hooks(&self, tenant: &TenantId) -> Result<Vec<CachedHook>, StoreError> {
+        Ok(super::with_filters(self.list_webhooks(tenant).await?))
+    }
+
+    async fn finish_script(
+        &self,
+        d: &Delivery,
+        attempt: Option<&Attempt>,
+    ) -> Result<(), StoreError> {
+        let t = &d.tenant;
+        let next = match (d.status, d.next_attempt_at_ms) {
+            (DeliveryStatus::Pending, Some(due)) => due.to_string(),
+            _ => String::new(),
+        };
+        let status = serde_json::to_value(d.status)?;
+        let _: i64 = self
+            .finish
+            .key(self.key(t, &format!("d:{}", d.id)))
+            .key(self.key(t, &format!("att:{}", d.id)))
+            .key(self.schedule_key(self.partition(t)))
+            .key(self.key(t, &format!("stats:{t}")))
+            .key(self.key(t, &format!("ev:{t}:{}", d.event_id)))
+            .arg(json(d))
+            .arg(attempt.map(json).unwrap_or_default())
+            .arg(status.as_str().unwrap_or_default())
+            .arg(d.webhook_id.as_str())
+            .arg(format!("{t}|{}", d.id))
+            .arg(next)
+            .arg(self.ttl_secs)
+            .arg(attempt.map_or(0, |a| a.duration_ms))
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(())
+    }
+
+    async fn stats_fields(&self, tenant: &TenantId) -> Result<HashMap<String, i64>, StoreError> {
+        Ok(self
+            .conn()
+            .hgetall(self.key(tenant, &format!("stats:{tenant}")))
+            .await?)
+    }
+}
+
+fn stats_of(fields: &HashMap<String, i64>, webhook: &str) -> DeliveryStats {
+    let get = |name: &str| {
+        fields
+            .get(&format!("{webhook}:{name}"))
+            .copied()
+            .unwrap_or(0)
+            .max(0) as u64
+    };
+    DeliveryStats {
+        total: get("total"),
+        pending: get("pending"),
+        succeeded: get("succeeded"),
+        failed: get("failed"),
+        skipped: get("skipped"),
+        attempts: get("attempts"),
+        attempt_duration_ms_total: get("duration"),
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn create_tenant(&self, tenant: Tenant, api_key_hash: String) -> Result<(), StoreError> {
+        let created: i64 = self
+            .create_tenant
+            .key(self.global("tenants"))
+            .key(self.global("apikeys"))
+            .arg(tenant.id.as_str())
+            .arg(json(&tenant))
+            .arg(api_key_hash)
+            .invoke_async(&mut self.conn())
+            .await?;
+        if created == 0 {
+            return Err(StoreError::Conflict("tenant"));
+        }
+        Ok(())
+    }
+
+    async fn get_tenant(&self, id: &TenantId) -> Result<Option<Tenant>, StoreError> {
+        let raw: Option<String> = self
+            .conn()
+            .hget(self.global("tenants"), id.as_str())
+            .await?;
+        raw.map(|r| parse(&r)).transpose()
+    }
+
+    async fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError> {
+        let raw: Vec<String> = self.conn().hvals(self.global("tenants")).await?;
+        let mut all: Vec<Tenant> = raw.iter().map(|r| parse(r)).collect::<Result<_, _>>()?;
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(all)
+    }
+
+    async fn tenant_by_key_hash(&self, hash: &str) -> Result<Option<TenantId>, StoreError> {
+        let raw: Option<String> = self.conn().hget(self.global("apikeys"), hash).await?;
+        Ok(raw.map(TenantId::from_trusted))
+    }
+
+    async fn put_webhook(&self, webhook: Webhook) -> Result<(), StoreError> {
+        let key = self.key(&webhook.tenant, &format!("wh:{}", webhook.tenant));
+        let _: i64 = self
+            .conn()
+            .hset(key, webhook.id.as_str(), json(&webhook))
+            .await?;
+        Ok(())
+    }
+
+    async fn get_webhook(
+        &self,
+        tenant: &TenantId,
+        id: &WebhookId,
+    ) -> Result<Option<Webhook>, StoreError> {
+        let raw: Option<String> = self
+            .conn()
+            .hget(self.key(tenant, &format!("wh:{tenant}")), id.as_str())
+            .await?;
+        raw.map(|r| parse(&r)).transpose()
+    }
+
+    async fn list_webhooks(&self, tenant: &TenantId) -> Result<Vec<Webhook>, StoreError> {
+        let raw: Vec<String> = self
+            .conn()
+            .hvals(self.key(tenant, &format!("wh:{tenant}")))
+            .await?;
+        let mut all: Vec<Webhook> = raw.iter().map(|r| parse(r)).collect::<Result<_, _>>()?;
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(all)
+    }
+
+    async fn delete_webhook(&self, tenant: &TenantId, id: &WebhookId) -> Result<bool, StoreError> {
+        let removed: i64 = self
+            .conn()
+            .hdel(self.key(tenant, &format!("wh:{tenant}")), id.as_str())
+            .await?;
+        Ok(removed > 0)
+    }
+
+    async fn insert_event(&self, new: NewEvent) -> Result<Ingested, StoreError> {
+        let t = new.tenant.clone();
+        let hooks = self.hooks(&t).await?;
+        let (targets, filtered) = super::fan_out(&hooks, &new)?;
+        let event = Event {
+            id: new.id.clone(),
+            tenant: t.clone(),
+            event_type: new.event_type.clone(),
+            data: new.data.clone(),
+            occurred_at_ms: new.occurred_at_ms,
+        };
+        let deliveries: Vec<Delivery> = targets
+            .into_iter()
+            .map(|w| super::new_delivery(&event, w, new.due_at_ms))
+            .collect();
+        let answer = IdempotentAnswer {
+            event_id: event.id.clone(),
+            event_type: event.event_type.clone(),
+            deliveries: deliveries.len() as u32,
+            fingerprint: new.fingerprint.clone(),
+        };
+        let id_key = self.key(&t, &format!("idem:{t}:id:{}", event.id));
+        let header_key = match &new.idempotency_key {
+            Some(k) => self.key(&t, &format!("idem:{t}:key:{k}")),
+            None => id_key.clone(),
+        };
+        let mut call = self.ingest.prepare_invoke();
+        call.key(&id_key)
+            .key(&header_key)
+            .key(self.key(&t, &format!("ev:{t}:{}", event.id)))
+            .key(self.key(&t, &format!("evd:{t}:{}", event.id)))
+            .key(self.schedule_key(self.partition(&t)))
+            .key(self.key(&t, &format!("stats:{t}")))
+            .key(self.key(&t, &format!("types:{t}")))
+            .arg(json(&answer))
+            .arg(json(&event))
+            .arg(self.ttl_secs)
+            .arg(new.due_at_ms)
+            .arg(t.as_str())
+            .arg(&event.event_type)
+            .arg(event.occurred_at_ms)
+            .arg(deliveries.len());
+        for d in &deliveries {
+            call.key(self.key(&t, &format!("d:{}", d.id)))
+                .key(self.key(&t, &format!("whd:{}", d.webhook_id)))
+                .arg(d.id.as_str())
+                .arg(json(d))
+                .arg(d.webhook_id.as_str());
+        }
+        let (written, previous): (i64, String) = call.invoke_async(&mut self.conn()).await?;
+        if written == 1 {
+            return Ok(Ingested::Created {
+                event,
+                deliveries,
+                filtered,
+            });
+        }
+        let prev: IdempotentAnswer = parse(&previous)?;
+        Ok(if prev.fingerprint == new.fingerprint {
+            Ingested::Replayed(prev)
+        } else {
+            Ingested::KeyReused(prev)
+        })
+    }
+
+    async fn get_event(
+        &self,
+        tenant: &TenantId,
+        id: &EventId,
+    ) -> Result<Option<Event>, StoreError> {
+        let raw: Option<String> = self
+            .conn()
+            .get(self.key(tenant, &format!("ev:{tenant}:{id}")))
+            .await?;
+        raw.map(|r| parse(&r)).transpose()
+    }
+
+    async fn event_deliveries(
+        &self,
+        tenant: &TenantId,
+        id: &EventId,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let ids: Vec<String> = self
+            .conn()
+            .lrange(self.key(tenant, &format!("evd:{tenant}:{id}")), 0, -1)
+            .await?;
+        self.deliveries_by_id(tenant, &ids).await
+    }
+
+    async fn event_types(&self, tenant: &TenantId) -> Result<Vec<EventTypeSeen>, StoreError> {
+        let fields: HashMap<String, u64> = self
+            .conn()
+            .hgetall(self.key(tenant, &format!("types:{tenant}")))
+            .await?;
+        let mut out: Vec<EventTypeSeen> = fields
+            .iter()
+            .filter_map(|(k, count)| {
+                let t = k.strip_prefix("c:")?;
+                Some(EventTypeSeen {
+                    event_type: t.to_owned(),
+                    count: *count,
+                    last_seen_ms: fields.get(&format!("l:{t}")).copied().unwrap_or(0),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.event_type.cmp(&b.event_type));
+        Ok(out)
+    }
+
+    async fn get_delivery(
+        &self,
+        tenant: &TenantId,
+        id: &DeliveryId,
+    ) -> Result<Option<Delivery>, StoreError> {
+        let raw: Option<String> = self
+            .conn()
+            .get(self.key(tenant, &format!("d:{id}")))
+            .await?;
+        let d: Option<Delivery> = raw.map(|r| parse(&r)).transpose()?;
+        Ok(d.filter(|d| &d.tenant == tenant))
+    }
+
+    async fn list_deliveries(
+        &self,
+        tenant: &TenantId,
+        webhook: &WebhookId,
+        page: Page<'_>,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let key = self.key(tenant, &format!("whd:{webhook}"));
+        let mut upper = match page.before {
+            Some(b) => format!("({b}"),
+            None => "+".to_owned(),
+        };
+        let mut out = Vec::new();
+        loop {
+            let batch: Vec<String> = redis::cmd("ZREVRANGEBYLEX")
+                .arg(&key)
+                .arg(&upper)
+                .arg("-")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(page.limit.max(50))
+                .query_async(&mut self.conn())
+                .await?;
+            let Some(last) = batch.last() else { break };
+            upper = format!("({last}");
+            for d in self.deliveries_by_id(tenant, &batch).await? {
+                if page.status.is_none_or(|s| s == d.status) {
+                    out.push(d);
+                    if out.len() >= page.limit {
+                        return Ok(out);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn attempts(
+        &self,
+        tenant: &TenantId,
+        id: &DeliveryId,
+    ) -> Result<Vec<Attempt>, StoreError> {
+        let raw: Vec<String> = self
+            .conn()
+            .lrange(self.key(tenant, &format!("att:{id}")), 0, -1)
+            .await?;
+        raw.iter().map(|r| parse(r)).collect()
+    }
+
+    async fn finish_attempt(
+        &self,
+        delivery: Delivery,
+        attempt: Option<Attempt>,
+    ) -> Result<(), StoreError> {
+        self.finish_script(&delivery, attempt.as_ref()).await
+    }
+
+    async fn retry_delivery(
+        &self,
+        tenant: &TenantId,
+        id: &DeliveryId,
+        now_ms: u64,
+    ) -> Result<Delivery, StoreError> {
+        let mut d = self
+            .get_delivery(tenant, id)
+            .await?
+            .ok_or(StoreError::NotFound("delivery"))?;
+        d.status = DeliveryStatus::Pending;
+        d.next_attempt_at_ms = Some(now_ms);
+        d.reason = None;
+        d.updated_at_ms = now_ms;
+        self.finish_script(&d, None).await?;
+        self.publish("wake".into()).await?;
+        Ok(d)
+    }
+
+    async fn webhook_stats(
+        &self,
+        tenant: &TenantId,
+        id: &WebhookId,
+    ) -> Result<DeliveryStats, StoreError> {
+        Ok(stats_of(&self.stats_fields(tenant).await?, id.as_str()))
+    }
+
+    async fn tenant_stats(&self, tenant: &TenantId) -> Result<DeliveryStats, StoreError> {
+        let fields = self.stats_fields(tenant).await?;
+        let mut webhooks: Vec<&str> = fields
+            .keys()
+            .filter_map(|k| k.split_once(':').map(|(w, _)| w))
+            .collect();
+        webhooks.sort_unstable();
+        webhooks.dedup();
+        let mut sum = DeliveryStats::default();
+        for w in webhooks {
+            sum.add(&stats_of(&fields, w));
+        }
+        Ok(sum)
+    }
+
+    async fn put_plugin(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        component: Vec<u8>,
+        sha256: String,
+        uploaded_by: &str,
+        now_ms: u64,
+    ) -> Result<PluginVersion, StoreError> {
+        let t = tenant;
+        let mut conn = self.conn();
+        let version: u32 = conn
+            .incr(self.key(t, &format!("plugin-seq:{t}:{name}")), 1)
+            .await?;
+        let meta = PluginVersion {
+            name: name.to_owned(),
+            version,
+            sha256: sha256.clone(),
+            size: component.len() as u64,
+            uploaded_at_ms: now_ms,
+            uploaded_by: uploaded_by.to_owned(),
+        };
+        let _: () = redis::pipe()
+            .atomic()
+            .set(self.key(t, &format!("blob:{t}:{sha256}")), component)
+            .ignore()
+            .hset(
+                self.key(t, &format!("pluginv:{t}:{name}")),
+                version,
+                json(&meta),
+            )
+            .ignore()
+            .hset(self.key(t, &format!("plugins:{t}")), name, version)
+            .ignore()
+            .query_async(&mut conn)
+            .await?;
+        self.publish(format!("plugin\u{1f}{t}\u{1f}{name}\u{1f}{version}"))
+            .await?;
+        Ok(meta)
+    }
+
+    async fn current_plugin(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+    ) -> Result<Option<(PluginVersion, Vec<u8>)>, StoreError> {
+        let t = tenant;
+        let mut conn = self.conn();
+        let version: Option<u32> = conn
+            .hget(self.key(t, &format!("plugins:{t}")), name)
+            .await?;
+        let Some(version) = version else {
+            return Ok(None);
+        };
+        let raw: Option<String> = conn
+            .hget(self.key(t, &format!("pluginv:{t}:{name}")), version)
+            .await?;
+        let meta: PluginVersion = parse(&raw.ok_or(StoreError::NotFound("plugin version"))?)?;
+        let bytes: Option<Vec<u8>> = conn
+            .get(self.key(t, &format!("blob:{t}:{}", meta.sha256)))
+            .await?;
+        Ok(Some((
+            meta,
+            bytes.ok_or(StoreError::NotFound("plugin component"))?,
+        )))
+    }
+
+    async fn list_plugins(&self, tenant: &TenantId) -> Result<Vec<PluginVersion>, StoreError> {
+        let t = tenant;
+        let current: HashMap<String, u32> = self
+            .conn()
+            .hgetall(self.key(t, &format!("plugins:{t}")))
+            .await?;
+        let mut out = Vec::new();
+        for (name, version) in current {
+            let raw: Option<String> = self
+                .conn()
+                .hget(self.key(t, &format!("pluginv:{t}:{name}")), version)
+                .await?;
+            if let Some(raw) = raw {
+                out.push(parse::<PluginVersion>(&raw)?);
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+}
+
+impl RedisStore {
+    /// The earliest due time in each schedule partition (one pipelined round trip).
+    async fn partition_heads(&self) -> Result<Vec<Option<u64>>, StoreError> {
+        let mut pipe = redis::pipe();
+        for p in 0..self.partitions {
+            pipe.cmd("ZRANGE")
+                .arg(self.schedule_key(p))
+                .arg(0)
+                .arg(0)
+                .arg("WITHSCORES");
+        }
+        let heads: Vec<Vec<(String, f64)>> = pipe.query_async(&mut self.conn()).await?;
+        Ok(heads
+            .iter()
+            .map(|h| h.first().map(|(_, score)| *score as u64))
+            .collect())
+    }
+
+    async fn deliveries_by_id(
+        &self,
+        tenant: &TenantId,
+        ids: &[String],
+    ) -> Result<Vec<Delivery>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids
+            .iter()
+            .map(|id| self.key(tenant, &format!("d:{id}")))
+            .collect();
+        let raw: Vec<Option<String>> = redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut self.conn())
+            .await?;
+        raw.into_iter().flatten().map(|r| parse(&r)).collect()
+    }
+}
+
+#[async_trait]
+impl Schedule for RedisStore {
+    async fn claim_due(
+        &self,
+        now_ms: u64,
+        limit: usize,
+        lease_ms: u64,
+    ) -> Result<Vec<(TenantId, DeliveryId)>, StoreError> {
+        // Only partitions with something due are claimed from, starting at a
+        // random one so engines spread over them.
+        let heads = self.partition_heads().await?;
+        let start = rand::random::<u32>() % self.partitions;
+        let mut claimed = Vec::new();
+        for i in 0..self.partitions {
+            let p = (start + i) % self.partitions;
+            if claimed.len() >= limit || heads[p as usize].is_none_or(|due| due > now_ms) {
+                continue;
+            }
+            let members: Vec<String> = self
+                .claim
+                .key(self.schedule_key(p))
+                .arg(now_ms)
+                .arg(limit - claimed.len())
+                .arg(now_ms + lease_ms)
+                .invoke_async(&mut self.conn())
+                .await?;
+            claimed.extend(members.iter().filter_map(|m| {
+                let (t, d) = m.split_once('|')?;
+                Some((TenantId::from_trusted(t), DeliveryId::from_trusted(d)))
+            }));
+        }
+        Ok(claimed)
+    }
+
+    async fn next_due_ms(&self) -> Result<Option<u64>, StoreError> {
+        Ok(self.partition_heads().await?.into_iter().flatten().min())
+    }
+}

@@ -1,0 +1,316 @@
+//! One contract for the store and the schedule, run with the same assertions
+//! against both backends: the embedded store and a real Redis.
+
+use crate::redis_server::RedisServer;
+use serde_json::value::RawValue;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use wasmhook::ids::{EventId, TenantId, WebhookId};
+use wasmhook::model::{DeliveryStatus, Secret, Tenant, Webhook};
+use wasmhook::schedule::Schedule;
+use wasmhook::schedule::policy::RetryPolicy;
+use wasmhook::store::{EmbeddedStore, Ingested, NewEvent, Page, RedisStore, Store};
+
+const LEASE: u64 = 60_000;
+
+fn webhook(tenant: &TenantId, events: &[&str]) -> Webhook {
+    Webhook {
+        id: WebhookId::generate(),
+        tenant: tenant.clone(),
+        url: "http://127.0.0.1:1/x".into(),
+        events: events.iter().map(|e| e.to_string()).collect(),
+        active: true,
+        disabled_reason: None,
+        description: String::new(),
+        headers: BTreeMap::new(),
+        metadata: BTreeMap::new(),
+        plugin: None,
+        plugin_config: serde_json::Value::Null,
+        filter: None,
+        retry_policy: RetryPolicy::default(),
+        timeout_ms: 1000,
+        secret: Secret::generate(),
+        retired_secrets: vec![],
+        created_at_ms: 0,
+        updated_at_ms: 0,
+    }
+}
+
+fn event(
+    tenant: &TenantId,
+    id: &str,
+    event_type: &str,
+    key: Option<&str>,
+    fingerprint: &str,
+    due: u64,
+) -> NewEvent {
+    NewEvent {
+        id: EventId::from_trusted(id),
+        tenant: tenant.clone(),
+        event_type: event_type.into(),
+        data: RawValue::from_string(r#"{"n": 1.50}"#.into()).unwrap(),
+        occurred_at_ms: 1_000,
+        idempotency_key: key.map(str::to_owned),
+        fingerprint: fingerprint.into(),
+        only_webhook: None,
+        due_at_ms: due,
+    }
+}
+
+async fn contract(store: Arc<dyn Store>, schedule: Arc<dyn Schedule>) {
+    let t = TenantId::from_trusted("contract");
+    store
+        .create_tenant(
+            Tenant {
+                id: t.clone(),
+                name: "c".into(),
+                created_at_ms: 0,
+            },
+            "hash-1".into(),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .create_tenant(
+                Tenant {
+                    id: t.clone(),
+                    name: "again".into(),
+                    created_at_ms: 0
+                },
+                "hash-2".into()
+            )
+            .await,
+        Err(wasmhook::store::StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        store.tenant_by_key_hash("hash-1").await.unwrap(),
+        Some(t.clone())
+    );
+    let a = webhook(&t, &["invoice.*"]);
+    let b = webhook(&t, &["invoice.paid"]);
+    store.put_webhook(a.clone()).await.unwrap();
+    store.put_webhook(b.clone()).await.unwrap();
+    assert_eq!(store.list_webhooks(&t).await.unwrap().len(), 2);
+
+    // Fan-out, and the new deliveries are leased (due at the given time).
+    let Ingested::Created {
+        event: ev,
+        deliveries,
+        ..
+    } = store
+        .insert_event(event(&t, "e1", "invoice.paid", Some("k1"), "f1", 5_000))
+        .await
+        .unwrap()
+    else {
+        panic!("not created")
+    };
+    assert_eq!(deliveries.len(), 2);
+    assert_eq!(
+        store
+            .get_event(&t, &ev.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .data
+            .get(),
+        r#"{"n": 1.50}"#
+    );
+    assert_eq!(store.event_deliveries(&t, &ev.id).await.unwrap().len(), 2);
+
+    // Idempotent: same key → replay; same key, other content → reuse; same id → replay.
+    assert!(
+        matches!(store.insert_event(event(&t, "e2", "invoice.paid", Some("k1"), "f1", 5_000)).await.unwrap(), Ingested::Replayed(p) if p.event_id == ev.id)
+    );
+    assert!(matches!(
+        store
+            .insert_event(event(&t, "e3", "invoice.paid", Some("k1"), "other", 5_000))
+            .await
+            .unwrap(),
+        Ingested::KeyReused(_)
+    ));
+    assert!(matches!(
+        store
+            .insert_event(event(&t, "e1", "invoice.paid", None, "f1", 5_000))
+            .await
+            .unwrap(),
+        Ingested::Replayed(_)
+    ));
+    assert_eq!(
+        store.webhook_stats(&t, &a.id).await.unwrap().total,
+        1,
+        "replays do not fan out"
+    );
+
+    // Nothing is due before the lease ends; ordering by due time after.
+    assert!(
+        schedule
+            .claim_due(4_999, 10, LEASE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(schedule.next_due_ms().await.unwrap(), Some(5_000));
+    let Ingested::Created {
+        deliveries: later, ..
+    } = store
+        .insert_event(event(&t, "e4", "invoice.sent", None, "f4", 3_000))
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(later.len(), 1);
+    let first = schedule.claim_due(6_000, 1, LEASE).await.unwrap();
+    assert_eq!(
+        first,
+        vec![(t.clone(), later[0].id.clone())],
+        "earliest due first"
+    );
+    // A claim leases: claimed again only after the lease runs out.
+    let rest = schedule.claim_due(6_000, 10, LEASE).await.unwrap();
+    assert_eq!(rest.len(), 2);
+    assert!(
+        schedule
+            .claim_due(6_001, 10, LEASE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        schedule
+            .claim_due(6_000 + LEASE, 10, LEASE)
+            .await
+            .unwrap()
+            .len(),
+        3,
+        "lease expiry"
+    );
+
+    // Re-score on failure; removal on success; counters follow.
+    let mut d = store
+        .get_delivery(&t, &deliveries[0].id)
+        .await
+        .unwrap()
+        .unwrap();
+    d.attempts = 1;
+    d.next_attempt_at_ms = Some(500_000);
+    store.finish_attempt(d.clone(), None).await.unwrap();
+    let mut ok = store
+        .get_delivery(&t, &deliveries[1].id)
+        .await
+        .unwrap()
+        .unwrap();
+    ok.status = DeliveryStatus::Succeeded;
+    ok.next_attempt_at_ms = None;
+    store.finish_attempt(ok, None).await.unwrap();
+    let mut failed = store.get_delivery(&t, &later[0].id).await.unwrap().unwrap();
+    failed.status = DeliveryStatus::Failed;
+    failed.next_attempt_at_ms = None;
+    store.finish_attempt(failed, None).await.unwrap();
+    assert!(
+        schedule
+            .claim_due(499_999, 10, LEASE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        schedule.claim_due(500_000, 10, LEASE).await.unwrap(),
+        vec![(t.clone(), d.id.clone())]
+    );
+    let total = store.tenant_stats(&t).await.unwrap();
+    assert_eq!(
+        (total.total, total.pending, total.succeeded, total.failed),
+        (3, 1, 1, 1)
+    );
+
+    // Manual retry: pending again and due now.
+    let retried = store
+        .retry_delivery(&t, &later[0].id, 700_000)
+        .await
+        .unwrap();
+    assert_eq!(retried.status, DeliveryStatus::Pending);
+    let due = schedule.claim_due(700_000, 10, LEASE).await.unwrap();
+    assert!(due.contains(&(t.clone(), later[0].id.clone())));
+    assert_eq!(store.tenant_stats(&t).await.unwrap().failed, 0);
+
+    // Lists: newest first, status filter, other tenants see nothing.
+    let page = Page {
+        limit: 10,
+        before: None,
+        status: None,
+    };
+    assert_eq!(
+        store.list_deliveries(&t, &a.id, page).await.unwrap().len(),
+        2
+    );
+    let succeeded = Page {
+        limit: 10,
+        before: None,
+        status: Some(DeliveryStatus::Succeeded),
+    };
+    assert_eq!(
+        store
+            .list_deliveries(&t, &b.id, succeeded)
+            .await
+            .unwrap()
+            .len()
+            + store
+                .list_deliveries(&t, &a.id, succeeded)
+                .await
+                .unwrap()
+                .len(),
+        1
+    );
+    let other = TenantId::from_trusted("someone-else");
+    assert!(
+        store
+            .get_delivery(&other, &deliveries[0].id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(store.get_event(&other, &ev.id).await.unwrap().is_none());
+    let types = store.event_types(&t).await.unwrap();
+    assert_eq!(
+        types
+            .iter()
+            .map(|t| (t.event_type.as_str(), t.count))
+            .collect::<Vec<_>>(),
+        [("invoice.paid", 1), ("invoice.sent", 1)]
+    );
+
+    // Plugins: versions count up.
+    let v1 = store
+        .put_plugin(&t, "fmt", vec![1, 2, 3], "sha-a".into(), "tenant", 1)
+        .await
+        .unwrap();
+    let v2 = store
+        .put_plugin(&t, "fmt", vec![4, 5], "sha-b".into(), "admin", 2)
+        .await
+        .unwrap();
+    assert_eq!((v1.version, v2.version), (1, 2));
+    let (meta, bytes) = store.current_plugin(&t, "fmt").await.unwrap().unwrap();
+    assert_eq!((meta.version, bytes), (2, vec![4, 5]));
+    assert_eq!(store.list_plugins(&t).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn embedded_backend_keeps_the_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    contract(store.clone(), store).await;
+}
+
+#[tokio::test]
+async fn redis_backend_keeps_the_contract() {
+    let server = RedisServer::start().await;
+    let store = Arc::new(
+        RedisStore::connect(&server.url(), "contract", 4, Duration::from_secs(86_400))
+            .await
+            .unwrap(),
+    );
+    contract(store.clone(), store).await;
+}
