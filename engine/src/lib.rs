@@ -75,12 +75,14 @@ pub async fn run(
                 (redis.clone(), redis.clone(), Some(redis), None)
             }
             None => {
-                let embedded = Arc::new(EmbeddedStore::open(&settings.data_dir).map_err(|e| {
-                    anyhow::anyhow!(
-                        "cannot open the store in {}: {e}",
-                        settings.data_dir.display()
-                    )
-                })?);
+                let embedded = Arc::new(
+                    EmbeddedStore::open(&settings.data_dir, settings.retention).map_err(|e| {
+                        anyhow::anyhow!(
+                            "cannot open the store in {}: {e}",
+                            settings.data_dir.display()
+                        )
+                    })?,
+                );
                 let closed = Arc::downgrade(&embedded);
                 (embedded.clone(), embedded, None, Some(closed))
             }
@@ -110,8 +112,9 @@ pub async fn run(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let worker = tokio::spawn(deliverer.clone().run(stop_rx.clone()));
     if let Some(redis) = redis {
-        tokio::spawn(follow_notices(redis, app.clone(), stop_rx));
+        tokio::spawn(follow_notices(redis, app.clone(), stop_rx.clone()));
     }
+    tokio::spawn(sweep_periodically(app.store.clone(), stop_rx));
     tracing::info!(addr = %listener.local_addr()?, "wasmhook listening");
     axum::serve(listener, api::router(app.clone()))
         .with_graceful_shutdown(shutdown)
@@ -129,6 +132,21 @@ pub async fn run(
     }
     tracing::info!("wasmhook stopped");
     Ok(())
+}
+
+/// Applies retention at start-up and then hourly.
+async fn sweep_periodically(store: Arc<dyn Store>, mut stop: Shutdown) {
+    loop {
+        match store.sweep(clock::now_ms()).await {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, "retention: old records removed"),
+            Err(e) => tracing::warn!(error = %e, "retention sweep failed"),
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+        }
+    }
 }
 
 /// Acts on what other engines sharing the Redis announce: wake the dispatcher

@@ -297,20 +297,120 @@ async fn contract(store: Arc<dyn Store>, schedule: Arc<dyn Schedule>) {
     assert_eq!(store.list_plugins(&t).await.unwrap().len(), 1);
 }
 
+/// With a one-second retention: finished records go, pending ones stay.
+async fn retention(store: Arc<dyn Store>) {
+    let t = TenantId::from_trusted("retention");
+    store
+        .create_tenant(
+            Tenant {
+                id: t.clone(),
+                name: "r".into(),
+                created_at_ms: 0,
+            },
+            "hash-r".into(),
+        )
+        .await
+        .unwrap();
+    let hook = webhook(&t, &["*"]);
+    store.put_webhook(hook.clone()).await.unwrap();
+    let now = wasmhook::clock::now_ms();
+    let mut done = event(&t, "done", "a", Some("key-done"), "f", now);
+    done.occurred_at_ms = now;
+    let Ingested::Created {
+        deliveries: finished,
+        ..
+    } = store.insert_event(done).await.unwrap()
+    else {
+        panic!()
+    };
+    let mut waiting = event(&t, "waiting", "a", None, "f", now + 3_600_000);
+    waiting.occurred_at_ms = now;
+    let Ingested::Created {
+        deliveries: pending,
+        ..
+    } = store.insert_event(waiting).await.unwrap()
+    else {
+        panic!()
+    };
+    let mut d = finished[0].clone();
+    d.status = DeliveryStatus::Succeeded;
+    d.next_attempt_at_ms = None;
+    store.finish_attempt(d, None).await.unwrap();
+
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    store.sweep(wasmhook::clock::now_ms()).await.unwrap();
+
+    assert!(
+        store
+            .get_event(&t, &EventId::from_trusted("done"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .get_delivery(&t, &finished[0].id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .get_event(&t, &EventId::from_trusted("waiting"))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        store
+            .get_delivery(&t, &pending[0].id)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let page = Page {
+        limit: 10,
+        before: None,
+        status: None,
+    };
+    let listed = store.list_deliveries(&t, &hook.id, page).await.unwrap();
+    assert_eq!(
+        listed.iter().map(|d| d.id.clone()).collect::<Vec<_>>(),
+        vec![pending[0].id.clone()]
+    );
+    // An expired idempotency key no longer replays.
+    let again = event(&t, "done-again", "a", Some("key-done"), "f", now);
+    assert!(matches!(
+        store.insert_event(again).await.unwrap(),
+        Ingested::Created { .. }
+    ));
+}
+
+const DAY: Duration = Duration::from_secs(86_400);
+
 #[tokio::test]
 async fn embedded_backend_keeps_the_contract() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    let store = Arc::new(EmbeddedStore::open(dir.path(), DAY).unwrap());
     contract(store.clone(), store).await;
+    let dir = tempfile::tempdir().unwrap();
+    retention(Arc::new(
+        EmbeddedStore::open(dir.path(), Duration::from_secs(1)).unwrap(),
+    ))
+    .await;
 }
 
 #[tokio::test]
 async fn redis_backend_keeps_the_contract() {
     let server = RedisServer::start().await;
     let store = Arc::new(
-        RedisStore::connect(&server.url(), "contract", 4, Duration::from_secs(86_400))
+        RedisStore::connect(&server.url(), "contract", 4, DAY)
             .await
             .unwrap(),
     );
     contract(store.clone(), store).await;
+    let short = RedisStore::connect(&server.url(), "retention", 4, Duration::from_secs(1))
+        .await
+        .unwrap();
+    retention(Arc::new(short)).await;
 }

@@ -64,6 +64,7 @@ pub struct EmbeddedStore {
     db: Arc<Database>,
     writer: Option<mpsc::Sender<Op>>,
     writer_thread: Option<std::thread::JoinHandle<()>>,
+    retention_ms: u64,
     /// Each tenant's webhooks, for fan-out. Only the writer thread fills or
     /// clears it, inside the transactions that read or change webhooks.
     webhooks: Arc<WebhookCache>,
@@ -72,7 +73,7 @@ pub struct EmbeddedStore {
 impl EmbeddedStore {
     /// Opens (or creates) `wasmhook.redb` in `dir`, and makes leases left by a
     /// previous run due now.
-    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+    pub fn open(dir: &Path, retention: std::time::Duration) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Storage(redb::Error::Io(e)))?;
         let db = Database::create(dir.join("wasmhook.redb")).map_err(redb::Error::from)?;
         let txn = db.begin_write().map_err(redb::Error::from)?;
@@ -116,6 +117,7 @@ impl EmbeddedStore {
             db,
             writer: Some(writer),
             writer_thread: Some(writer_thread),
+            retention_ms: retention.as_millis() as u64,
             webhooks: Arc::default(),
         })
     }
@@ -320,6 +322,7 @@ fn ingest(
         event_type: event.event_type.clone(),
         deliveries: deliveries.len() as u32,
         fingerprint: new.fingerprint,
+        at_ms: event.occurred_at_ms,
     };
     {
         let mut idem = table!(txn, IDEMPOTENCY);
@@ -363,6 +366,80 @@ fn ingest(
         deliveries,
         filtered,
     })
+}
+
+/// When an engine-minted id (`dlv_<ulid>`) was created.
+fn id_time_ms(id: &str) -> Option<u64> {
+    let (_, ulid) = id.split_once('_')?;
+    ulid::Ulid::from_string(&ulid.to_uppercase())
+        .ok()
+        .map(|u| u.timestamp_ms())
+}
+
+/// Retention: see [`Store::sweep`]. Deliveries are found by id (ids sort by
+/// time); events and idempotency keys by a scan (run rarely).
+fn sweep(txn: &WriteTransaction, cutoff_ms: u64) -> Result<u64, StoreError> {
+    let mut removed = 0u64;
+    let old: Vec<Delivery> = {
+        let table = table!(txn, DELIVERIES);
+        let mut out = Vec::new();
+        for item in table.iter()? {
+            let (k, v) = item?;
+            if id_time_ms(k.value()).is_none_or(|t| t >= cutoff_ms) {
+                break;
+            }
+            let d: Delivery = dec(v.value())?;
+            if d.status != DeliveryStatus::Pending {
+                out.push(d);
+            }
+        }
+        out
+    };
+    for d in &old {
+        let id = d.id.as_str();
+        table!(txn, DELIVERIES).remove(id)?;
+        table!(txn, WEBHOOK_DELIVERIES).remove((d.webhook_id.as_str(), id))?;
+        table!(txn, EVENT_DELIVERIES).remove((d.tenant.as_str(), d.event_id.as_str(), id))?;
+        table!(txn, ATTEMPTS).retain_in((id, 0)..=(id, u32::MAX), |_, _| false)?;
+        removed += 1;
+    }
+    let old_events: Vec<(String, String)> = {
+        let events = table!(txn, EVENTS);
+        let index = table!(txn, EVENT_DELIVERIES);
+        let mut out = Vec::new();
+        for item in events.iter()? {
+            let (k, v) = item?;
+            let e: Event = dec(v.value())?;
+            let (t, id) = k.value();
+            let still_pending = index.range((t, id, "")..(t, id, MAX_ID))?.next().is_some();
+            if e.occurred_at_ms < cutoff_ms && !still_pending {
+                out.push((t.to_owned(), id.to_owned()));
+            }
+        }
+        out
+    };
+    for (t, id) in &old_events {
+        table!(txn, EVENTS).remove((t.as_str(), id.as_str()))?;
+        removed += 1;
+    }
+    let old_keys: Vec<(String, String)> = {
+        let idem = table!(txn, IDEMPOTENCY);
+        let mut out = Vec::new();
+        for item in idem.iter()? {
+            let (k, v) = item?;
+            let answer: IdempotentAnswer = dec(v.value())?;
+            if answer.at_ms < cutoff_ms {
+                let (t, key) = k.value();
+                out.push((t.to_owned(), key.to_owned()));
+            }
+        }
+        out
+    };
+    for (t, key) in &old_keys {
+        table!(txn, IDEMPOTENCY).remove((t.as_str(), key.as_str()))?;
+        removed += 1;
+    }
+    Ok(removed)
 }
 
 #[async_trait]
@@ -700,6 +777,11 @@ impl Store for EmbeddedStore {
                 .to_vec();
             Ok(Some((meta, bytes)))
         })
+    }
+
+    async fn sweep(&self, now_ms: u64) -> Result<u64, StoreError> {
+        let cutoff = now_ms.saturating_sub(self.retention_ms);
+        self.write(move |txn| sweep(txn, cutoff)).await
     }
 
     async fn list_plugins(&self, tenant: &TenantId) -> Result<Vec<PluginVersion>, StoreError> {

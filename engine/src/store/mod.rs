@@ -168,6 +168,9 @@ pub struct IdempotentAnswer {
     pub event_type: String,
     pub deliveries: u32,
     pub fingerprint: String,
+    /// When the first trigger was accepted (for retention).
+    #[serde(default)]
+    pub at_ms: u64,
 }
 
 #[derive(Debug)]
@@ -284,4 +287,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<(PluginVersion, Vec<u8>)>, StoreError>;
     /// The current version of each of the tenant's plugins.
     async fn list_plugins(&self, tenant: &TenantId) -> Result<Vec<PluginVersion>, StoreError>;
+
+    /// Forgets events, finished deliveries, their attempts and idempotency
+    /// keys older than the retention period (pending deliveries and their
+    /// events stay). Returns how many records went. Run periodically.
+    async fn sweep(&self, now_ms: u64) -> Result<u64, StoreError>;
 }

@@ -22,8 +22,12 @@
 //!   the receiver sees the same delivery id twice.
 //! - Recording an attempt (attempt log, delivery, counters, schedule) is one
 //!   script. An attempt sent but not recorded (crash in between) is repeated.
-//! - Retention: events, deliveries and attempts expire `retention` after
-//!   their last write; delivery lists are trimmed by id (ids sort by time).
+//! - Retention: finished deliveries and their attempts expire `retention`
+//!   after they finish, events when their last pending delivery finishes (or
+//!   at once if they fanned out to nothing), idempotency keys `retention`
+//!   after the trigger. Pending deliveries and their events never expire.
+//!   [`Store::sweep`] trims each webhook's delivery index by id (ids sort by
+//!   time).
 
 use super::{CachedHook, IdempotentAnswer, Ingested, NewEvent, Page, Store, StoreError};
 use crate::ids::{DeliveryId, EventId, TenantId, WebhookId};
@@ -64,7 +68,8 @@ pub struct RedisStore {
 }
 
 const INGEST: &str = r#"
--- KEYS: idem(id), idem(header or id again), event, event deliveries, schedule, stats, types, then (delivery, webhook index) pairs
+-- KEYS: idem(id), idem(header or id again), event, event deliveries, schedule, stats, types,
+--       event's pending count, then (delivery, webhook index) pairs
 -- ARGV: answer, event, ttl, due, tenant, type, now, n, then (delivery id, delivery json, webhook id) triples
 for i = 1, 2 do
   local prev = redis.call('GET', KEYS[i])
@@ -73,14 +78,20 @@ end
 local ttl = ARGV[3]
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ttl)
 if KEYS[2] ~= KEYS[1] then redis.call('SET', KEYS[2], ARGV[1], 'EX', ttl) end
-redis.call('SET', KEYS[3], ARGV[2], 'EX', ttl)
+local n = tonumber(ARGV[8])
+if n > 0 then
+  -- The event stays while any of its deliveries is pending.
+  redis.call('SET', KEYS[3], ARGV[2])
+  redis.call('SET', KEYS[8], n)
+else
+  redis.call('SET', KEYS[3], ARGV[2], 'EX', ttl)
+end
 redis.call('HINCRBY', KEYS[7], 'c:' .. ARGV[6], 1)
 redis.call('HSET', KEYS[7], 'l:' .. ARGV[6], ARGV[7])
-local n = tonumber(ARGV[8])
 for i = 0, n - 1 do
   local did, djson, wid = ARGV[9 + i * 3], ARGV[10 + i * 3], ARGV[11 + i * 3]
-  redis.call('SET', KEYS[8 + i * 2], djson, 'EX', ttl)
-  redis.call('ZADD', KEYS[9 + i * 2], 0, did)
+  redis.call('SET', KEYS[9 + i * 2], djson)
+  redis.call('ZADD', KEYS[10 + i * 2], 0, did)
   redis.call('RPUSH', KEYS[4], did)
   redis.call('ZADD', KEYS[5], ARGV[4], ARGV[5] .. '|' .. did)
   redis.call('HINCRBY', KEYS[6], wid .. ':total', 1)
@@ -98,29 +109,40 @@ return due
 "#;
 
 const FINISH: &str = r#"
--- KEYS: delivery, attempts, schedule, stats, event
+-- KEYS: delivery, attempts, schedule, stats, event, event's pending count
 -- ARGV: delivery json, attempt json or '', status, webhook id, member, next due or '', ttl, duration ms
 local prev = redis.call('GET', KEYS[1])
 if not prev then return redis.error_reply('delivery not found') end
 local old = cjson.decode(prev)['status']
+local new = ARGV[3]
 local wid, ttl = ARGV[4], ARGV[7]
-if old ~= ARGV[3] then
+if old ~= new then
   redis.call('HINCRBY', KEYS[4], wid .. ':' .. old, -1)
-  redis.call('HINCRBY', KEYS[4], wid .. ':' .. ARGV[3], 1)
+  redis.call('HINCRBY', KEYS[4], wid .. ':' .. new, 1)
 end
 if ARGV[2] ~= '' then
   redis.call('RPUSH', KEYS[2], ARGV[2])
-  redis.call('EXPIRE', KEYS[2], ttl)
   redis.call('HINCRBY', KEYS[4], wid .. ':attempts', 1)
   redis.call('HINCRBY', KEYS[4], wid .. ':duration', ARGV[8])
 end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ttl)
-if ARGV[6] ~= '' then
+-- Pending records never expire; finished ones expire after the retention.
+if new == 'pending' then
+  redis.call('SET', KEYS[1], ARGV[1])
+  redis.call('PERSIST', KEYS[2])
   redis.call('ZADD', KEYS[3], ARGV[6], ARGV[5])
+  if old ~= 'pending' then
+    redis.call('INCR', KEYS[6])
+    redis.call('PERSIST', KEYS[5])
+  end
 else
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ttl)
+  redis.call('EXPIRE', KEYS[2], ttl)
   redis.call('ZREM', KEYS[3], ARGV[5])
+  if old == 'pending' and redis.call('DECR', KEYS[6]) <= 0 then
+    redis.call('DEL', KEYS[6])
+    redis.call('EXPIRE', KEYS[5], ttl)
+  end
 end
-redis.call('EXPIRE', KEYS[5], ttl)
 return 1
 "#;
 
@@ -243,6 +265,9 @@ impl RedisStore {
         let t = &d.tenant;
         let next = match (d.status, d.next_attempt_at_ms) {
             (DeliveryStatus::Pending, Some(due)) => due.to_string(),
+            // Pending without a due time is not a state the worker produces;
+            // treat it as due now rather than losing it.
+            (DeliveryStatus::Pending, None) => crate::clock::now_ms().to_string(),
             _ => String::new(),
         };
         let status = serde_json::to_value(d.status)?;
@@ -253,6 +278,7 @@ impl RedisStore {
             .key(self.schedule_key(self.partition(t)))
             .key(self.key(t, &format!("stats:{t}")))
             .key(self.key(t, &format!("ev:{t}:{}", d.event_id)))
+            .key(self.key(t, &format!("evp:{t}:{}", d.event_id)))
             .arg(json(d))
             .arg(attempt.map(json).unwrap_or_default())
             .arg(status.as_str().unwrap_or_default())
@@ -390,6 +416,7 @@ impl Store for RedisStore {
             event_type: event.event_type.clone(),
             deliveries: deliveries.len() as u32,
             fingerprint: new.fingerprint.clone(),
+            at_ms: new.occurred_at_ms,
         };
         let id_key = self.key(&t, &format!("idem:{t}:id:{}", event.id));
         let header_key = match &new.idempotency_key {
@@ -404,6 +431,7 @@ impl Store for RedisStore {
             .key(self.schedule_key(self.partition(&t)))
             .key(self.key(&t, &format!("stats:{t}")))
             .key(self.key(&t, &format!("types:{t}")))
+            .key(self.key(&t, &format!("evp:{t}:{}", event.id)))
             .arg(json(&answer))
             .arg(json(&event))
             .arg(self.ttl_secs)
@@ -675,6 +703,49 @@ impl Store for RedisStore {
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
+    }
+
+    /// Keys expire by themselves; what is left is each webhook's delivery
+    /// index, whose members older than the retention are dropped once their
+    /// delivery has expired (pending ones never do).
+    async fn sweep(&self, now_ms: u64) -> Result<u64, StoreError> {
+        let cutoff = now_ms.saturating_sub(self.ttl_secs * 1000);
+        let oldest_kept = format!(
+            "({}_{}",
+            DeliveryId::PREFIX,
+            ulid::Ulid::from_parts(cutoff, 0).to_string().to_lowercase()
+        );
+        let mut removed = 0u64;
+        for tenant in self.list_tenants().await? {
+            let t = &tenant.id;
+            for hook in self.list_webhooks(t).await? {
+                let index = self.key(t, &format!("whd:{}", hook.id));
+                let old: Vec<String> = redis::cmd("ZRANGEBYLEX")
+                    .arg(&index)
+                    .arg("-")
+                    .arg(&oldest_kept)
+                    .query_async(&mut self.conn())
+                    .await?;
+                for chunk in old.chunks(500) {
+                    let mut pipe = redis::pipe();
+                    for id in chunk {
+                        pipe.exists(self.key(t, &format!("d:{id}")));
+                    }
+                    let exists: Vec<bool> = pipe.query_async(&mut self.conn()).await?;
+                    let gone: Vec<&String> = chunk
+                        .iter()
+                        .zip(exists)
+                        .filter(|(_, e)| !e)
+                        .map(|(id, _)| id)
+                        .collect();
+                    if !gone.is_empty() {
+                        let n: u64 = self.conn().zrem(&index, gone).await?;
+                        removed += n;
+                    }
+                }
+            }
+        }
+        Ok(removed)
     }
 }
 
