@@ -105,7 +105,8 @@ pub async fn ingest(app: &App, new: NewEvent) -> ApiResult<Response> {
             let created = deliveries.len() as u64;
             app.metrics.deliveries_created.inc_by(created);
             app.metrics.deliveries_filtered.inc_by(u64::from(filtered));
-            app.deliverer.submit(&deliveries);
+            let event = std::sync::Arc::new(event);
+            app.deliverer.submit(&event, &deliveries);
             let mut body = answer(
                 event.id.as_str(),
                 &event.event_type,

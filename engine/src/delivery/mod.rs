@@ -38,6 +38,14 @@ const MAX_IDLE: Duration = Duration::from_secs(1);
 /// How long shutdown waits for attempts in flight.
 const DRAIN: Duration = Duration::from_secs(10);
 
+/// A delivery to attempt: just its id when claimed from the schedule, or the
+/// records themselves when the trigger API hands over what it just wrote (so
+/// the first attempt reads nothing back from the store).
+enum Job {
+    Claimed(TenantId, DeliveryId),
+    Fresh(Box<Delivery>, Arc<Event>),
+}
+
 pub struct Deliverer {
     store: Arc<dyn Store>,
     schedule: Arc<dyn Schedule>,
@@ -48,8 +56,8 @@ pub struct Deliverer {
     permits: Arc<Semaphore>,
     concurrency: usize,
     wake: Notify,
-    fresh_tx: mpsc::Sender<(TenantId, DeliveryId)>,
-    fresh_rx: tokio::sync::Mutex<mpsc::Receiver<(TenantId, DeliveryId)>>,
+    fresh_tx: mpsc::Sender<Job>,
+    fresh_rx: tokio::sync::Mutex<mpsc::Receiver<Job>>,
 }
 
 impl Deliverer {
@@ -85,11 +93,11 @@ impl Deliverer {
 
     /// Hands over deliveries that were just written, leased to this process.
     /// If the queue is full they go out when their lease runs out instead.
-    pub fn submit(&self, deliveries: &[Delivery]) {
+    pub fn submit(&self, event: &Arc<Event>, deliveries: &[Delivery]) {
         for d in deliveries {
             if self
                 .fresh_tx
-                .try_send((d.tenant.clone(), d.id.clone()))
+                .try_send(Job::Fresh(Box::new(d.clone()), event.clone()))
                 .is_err()
             {
                 tracing::warn!(delivery = %d.id, "delivery queue full; it goes out when its lease ends");
@@ -128,7 +136,7 @@ impl Deliverer {
             }
             tokio::select! {
                 _ = shutdown.changed() => break,
-                Some((tenant, id)) = fresh.recv() => self.clone().spawn(tenant, id).await,
+                Some(job) = fresh.recv() => self.clone().spawn(job).await,
                 _ = self.wake.notified() => next_look = tokio::time::Instant::now(),
                 _ = tokio::time::sleep_until(next_look) => {}
             }
@@ -152,12 +160,12 @@ impl Deliverer {
             .await?;
         let full = ids.len() == free;
         for (tenant, id) in ids {
-            self.clone().spawn(tenant, id).await;
+            self.clone().spawn(Job::Claimed(tenant, id)).await;
         }
         Ok(full)
     }
 
-    async fn spawn(self: Arc<Self>, tenant: TenantId, id: DeliveryId) {
+    async fn spawn(self: Arc<Self>, job: Job) {
         let permit = self
             .permits
             .clone()
@@ -166,7 +174,11 @@ impl Deliverer {
             .expect("the semaphore is never closed");
         tokio::spawn(async move {
             self.metrics.in_flight.inc();
-            if let Err(e) = self.attempt(&tenant, &id).await {
+            let id = match &job {
+                Job::Claimed(_, id) => id.clone(),
+                Job::Fresh(d, _) => d.id.clone(),
+            };
+            if let Err(e) = self.attempt(job).await {
                 tracing::error!(delivery = %id, error = %e, "recording a delivery attempt failed; it is retried when its lease ends");
             }
             self.metrics.in_flight.dec();
@@ -175,13 +187,13 @@ impl Deliverer {
     }
 
     /// One attempt of one delivery, start to finish.
-    async fn attempt(
-        &self,
-        tenant: &TenantId,
-        id: &DeliveryId,
-    ) -> Result<(), crate::store::StoreError> {
-        let Some(mut delivery) = self.store.get_delivery(tenant, id).await? else {
-            return Ok(());
+    async fn attempt(&self, job: Job) -> Result<(), crate::store::StoreError> {
+        let (mut delivery, known_event) = match job {
+            Job::Fresh(d, event) => (*d, Some(event)),
+            Job::Claimed(tenant, id) => match self.store.get_delivery(&tenant, &id).await? {
+                Some(d) => (d, None),
+                None => return Ok(()),
+            },
         };
         if delivery.status != DeliveryStatus::Pending {
             return Ok(());
@@ -190,10 +202,14 @@ impl Deliverer {
             .store
             .get_webhook(&delivery.tenant, &delivery.webhook_id)
             .await?;
-        let event = self
-            .store
-            .get_event(&delivery.tenant, &delivery.event_id)
-            .await?;
+        let event = match known_event {
+            Some(e) => Some(e),
+            None => self
+                .store
+                .get_event(&delivery.tenant, &delivery.event_id)
+                .await?
+                .map(Arc::new),
+        };
         let (webhook, event) = match (webhook, event) {
             (Some(w), Some(e)) if w.active => (w, e),
             (Some(_), Some(_)) => return self.give_up(delivery, "webhook is disabled").await,
