@@ -252,7 +252,13 @@ async fn an_engine_killed_mid_run_loses_nothing() {
 
     let seen = wait_all_seen(&receiver, &accepted, Duration::from_secs(90)).await;
     let duplicates: usize = seen.values().map(|c| c - 1).sum();
-    assert!(duplicates <= 600, "{duplicates} duplicates");
+    eprintln!(
+        "crash test: {} accepted, {} arrived, {duplicates} duplicates",
+        accepted.len(),
+        seen.len()
+    );
+    // Only attempts in flight on B when it died can repeat: at most its concurrency (16 triggers at a time here).
+    assert!(duplicates <= 64, "{duplicates} duplicates");
     assert!(seen.keys().all(|id| id.starts_with("dlv_")));
     a.kill();
 }
