@@ -1,0 +1,266 @@
+//! The HTTP scenarios (ceiling, ingest, end to end, steady-rate latency) and
+//! the in-process plugin overhead.
+
+use crate::harness::{Backend, Engine, Http, Receiver, payload, percentile, post, run_many};
+use bytes::Bytes;
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const CONCURRENCY: usize = 64;
+
+fn trigger_body(data: &Value) -> Bytes {
+    Bytes::from(json!({"type": "invoice.paid", "data": data}).to_string())
+}
+
+/// Requests per second a bare hyper client achieves against the receiver:
+/// the same 1 KiB JSON POSTs, the same concurrency.
+async fn ceiling(http: &Http, n: usize, body: Bytes) -> anyhow::Result<f64> {
+    let rx = Receiver::spawn().await?;
+    let started = Instant::now();
+    let url = rx.url.clone();
+    run_many(n, CONCURRENCY, |_| {
+        let (http, url, body) = (http.clone(), url.clone(), body.clone());
+        async move {
+            let (status, _) = post(&http, &url, None, "application/json", body).await?;
+            anyhow::ensure!(status.is_success());
+            Ok(())
+        }
+    })
+    .await?;
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
+/// One trigger; its answer.
+async fn trigger(http: Http, url: String, key: String, body: Bytes) -> anyhow::Result<Bytes> {
+    let events = format!("{url}/api/events");
+    let (status, answer) = post(&http, &events, Some(&key), "application/json", body).await?;
+    anyhow::ensure!(status == 202, "trigger answered {status}");
+    Ok(answer)
+}
+
+pub async fn http(events: usize) -> anyhow::Result<()> {
+    let http = crate::harness::http();
+    let body = trigger_body(&payload(1024));
+    let delivery_body = Bytes::from(payload(1024).to_string());
+    let ceiling = ceiling(&http, events, delivery_body).await?;
+    let gestiqcloud = crate::harness::plugin("gestiqcloud")?;
+
+    println!(
+        "### Ceiling\n\nBare hyper client → receiver, 1 KiB JSON, {CONCURRENCY} in flight: **{ceiling:.0} requests/s**.\n"
+    );
+    println!("### Ingest, end to end, latency\n");
+    println!("| scenario | backend | result | vs ceiling | p50 | p99 | max |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    for backend in [Backend::Embedded, Backend::Redis] {
+        let b = backend.name();
+
+        // Ingest: triggers accepted per second, no webhooks.
+        let engine = Engine::start(backend, &http).await?;
+        let started = Instant::now();
+        let mut times = run_many(events, CONCURRENCY, |_| {
+            let fut = trigger(
+                http.clone(),
+                engine.url.clone(),
+                engine.key.clone(),
+                body.clone(),
+            );
+            async move { fut.await.map(drop) }
+        })
+        .await?;
+        let rate = events as f64 / started.elapsed().as_secs_f64();
+        times.sort();
+        println!(
+            "| ingest (1 KiB, {CONCURRENCY} in flight) | {b} | {rate:.0} events/s | | {:.2} ms | {:.2} ms | {:.2} ms |",
+            ms(percentile(&times, 0.5)),
+            ms(percentile(&times, 0.99)),
+            ms(*times.last().unwrap_or(&Duration::ZERO))
+        );
+        engine.stop().await?;
+
+        // End to end: deliveries per second from trigger to 2xx at the receiver.
+        for (fanout, plugin) in [
+            (1usize, None),
+            (10, None),
+            (1, Some("gestiqcloud")),
+            (10, Some("gestiqcloud")),
+        ] {
+            let engine = Engine::start(backend, &http).await?;
+            let rx = Receiver::spawn().await?;
+            if let Some(p) = plugin {
+                engine.upload(&http, p, gestiqcloud.clone()).await?;
+            }
+            for _ in 0..fanout {
+                engine.webhook(&http, &rx.url, plugin).await?;
+            }
+            let n = events / fanout;
+            let started = Instant::now();
+            run_many(n, CONCURRENCY, |_| {
+                let fut = trigger(
+                    http.clone(),
+                    engine.url.clone(),
+                    engine.key.clone(),
+                    body.clone(),
+                );
+                async move { fut.await.map(drop) }
+            })
+            .await?;
+            rx.wait_for((n * fanout) as u64, Duration::from_secs(300))
+                .await?;
+            let rate = (n * fanout) as f64 / started.elapsed().as_secs_f64();
+            println!(
+                "| end to end, fan-out {fanout}, {} | {b} | {rate:.0} deliveries/s | {:.1} % | | | |",
+                plugin.map_or("default format".to_owned(), |p| format!("plugin `{p}`")),
+                100.0 * rate / ceiling
+            );
+            engine.stop().await?;
+        }
+
+        // Latency at a steady 1,000 events/s for 5 s: trigger's answer → arrival.
+        let engine = Engine::start(backend, &http).await?;
+        let rx = Receiver::spawn().await?;
+        engine.webhook(&http, &rx.url, None).await?;
+        let answered: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
+        let mut tick = tokio::time::interval(Duration::from_millis(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..5_000 {
+            tick.tick().await;
+            let answered = answered.clone();
+            let fut = trigger(
+                http.clone(),
+                engine.url.clone(),
+                engine.key.clone(),
+                body.clone(),
+            );
+            tasks.spawn(async move {
+                let answer = fut.await?;
+                let at = Instant::now();
+                let v: Value = serde_json::from_slice(&answer)?;
+                let id = v["delivery_ids"][0].as_str().unwrap_or_default().to_owned();
+                answered.lock().unwrap().push((id, at));
+                anyhow::Ok(())
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r??;
+        }
+        rx.wait_for(5_000, Duration::from_secs(60)).await?;
+        let arrivals = rx.arrivals.lock().unwrap().clone();
+        let mut lat: Vec<Duration> = answered
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|(id, at)| {
+                arrivals
+                    .get(id)
+                    .map(|arrived| arrived.saturating_duration_since(*at))
+            })
+            .collect();
+        lat.sort();
+        println!(
+            "| latency at 1,000 events/s (answer → arrival) | {b} | {} delivered | | {:.2} ms | {:.2} ms | {:.2} ms |",
+            lat.len(),
+            ms(percentile(&lat, 0.5)),
+            ms(percentile(&lat, 0.99)),
+            ms(*lat.last().unwrap_or(&Duration::ZERO))
+        );
+        engine.stop().await?;
+    }
+    println!();
+    Ok(())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Microseconds per delivery spent shaping: the native default format, and
+/// the `gestiqcloud` plugin (instantiate + filter + transform, parsing the
+/// data), for 1 KiB and 64 KiB payloads.
+pub fn plugin_overhead() -> anyhow::Result<()> {
+    use wasmhook::delivery::request::AttemptContext;
+    use wasmhook::delivery::shape;
+    use wasmhook::ids::{EventId, TenantId, WebhookId};
+    use wasmhook::model::{Event, PluginVersion, Secret, Webhook};
+    use wasmhook::plugin::PluginRuntime;
+
+    let runtime = PluginRuntime::new(Duration::from_millis(1000), 64 << 20)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let pre = runtime
+        .compile(&crate::harness::plugin("gestiqcloud")?)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let tenant = TenantId::from_trusted("bench");
+    let meta = PluginVersion {
+        name: "gestiqcloud".into(),
+        version: 1,
+        sha256: String::new(),
+        size: 0,
+        uploaded_at_ms: 0,
+        uploaded_by: "bench".into(),
+    };
+    let plugin = runtime.install(&tenant, &meta, pre);
+    let webhook = Webhook {
+        id: WebhookId::from_trusted("wh_bench"),
+        tenant: tenant.clone(),
+        url: "http://127.0.0.1/x".into(),
+        events: vec!["*".into()],
+        active: true,
+        disabled_reason: None,
+        description: String::new(),
+        headers: Default::default(),
+        metadata: Default::default(),
+        plugin: Some("gestiqcloud".into()),
+        plugin_config: json!({"source": "gestiqcloud", "version": "1.0"}),
+        filter: None,
+        retry_policy: Default::default(),
+        timeout_ms: 1000,
+        secret: Secret::generate(),
+        retired_secrets: vec![],
+        created_at_ms: 0,
+        updated_at_ms: 0,
+    };
+    println!("### Plugin overhead\n");
+    println!(
+        "| payload | native default format | plugin `gestiqcloud` (fresh instance per call) | plugin minus native |"
+    );
+    println!("| --- | --- | --- | --- |");
+    for size in [1024usize, 64 * 1024] {
+        let event = Event {
+            id: EventId::from_trusted("evt_bench"),
+            tenant: tenant.clone(),
+            event_type: "invoice.paid".into(),
+            data: RawValue::from_string(payload(size).to_string())?,
+            occurred_at_ms: 1_700_000_000_000,
+        };
+        let ctx = AttemptContext::new("dlv_bench", 1, 1_700_000_000_000);
+        let rounds = if size > 4096 { 500 } else { 5_000 };
+        for _ in 0..50 {
+            runtime
+                .call(&plugin, &event, &webhook, &ctx)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        let started = Instant::now();
+        for _ in 0..rounds {
+            std::hint::black_box(
+                runtime
+                    .call(&plugin, &event, &webhook, &ctx)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?,
+            );
+        }
+        let plugin_us = started.elapsed().as_secs_f64() * 1e6 / rounds as f64;
+        let started = Instant::now();
+        for _ in 0..rounds {
+            std::hint::black_box(shape::standard_webhooks(&event, &ctx));
+        }
+        let native_us = started.elapsed().as_secs_f64() * 1e6 / rounds as f64;
+        println!(
+            "| {} KiB | {native_us:.1} µs | {plugin_us:.1} µs | {:.1} µs |",
+            size / 1024,
+            plugin_us - native_us
+        );
+    }
+    println!();
+    Ok(())
+}
