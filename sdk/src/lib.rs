@@ -130,6 +130,9 @@ pub struct Event {
     /// The `data` JSON exactly as the application sent it.
     pub raw_data: String,
     parsed: OnceCell<Value>,
+    raw: OnceCell<Box<serde_json::value::RawValue>>,
+    /// Top-level keys and where their values sit in `raw_data`.
+    fields: OnceCell<Vec<(String, std::ops::Range<usize>)>>,
 }
 
 impl Event {
@@ -149,6 +152,49 @@ impl Event {
             occurred_at_ms,
             raw_data: raw_data.into(),
             parsed: OnceCell::new(),
+            raw: OnceCell::new(),
+            fields: OnceCell::new(),
+        }
+    }
+
+    /// The data as a raw JSON value, to embed in a body *without* parsing it
+    /// into a [`Value`] (the cheapest way to forward it byte for byte):
+    /// `#[derive(Serialize)] struct Body<'a> { data: &'a RawValue, … }`.
+    pub fn raw(&self) -> Result<&serde_json::value::RawValue> {
+        if let Some(r) = self.raw.get() {
+            return Ok(r);
+        }
+        let r = serde_json::value::RawValue::from_string(self.raw_data.clone())
+            .context("event data")?;
+        Ok(self.raw.get_or_init(|| r))
+    }
+
+    /// One top-level field of the data, parsed on its own: the other fields
+    /// are skimmed, not built, so this is much cheaper than [`Event::data`]
+    /// when a plugin needs only a few fields.
+    pub fn field(&self, name: &str) -> Result<Option<Value>> {
+        if let Some(v) = self.parsed.get() {
+            return Ok(v.get(name).cloned());
+        }
+        let fields = match self.fields.get() {
+            Some(f) => f,
+            None => {
+                let base = self.raw_data.as_ptr() as usize;
+                let raw: std::collections::BTreeMap<String, &serde_json::value::RawValue> =
+                    serde_json::from_str(&self.raw_data).context("event data")?;
+                let map: Vec<(String, std::ops::Range<usize>)> = raw
+                    .into_iter()
+                    .map(|(k, v)| {
+                        let start = v.get().as_ptr() as usize - base;
+                        (k, start..start + v.get().len())
+                    })
+                    .collect();
+                self.fields.get_or_init(|| map)
+            }
+        };
+        match fields.iter().find(|(k, _)| k == name) {
+            Some((_, range)) => Ok(Some(serde_json::from_str(&self.raw_data[range.clone()])?)),
+            None => Ok(None),
         }
     }
 
@@ -510,4 +556,47 @@ macro_rules! export_plugin {
 
         $crate::bindings::export!(__WasmhookGuest with_types_in $crate::bindings);
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_and_raw_read_without_building_the_whole_value() {
+        let mut input = Input::test("a", json!({}));
+        input.event.raw_data =
+            r#"{"id": 12345678901234567890, "nested": {"x": [1, 2.50]}, "s": "é\"", "id2": null}"#
+                .into();
+        let e = &input.event;
+        assert_eq!(e.field("s").unwrap(), Some(json!("é\"")));
+        assert_eq!(
+            e.field("nested").unwrap().unwrap().to_string(),
+            r#"{"x":[1,2.50]}"#
+        );
+        assert_eq!(
+            e.field("id").unwrap().unwrap().to_string(),
+            "12345678901234567890"
+        );
+        assert_eq!(e.field("missing").unwrap(), None);
+        assert_eq!(e.raw().unwrap().get(), e.raw_data);
+        // After a full parse, field reads from it.
+        e.data().unwrap();
+        assert_eq!(e.field("id2").unwrap(), Some(Value::Null));
+    }
+
+    #[test]
+    fn bad_data_is_an_error_with_context() {
+        let mut input = Input::test("a", json!({}));
+        input.event.raw_data = "{oops".into();
+        assert!(
+            input
+                .event
+                .field("x")
+                .unwrap_err()
+                .0
+                .starts_with("event data")
+        );
+        assert!(input.event.data().is_err());
+    }
 }

@@ -11,31 +11,49 @@ use wasmhook_sdk::prelude::*;
 
 pub struct Gestiqcloud;
 
+#[derive(serde::Serialize)]
+struct Envelope<'a> {
+    event: &'a str,
+    resource_type: &'a str,
+    resource_id: Option<String>,
+    timestamp: &'a str,
+    /// Forwarded byte for byte, never parsed into a `Value`.
+    data: &'a serde_json::value::RawValue,
+    metadata: Metadata<'a>,
+}
+
+#[derive(serde::Serialize)]
+struct Metadata<'a> {
+    tenant_id: &'a str,
+    source: &'a str,
+    version: &'a str,
+}
+
 impl Plugin for Gestiqcloud {
     fn transform(input: &Input) -> Result<Request> {
         let e = &input.event;
-        let data = e.data()?;
         let resource_type = e.event_type.split('.').next().unwrap_or(&e.event_type);
-        let resource_id = data
-            .get(format!("{resource_type}_id"))
-            .or_else(|| data.get("id"))
-            .map(|v| match v {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            });
-        let cfg = &input.webhook;
-        let body = json!({
-            "event": e.event_type,
-            "resource_type": resource_type,
-            "resource_id": resource_id,
-            "timestamp": e.occurred_at,
-            "data": data,
-            "metadata": {
-                "tenant_id": cfg.config_str("tenant_id", &e.tenant),
-                "source": cfg.config_str("source", "gestiqcloud"),
-                "version": cfg.config_str("version", "1.0"),
-            },
+        let id = match e.field(&format!("{resource_type}_id"))? {
+            Some(v) => Some(v),
+            None => e.field("id")?,
+        };
+        let resource_id = id.map(|v| match v {
+            Value::String(s) => s,
+            other => other.to_string(),
         });
+        let cfg = &input.webhook;
+        let body = Envelope {
+            event: &e.event_type,
+            resource_type,
+            resource_id,
+            timestamp: &e.occurred_at,
+            data: e.raw()?,
+            metadata: Metadata {
+                tenant_id: cfg.config_str("tenant_id", &e.tenant),
+                source: cfg.config_str("source", "gestiqcloud"),
+                version: cfg.config_str("version", "1.0"),
+            },
+        };
         Ok(Request::json(&body)?
             .header("X-Event-Type", &e.event_type)
             .header("X-Delivery-ID", &input.delivery.id)
