@@ -47,7 +47,7 @@ impl TestEngine {
             redis_url: Some(url.into()),
             redis_prefix: prefix.into(),
             schedule_partitions: 4,
-            lease_ms: 3_000,
+            lease_ms: 10_000,
             ..Default::default()
         };
         raw.data_dir = std::env::temp_dir().join("wasmhook-unused");

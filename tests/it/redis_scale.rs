@@ -112,7 +112,7 @@ impl ChildEngine {
             .env("WASMHOOK_REDIS_PREFIX", prefix)
             .env("WASMHOOK_ADMIN_TOKEN", ADMIN)
             .env("WASMHOOK_ALLOW_PRIVATE_TARGETS", "127.0.0.0/8")
-            .env("WASMHOOK_LEASE_MS", "3000")
+            .env("WASMHOOK_LEASE_MS", "10000")
             .env("WASMHOOK_SCHEDULE_PARTITIONS", "4")
             .stdout(Stdio::null())
             .stderr(Stdio::null())

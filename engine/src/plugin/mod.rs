@@ -74,6 +74,9 @@ pub struct PluginRuntime {
     timeout: Duration,
     memory_bytes: usize,
     loaded: RwLock<HashMap<(TenantId, String), Arc<LoadedPlugin>>>,
+    /// The newest version other engines announced, so a slow compile of an
+    /// older version finishing late is not cached over it.
+    announced: RwLock<HashMap<(TenantId, String), u32>>,
 }
 
 impl PluginRuntime {
@@ -116,6 +119,7 @@ impl PluginRuntime {
             timeout,
             memory_bytes,
             loaded: RwLock::default(),
+            announced: RwLock::default(),
         })
     }
 
@@ -153,14 +157,21 @@ impl PluginRuntime {
             sha256: meta.sha256.clone(),
             pre,
         });
-        let mut loaded = self.loaded.write().expect("plugin map lock");
         let key = (tenant.clone(), meta.name.clone());
-        // Two uploads finishing out of order must not bring back the older one.
-        match loaded.get(&key) {
-            Some(current) if current.version > plugin.version => {}
-            _ => {
-                loaded.insert(key, plugin.clone());
-            }
+        let announced = self
+            .announced
+            .read()
+            .expect("plugin map lock")
+            .get(&key)
+            .copied()
+            .unwrap_or(0);
+        let mut loaded = self.loaded.write().expect("plugin map lock");
+        // Two uploads (or a compile and an announcement) finishing out of
+        // order must not bring back the older version.
+        let newer_known = announced > plugin.version
+            || loaded.get(&key).is_some_and(|c| c.version > plugin.version);
+        if !newer_known {
+            loaded.insert(key, plugin.clone());
         }
         plugin
     }
@@ -168,8 +179,13 @@ impl PluginRuntime {
     /// Another engine made `version` current: drop an older loaded version so
     /// the next call loads the new one.
     pub fn forget_older(&self, tenant: &TenantId, name: &str, version: u32) {
-        let mut loaded = self.loaded.write().expect("plugin map lock");
         let key = (tenant.clone(), name.to_owned());
+        {
+            let mut announced = self.announced.write().expect("plugin map lock");
+            let newest = announced.entry(key.clone()).or_insert(version);
+            *newest = (*newest).max(version);
+        }
+        let mut loaded = self.loaded.write().expect("plugin map lock");
         if loaded.get(&key).is_some_and(|p| p.version < version) {
             loaded.remove(&key);
         }
