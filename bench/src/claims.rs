@@ -4,13 +4,12 @@
 
 use crate::harness::RedisServer;
 use serde_json::value::RawValue;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use wasmhook::ids::{EventId, TenantId, WebhookId};
-use wasmhook::model::{Secret, Tenant, Webhook};
+use wasmhook::ids::{EventId, TenantId};
+use wasmhook::model::{Tenant, Webhook};
 use wasmhook::schedule::Schedule;
-use wasmhook::schedule::policy::RetryPolicy;
 use wasmhook::store::{EmbeddedStore, Ingested, NewEvent, RedisStore, Store};
 
 const FAN_OUT: usize = 10;
@@ -32,26 +31,12 @@ async fn fill(store: Arc<dyn Store>, n: usize) -> anyhow::Result<()> {
         .await?;
     for _ in 0..FAN_OUT {
         store
-            .put_webhook(Webhook {
-                id: WebhookId::generate(),
-                tenant: t.clone(),
-                url: "http://127.0.0.1:9/x".into(),
-                events: vec!["*".into()],
-                active: true,
-                disabled_reason: None,
-                description: String::new(),
-                headers: BTreeMap::new(),
-                metadata: BTreeMap::new(),
-                plugin: None,
-                plugin_config: serde_json::Value::Null,
-                filter: None,
-                retry_policy: RetryPolicy::default(),
-                timeout_ms: 1000,
-                secret: Secret::generate(),
-                retired_secrets: vec![],
-                created_at_ms: 0,
-                updated_at_ms: 0,
-            })
+            .put_webhook(Webhook::new(
+                t.clone(),
+                "http://127.0.0.1:9/x",
+                vec!["*".into()],
+                0,
+            ))
             .await?;
     }
     let mut inserts = tokio::task::JoinSet::new();

@@ -182,8 +182,8 @@ fn ms(d: Duration) -> f64 {
 pub fn plugin_overhead() -> anyhow::Result<()> {
     use wasmhook::delivery::request::AttemptContext;
     use wasmhook::delivery::shape;
-    use wasmhook::ids::{EventId, TenantId, WebhookId};
-    use wasmhook::model::{Event, PluginVersion, Secret, Webhook};
+    use wasmhook::ids::{EventId, TenantId};
+    use wasmhook::model::{Event, PluginVersion, Webhook};
     use wasmhook::plugin::PluginRuntime;
 
     let runtime = PluginRuntime::new(Duration::from_millis(1000), 64 << 20)
@@ -202,24 +202,9 @@ pub fn plugin_overhead() -> anyhow::Result<()> {
     };
     let plugin = runtime.install(&tenant, &meta, pre);
     let webhook = Webhook {
-        id: WebhookId::from_trusted("wh_bench"),
-        tenant: tenant.clone(),
-        url: "http://127.0.0.1/x".into(),
-        events: vec!["*".into()],
-        active: true,
-        disabled_reason: None,
-        description: String::new(),
-        headers: Default::default(),
-        metadata: Default::default(),
         plugin: Some("gestiqcloud".into()),
         plugin_config: json!({"source": "gestiqcloud", "version": "1.0"}),
-        filter: None,
-        retry_policy: Default::default(),
-        timeout_ms: 1000,
-        secret: Secret::generate(),
-        retired_secrets: vec![],
-        created_at_ms: 0,
-        updated_at_ms: 0,
+        ..Webhook::new(tenant.clone(), "http://127.0.0.1/x", vec!["*".into()], 0)
     };
     println!("### Plugin overhead\n");
     println!(

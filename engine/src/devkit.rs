@@ -8,7 +8,6 @@ use crate::delivery::{build, shape};
 use crate::ids::{EventId, TenantId, WebhookId};
 use crate::model::{Event, Secret, Webhook};
 use crate::plugin::PluginRuntime;
-use crate::schedule::policy::RetryPolicy;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::collections::BTreeMap;
@@ -103,25 +102,15 @@ pub fn test_plugin(
     };
     let webhook = Webhook {
         id: WebhookId::from_trusted(hook.id.unwrap_or_else(|| "wh_test".into())),
-        tenant,
         url: hook
             .url
             .unwrap_or_else(|| "https://receiver.example/webhooks".into()),
-        events: vec!["*".into()],
-        active: true,
-        disabled_reason: None,
-        description: String::new(),
         headers: hook.headers,
         metadata: hook.metadata,
         plugin: Some(meta.name.clone()),
         plugin_config: hook.plugin_config,
-        filter: None,
-        retry_policy: RetryPolicy::default(),
-        timeout_ms: 30_000,
         secret: Secret::new(hook.secret.unwrap_or_else(|| TEST_SECRET.into())),
-        retired_secrets: Vec::new(),
-        created_at_ms: now,
-        updated_at_ms: now,
+        ..Webhook::new(tenant, "", vec!["*".into()], now)
     };
     let ctx = AttemptContext::new("dlv_test", 1, now);
     match runtime

@@ -56,6 +56,9 @@ pub struct RetiredSecret {
     pub expires_at_ms: u64,
 }
 
+/// A webhook's timeout unless it sets one.
+pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Webhook {
     pub id: WebhookId,
@@ -83,6 +86,36 @@ pub struct Webhook {
 }
 
 impl Webhook {
+    /// A new active webhook with the defaults: no plugin or filter, the
+    /// standard retry schedule, a 30 s timeout and a generated `whsec_` secret.
+    pub fn new(
+        tenant: TenantId,
+        url: impl Into<String>,
+        events: Vec<String>,
+        now_ms: u64,
+    ) -> Webhook {
+        Webhook {
+            id: WebhookId::generate(),
+            tenant,
+            url: url.into(),
+            events,
+            active: true,
+            disabled_reason: None,
+            description: String::new(),
+            headers: BTreeMap::new(),
+            metadata: BTreeMap::new(),
+            plugin: None,
+            plugin_config: serde_json::Value::Null,
+            filter: None,
+            retry_policy: RetryPolicy::default(),
+            timeout_ms: DEFAULT_TIMEOUT_MS,
+            secret: Secret::generate(),
+            retired_secrets: Vec::new(),
+            created_at_ms: now_ms,
+            updated_at_ms: now_ms,
+        }
+    }
+
     /// Whether an event of this type goes to this webhook.
     pub fn subscribes_to(&self, event_type: &str) -> bool {
         self.events

@@ -3,37 +3,25 @@
 
 use crate::redis_server::RedisServer;
 use serde_json::value::RawValue;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
-use wasmhook::ids::{EventId, TenantId, WebhookId};
-use wasmhook::model::{DeliveryStatus, Secret, Tenant, Webhook};
+use wasmhook::ids::{EventId, TenantId};
+use wasmhook::model::{DeliveryStatus, Tenant, Webhook};
 use wasmhook::schedule::Schedule;
-use wasmhook::schedule::policy::RetryPolicy;
 use wasmhook::store::{EmbeddedStore, Ingested, NewEvent, Page, RedisStore, Store};
 
 const LEASE: u64 = 60_000;
 
 fn webhook(tenant: &TenantId, events: &[&str]) -> Webhook {
     Webhook {
-        id: WebhookId::generate(),
-        tenant: tenant.clone(),
         url: "http://127.0.0.1:1/x".into(),
-        events: events.iter().map(|e| e.to_string()).collect(),
-        active: true,
-        disabled_reason: None,
-        description: String::new(),
-        headers: BTreeMap::new(),
-        metadata: BTreeMap::new(),
-        plugin: None,
-        plugin_config: serde_json::Value::Null,
-        filter: None,
-        retry_policy: RetryPolicy::default(),
         timeout_ms: 1000,
-        secret: Secret::generate(),
-        retired_secrets: vec![],
-        created_at_ms: 0,
-        updated_at_ms: 0,
+        ..Webhook::new(
+            tenant.clone(),
+            "",
+            events.iter().map(|e| e.to_string()).collect(),
+            0,
+        )
     }
 }
 

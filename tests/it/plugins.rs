@@ -5,14 +5,12 @@ use crate::harness::{TestEngine, TestReceiver, verify_standard};
 use axum::http::StatusCode;
 use serde_json::json;
 use serde_json::value::RawValue;
-use std::collections::BTreeMap;
 use std::time::Duration;
 use wasmhook::delivery::request::{AttemptContext, Shaped};
 use wasmhook::delivery::{shape, sign};
-use wasmhook::ids::{EventId, TenantId, WebhookId};
+use wasmhook::ids::{EventId, TenantId};
 use wasmhook::model::{Event, PluginVersion, Secret, Webhook};
 use wasmhook::plugin::PluginRuntime;
-use wasmhook::schedule::policy::RetryPolicy;
 use wasmhook_tests::plugins::STANDARD_WEBHOOKS;
 
 #[tokio::test]
@@ -113,24 +111,9 @@ fn standard_webhooks_plugin_matches_the_native_default_byte_for_byte() {
     };
     let plugin = runtime.install(&tenant, &meta, pre);
     let webhook = Webhook {
-        id: WebhookId::from_trusted("wh_1"),
-        tenant: tenant.clone(),
-        url: "http://127.0.0.1/x".into(),
-        events: vec!["*".into()],
-        active: true,
-        disabled_reason: None,
-        description: String::new(),
-        headers: BTreeMap::new(),
-        metadata: BTreeMap::new(),
         plugin: Some("standard-webhooks".into()),
-        plugin_config: serde_json::Value::Null,
-        filter: None,
-        retry_policy: RetryPolicy::default(),
-        timeout_ms: 1000,
         secret: Secret::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()),
-        retired_secrets: vec![],
-        created_at_ms: 0,
-        updated_at_ms: 0,
+        ..Webhook::new(tenant.clone(), "http://127.0.0.1/x", vec!["*".into()], 0)
     };
     let datas = [
         r#"{}"#,

@@ -24,7 +24,6 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-const DEFAULT_TIMEOUT_MS: u64 = 30_000;
 const MIN_TIMEOUT_MS: u64 = 1_000;
 const MAX_TIMEOUT_MS: u64 = 60_000;
 /// How long a replaced secret keeps signing unless the caller says otherwise.
@@ -273,26 +272,7 @@ pub async fn create(
         ));
     }
     let now = now_ms();
-    let mut w = Webhook {
-        id: WebhookId::generate(),
-        tenant: caller.id().clone(),
-        url: String::new(),
-        events: Vec::new(),
-        active: true,
-        disabled_reason: None,
-        description: String::new(),
-        headers: BTreeMap::new(),
-        metadata: BTreeMap::new(),
-        plugin: None,
-        plugin_config: Value::Null,
-        filter: None,
-        retry_policy: RetryPolicy::default(),
-        timeout_ms: DEFAULT_TIMEOUT_MS,
-        secret: Secret::generate(),
-        retired_secrets: Vec::new(),
-        created_at_ms: now,
-        updated_at_ms: now,
-    };
+    let mut w = Webhook::new(caller.id().clone(), String::new(), Vec::new(), now);
     apply(&app, &caller, &mut w, input).await?;
     app.store.put_webhook(w.clone()).await?;
     let mut body = views::webhook(&w);
