@@ -290,23 +290,39 @@ impl Engine {
         url: &str,
         plugin: Option<&str>,
     ) -> anyhow::Result<()> {
+        self.webhook_as(http, &self.key, url, plugin).await
+    }
+
+    /// A webhook of the tenant whose API key is `key`.
+    pub async fn webhook_as(
+        &self,
+        http: &Http,
+        key: &str,
+        url: &str,
+        plugin: Option<&str>,
+    ) -> anyhow::Result<()> {
         let mut body = json!({"url": url, "events": ["*"]});
         if let Some(p) = plugin {
             body["plugin"] = json!(p);
         }
-        post_json(
-            http,
-            &format!("{}/api/webhooks", self.url),
-            &self.key,
-            &body,
-        )
-        .await?;
+        post_json(http, &format!("{}/api/webhooks", self.url), key, &body).await?;
         Ok(())
     }
 
     pub async fn upload(&self, http: &Http, name: &str, wasm: Vec<u8>) -> anyhow::Result<()> {
+        self.upload_as(http, &self.key, name, wasm).await
+    }
+
+    /// Uploads a plugin for the tenant whose API key is `key`.
+    pub async fn upload_as(
+        &self,
+        http: &Http,
+        key: &str,
+        name: &str,
+        wasm: Vec<u8>,
+    ) -> anyhow::Result<()> {
         let req = Request::put(format!("{}/api/plugins/{name}", self.url))
-            .header("authorization", format!("Bearer {}", self.key))
+            .header("authorization", format!("Bearer {key}"))
             .header("content-type", "application/wasm")
             .body(Full::new(Bytes::from(wasm)))?;
         let resp = http.request(req).await?;

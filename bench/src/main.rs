@@ -28,6 +28,11 @@ enum Scenario {
     },
     /// Microseconds a plugin adds per delivery (1 KiB and 64 KiB payloads).
     Plugin,
+    /// RSS with many tenants, each with its own plugin and webhook.
+    Tenants {
+        #[arg(long, default_value_t = 1_000)]
+        tenants: usize,
+    },
     /// Claims per second from the schedule (both backends).
     Claims {
         /// Deliveries made due at once.
@@ -46,10 +51,12 @@ fn main() -> anyhow::Result<()> {
             Scenario::All => {
                 scenarios::http(10_000).await?;
                 scenarios::plugin_overhead()?;
-                claims::run(20_000).await
+                claims::run(20_000).await?;
+                scenarios::tenants(1_000).await
             }
             Scenario::Http { events } => scenarios::http(events).await,
             Scenario::Plugin => scenarios::plugin_overhead(),
+            Scenario::Tenants { tenants } => scenarios::tenants(tenants).await,
             Scenario::Claims { deliveries } => claims::run(deliveries).await,
         }
     })

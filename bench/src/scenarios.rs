@@ -249,3 +249,66 @@ pub fn plugin_overhead() -> anyhow::Result<()> {
     println!();
     Ok(())
 }
+
+/// Resident memory of this process (engine, receiver and load generator), KiB.
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Memory with `n` tenants, each with its own plugin and webhook, after each
+/// has delivered once (embedded store).
+pub async fn tenants(n: usize) -> anyhow::Result<()> {
+    let http = crate::harness::http();
+    let rx = Receiver::spawn().await?;
+    let engine = Engine::start(Backend::Embedded, &http).await?;
+    let wasm = crate::harness::plugin("gestiqcloud")?;
+    let before = rss_kib();
+    let started = Instant::now();
+    for i in 0..n {
+        let tenant = crate::harness::post_json(
+            &http,
+            &format!("{}/api/tenants", engine.url),
+            crate::harness::ADMIN,
+            &json!({"id": format!("tenant-{i}"), "name": format!("Tenant {i}")}),
+        )
+        .await?;
+        let key = tenant["api_key"].as_str().unwrap_or_default().to_owned();
+        engine
+            .upload_as(&http, &key, "gestiqcloud", wasm.clone())
+            .await?;
+        engine
+            .webhook_as(&http, &key, &rx.url, Some("gestiqcloud"))
+            .await?;
+        trigger(
+            http.clone(),
+            engine.url.clone(),
+            key,
+            trigger_body(&payload(1024)),
+        )
+        .await?;
+    }
+    rx.wait_for(n as u64, Duration::from_secs(600)).await?;
+    let after = rss_kib();
+    println!(
+        "### Memory with {n} tenants, each with its own plugin
+"
+    );
+    println!("| tenants | RSS before | RSS after each delivered once | per tenant | set-up time |");
+    println!("| --- | --- | --- | --- | --- |");
+    println!(
+        "| {n} | {:.0} MiB | {:.0} MiB | {:.0} KiB | {:.0} s |\n",
+        before as f64 / 1024.0,
+        after as f64 / 1024.0,
+        (after.saturating_sub(before)) as f64 / n as f64,
+        started.elapsed().as_secs_f64()
+    );
+    engine.stop().await?;
+    Ok(())
+}

@@ -62,8 +62,10 @@ pub async fn upload(
     }
     let runtime = app.plugins.clone();
     let component = bytes.to_vec();
+    let sha256 = hex::encode(Sha256::digest(&component));
+    let sha = sha256.clone();
     let (pre, component) = tokio::task::spawn_blocking(move || {
-        let pre = runtime.compile(&component);
+        let pre = runtime.compile_shared(&sha, &component);
         (pre, component)
     })
     .await
@@ -74,7 +76,6 @@ pub async fn upload(
         }
         other => ApiError::internal(other),
     })?;
-    let sha256 = hex::encode(Sha256::digest(&component));
     let by = if caller.is_admin { "admin" } else { "tenant" };
     let meta = app
         .store

@@ -77,6 +77,9 @@ pub struct PluginRuntime {
     /// The newest version other engines announced, so a slow compile of an
     /// older version finishing late is not cached over it.
     announced: RwLock<HashMap<(TenantId, String), u32>>,
+    /// Compiled components by content hash: tenants uploading the same bytes
+    /// share one compiled copy (code memory is most of a plugin's footprint).
+    compiled: RwLock<HashMap<String, PluginPre<HostState>>>,
 }
 
 impl PluginRuntime {
@@ -120,6 +123,7 @@ impl PluginRuntime {
             memory_bytes,
             loaded: RwLock::default(),
             announced: RwLock::default(),
+            compiled: RwLock::default(),
         })
     }
 
@@ -142,6 +146,24 @@ impl PluginRuntime {
                 root(&e)
             ))
         })
+    }
+
+    /// [`PluginRuntime::compile`], reusing an earlier compilation of the same
+    /// bytes (`sha256` is their hash).
+    pub fn compile_shared(
+        &self,
+        sha256: &str,
+        bytes: &[u8],
+    ) -> Result<PluginPre<HostState>, PluginError> {
+        if let Some(pre) = self.compiled.read().expect("plugin map lock").get(sha256) {
+            return Ok(pre.clone());
+        }
+        let pre = self.compile(bytes)?;
+        self.compiled
+            .write()
+            .expect("plugin map lock")
+            .insert(sha256.to_owned(), pre.clone());
+        Ok(pre)
     }
 
     /// Makes `pre` the version of `meta.name` that new calls use.
@@ -207,7 +229,8 @@ impl PluginRuntime {
             .await?
             .ok_or_else(|| PluginError::NotFound(name.to_owned()))?;
         let this = self.clone();
-        let pre = tokio::task::spawn_blocking(move || this.compile(&bytes))
+        let sha = meta.sha256.clone();
+        let pre = tokio::task::spawn_blocking(move || this.compile_shared(&sha, &bytes))
             .await
             .map_err(|e| PluginError::Trap(e.to_string()))??;
         Ok(self.install(tenant, &meta, pre))
