@@ -44,7 +44,7 @@ async fn uploaded_plugin_shapes_the_delivery() {
     engine
         .trigger(&key, "document.signed", json!({"signedBy": "u1"}))
         .await;
-    let got = receiver.wait_for(1, Duration::from_secs(10)).await;
+    let got = receiver.wait_for(1, Duration::from_secs(60)).await;
     verify_standard(hook["secret"].as_str().unwrap(), &got[0]);
     assert_eq!(got[0].json()["data"]["signedBy"], "u1");
     let d = engine
@@ -52,7 +52,7 @@ async fn uploaded_plugin_shapes_the_delivery() {
             &key,
             hook["id"].as_str().unwrap(),
             got[0].header("webhook-id"),
-            Duration::from_secs(10),
+            Duration::from_secs(60),
             |d| d["status"] == "succeeded",
         )
         .await;

@@ -64,7 +64,7 @@ async fn engines_share_state_work_and_plugin_versions() {
             &key,
             hook_id,
             first["delivery_ids"][0].as_str().unwrap(),
-            Duration::from_secs(10),
+            Duration::from_secs(60),
             |d| d["status"] == "succeeded",
         )
         .await;
@@ -78,7 +78,7 @@ async fn engines_share_state_work_and_plugin_versions() {
             &key,
             hook_id,
             second["delivery_ids"][0].as_str().unwrap(),
-            Duration::from_secs(10),
+            Duration::from_secs(60),
             |d| d["status"] == "succeeded",
         )
         .await;
