@@ -195,6 +195,16 @@ pub struct Delivery {
     pub updated_at_ms: u64,
 }
 
+impl Delivery {
+    /// Pending again and due at `now_ms` (a manual retry); both backends use this.
+    pub fn reopen(&mut self, now_ms: u64) {
+        self.status = DeliveryStatus::Pending;
+        self.next_attempt_at_ms = Some(now_ms);
+        self.reason = None;
+        self.updated_at_ms = now_ms;
+    }
+}
+
 /// One try of a delivery.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Attempt {

@@ -677,10 +677,7 @@ impl Store for EmbeddedStore {
                 .filter(|d| d.tenant == tenant)
                 .ok_or(StoreError::NotFound("delivery"))?;
             let previous = d.status;
-            d.status = DeliveryStatus::Pending;
-            d.next_attempt_at_ms = Some(now_ms);
-            d.reason = None;
-            d.updated_at_ms = now_ms;
+            d.reopen(now_ms);
             update_stats(txn, d.tenant.as_str(), d.webhook_id.as_str(), |s| {
                 s.count(previous, -1);
                 s.count(DeliveryStatus::Pending, 1);

@@ -586,10 +586,7 @@ impl Store for RedisStore {
             .get_delivery(tenant, id)
             .await?
             .ok_or(StoreError::NotFound("delivery"))?;
-        d.status = DeliveryStatus::Pending;
-        d.next_attempt_at_ms = Some(now_ms);
-        d.reason = None;
-        d.updated_at_ms = now_ms;
+        d.reopen(now_ms);
         self.finish_script(&d, None).await?;
         self.publish("wake".into()).await?;
         Ok(d)
