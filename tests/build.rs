@@ -12,6 +12,7 @@ const PLUGINS: &[&str] = &[
     "jossiedb",
     "esign",
     "corp-astro",
+    "chaos",
 ];
 
 fn main() {

@@ -186,8 +186,14 @@ pub fn plugin_overhead() -> anyhow::Result<()> {
     use wasmhook::model::{Event, PluginVersion, Webhook};
     use wasmhook::plugin::PluginRuntime;
 
-    let runtime = PluginRuntime::new(Duration::from_millis(1000), 64 << 20)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let runtime = PluginRuntime::new(
+        wasmhook::plugin::PluginConfig {
+            timeout: Duration::from_millis(1000),
+            ..Default::default()
+        },
+        Default::default(),
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     let pre = runtime
         .compile(&crate::harness::plugin("gestiqcloud")?)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -199,6 +205,7 @@ pub fn plugin_overhead() -> anyhow::Result<()> {
         size: 0,
         uploaded_at_ms: 0,
         uploaded_by: "bench".into(),
+        restored_from: None,
     };
     let plugin = runtime.install(&tenant, &meta, pre);
     let webhook = Webhook {

@@ -3,6 +3,7 @@
 //! [`Settings`]. Unknown keys and invalid values stop start-up with a message
 //! naming the key.
 
+use crate::plugin::PluginConfig;
 use ipnet::IpNet;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -35,6 +36,16 @@ pub struct RawConfig {
     pub plugin_timeout_ms: u64,
     /// Linear memory one plugin instance may grow to.
     pub plugin_memory_bytes: usize,
+    /// Warm plugin instances kept for reuse across all tenants (0: a fresh
+    /// instance for every call).
+    pub plugin_idle_instances: usize,
+    /// Plugin versions kept loaded at most; the least recently used unload.
+    pub plugins_loaded_max: usize,
+    /// Seconds a loaded plugin version may go unused before it unloads.
+    pub plugin_unload_after_secs: u64,
+    /// A directory of `<tenant>/<name>.wasm` files: a new or changed file is
+    /// uploaded as a new version of that tenant's plugin.
+    pub plugins_dir: Option<PathBuf>,
     /// Log format: `text` or `json`.
     pub log_format: String,
     /// Redis URL (`redis://host:6379/0`); when set, all state lives in Redis.
@@ -60,6 +71,10 @@ impl Default for RawConfig {
             lease_ms: 120_000,
             plugin_timeout_ms: 50,
             plugin_memory_bytes: 64 << 20,
+            plugin_idle_instances: 256,
+            plugins_loaded_max: 2000,
+            plugin_unload_after_secs: 600,
+            plugins_dir: None,
             log_format: "text".into(),
             redis_url: None,
             redis_prefix: "wasmhook".into(),
@@ -80,8 +95,8 @@ pub struct Settings {
     pub max_plugin_bytes: usize,
     pub delivery_concurrency: usize,
     pub lease: Duration,
-    pub plugin_timeout: Duration,
-    pub plugin_memory_bytes: usize,
+    pub plugins: PluginConfig,
+    pub plugins_dir: Option<PathBuf>,
     pub log_json: bool,
     pub redis_url: Option<String>,
     pub redis_prefix: String,
@@ -166,6 +181,12 @@ impl RawConfig {
         if self.plugin_memory_bytes < (1 << 20) {
             return Err(invalid("plugin_memory_bytes", "must be at least 1 MiB"));
         }
+        if self.plugin_idle_instances > 100_000 {
+            return Err(invalid("plugin_idle_instances", "must be at most 100000"));
+        }
+        if self.plugins_loaded_max == 0 {
+            return Err(invalid("plugins_loaded_max", "must be at least 1"));
+        }
         let log_json = match self.log_format.as_str() {
             "text" => false,
             "json" => true,
@@ -203,15 +224,25 @@ impl RawConfig {
         }
         Ok(Settings {
             listen,
-            data_dir: self.data_dir,
+            data_dir: self.data_dir.clone(),
             admin_token: self.admin_token,
             allow_private_targets,
             max_body_bytes: self.max_body_bytes,
             max_plugin_bytes: self.max_plugin_bytes,
             delivery_concurrency: self.delivery_concurrency,
             lease: Duration::from_millis(self.lease_ms),
-            plugin_timeout: Duration::from_millis(self.plugin_timeout_ms),
-            plugin_memory_bytes: self.plugin_memory_bytes,
+            plugins: PluginConfig {
+                timeout: Duration::from_millis(self.plugin_timeout_ms),
+                memory_bytes: self.plugin_memory_bytes,
+                // Every delivery in flight may hold one, plus the idle ones,
+                // plus room for dry runs.
+                instances: (self.delivery_concurrency + self.plugin_idle_instances + 64) as u32,
+                idle_instances: self.plugin_idle_instances,
+                max_loaded: self.plugins_loaded_max,
+                unload_after: Duration::from_secs(self.plugin_unload_after_secs),
+                cache_dir: Some(self.data_dir.join("compiled")),
+            },
+            plugins_dir: self.plugins_dir,
             log_json,
             redis_url: self.redis_url,
             redis_prefix: self.redis_prefix,

@@ -6,8 +6,9 @@ use crate::clock::now_ms;
 use crate::delivery::request::{AttemptContext, Shaped};
 use crate::delivery::{build, shape};
 use crate::ids::{EventId, TenantId, WebhookId};
+use crate::metrics::PluginMetrics;
 use crate::model::{Event, Secret, Webhook};
-use crate::plugin::PluginRuntime;
+use crate::plugin::{PluginConfig, PluginRuntime};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::collections::BTreeMap;
@@ -75,8 +76,14 @@ pub fn test_plugin(
             .map_err(|e| DevkitError::Input(format!("webhook file: {e}")))?,
         None => WebhookFile::default(),
     };
-    let runtime = PluginRuntime::new(Duration::from_millis(500), 64 << 20)
-        .map_err(|e| DevkitError::Plugin(e.to_string()))?;
+    let runtime = PluginRuntime::new(
+        PluginConfig {
+            timeout: Duration::from_millis(500),
+            ..PluginConfig::default()
+        },
+        PluginMetrics::default(),
+    )
+    .map_err(|e| DevkitError::Plugin(e.to_string()))?;
     let pre = runtime
         .compile(&read(wasm)?)
         .map_err(|e| DevkitError::Plugin(e.to_string()))?;
@@ -90,6 +97,7 @@ pub fn test_plugin(
         size: 0,
         uploaded_at_ms: 0,
         uploaded_by: "devkit".into(),
+        restored_from: None,
     };
     let plugin = runtime.install(&tenant, &meta, pre);
     let now = now_ms();

@@ -87,11 +87,11 @@ pub async fn run(
                 (embedded.clone(), embedded, None, Some(closed))
             }
         };
+    let metrics = Arc::new(Metrics::default());
     let plugins = Arc::new(
-        PluginRuntime::new(settings.plugin_timeout, settings.plugin_memory_bytes)
+        PluginRuntime::new(settings.plugins.clone(), metrics.plugins.clone())
             .map_err(|e| anyhow::anyhow!("cannot start the plugin runtime: {e}"))?,
     );
-    let metrics = Arc::new(Metrics::default());
     let deliverer = Arc::new(Deliverer::new(
         store.clone(),
         schedule,
@@ -114,7 +114,16 @@ pub async fn run(
     if let Some(redis) = redis {
         tokio::spawn(follow_notices(redis, app.clone(), stop_rx.clone()));
     }
-    tokio::spawn(sweep_periodically(app.store.clone(), stop_rx));
+    tokio::spawn(sweep_periodically(app.store.clone(), stop_rx.clone()));
+    tokio::spawn(unload_idle_plugins(app.plugins.clone(), stop_rx.clone()));
+    if let Some(dir) = app.settings.plugins_dir.clone() {
+        tokio::spawn(plugin::watch::run(
+            app.plugins.clone(),
+            app.store.clone(),
+            dir,
+            stop_rx,
+        ));
+    }
     tracing::info!(addr = %listener.local_addr()?, "wasmhook listening");
     axum::serve(listener, api::router(app.clone()))
         .with_graceful_shutdown(shutdown)
@@ -145,6 +154,20 @@ async fn sweep_periodically(store: Arc<dyn Store>, mut stop: Shutdown) {
         tokio::select! {
             _ = stop.changed() => return,
             _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+        }
+    }
+}
+
+/// Unloads plugin versions nobody called for a while.
+async fn unload_idle_plugins(plugins: Arc<PluginRuntime>, mut stop: Shutdown) {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+        }
+        let gone = plugins.unload_idle(clock::now_ms());
+        if gone > 0 {
+            tracing::info!(unloaded = gone, "idle plugin versions unloaded");
         }
     }
 }

@@ -13,8 +13,27 @@ pub struct OutcomeLabel {
     pub outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    pub source: &'static str,
+}
+
+/// What the plugin runtime counts (it is built before, and without, the rest).
+#[derive(Clone, Default)]
+pub struct PluginMetrics {
+    /// Plugin calls by outcome: deliver, skip, error, trap, timeout.
+    pub calls: Family<OutcomeLabel, Counter>,
+    /// Components made ready by source: compiled, disk (cache), memory (shared).
+    pub loads: Family<SourceLabel, Counter>,
+    /// Plugin versions loaded now.
+    pub loaded: Gauge,
+    /// Warm instances kept for reuse now.
+    pub idle_instances: Gauge,
+}
+
 pub struct Metrics {
     registry: Registry,
+    pub plugins: PluginMetrics,
     pub events_accepted: Counter,
     pub events_replayed: Counter,
     pub deliveries_created: Counter,
@@ -36,6 +55,27 @@ impl Default for Metrics {
         let deliveries_finished = Family::<OutcomeLabel, Counter>::default();
         let attempt_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         let in_flight = Gauge::default();
+        let plugins = PluginMetrics::default();
+        registry.register(
+            "plugin_calls",
+            "Plugin calls by outcome (deliver, skip, error, trap, timeout, invalid)",
+            plugins.calls.clone(),
+        );
+        registry.register(
+            "plugin_loads",
+            "Plugin components made ready, by source (compiled, disk cache)",
+            plugins.loads.clone(),
+        );
+        registry.register(
+            "plugins_loaded",
+            "Plugin versions loaded in memory",
+            plugins.loaded.clone(),
+        );
+        registry.register(
+            "plugin_idle_instances",
+            "Warm plugin instances kept for reuse",
+            plugins.idle_instances.clone(),
+        );
         registry.register(
             "events_accepted",
             "Events accepted by the trigger API",
@@ -74,6 +114,7 @@ impl Default for Metrics {
         );
         Metrics {
             registry,
+            plugins,
             events_accepted,
             events_replayed,
             deliveries_created,

@@ -287,8 +287,12 @@ pub struct PluginVersion {
     pub sha256: String,
     pub size: u64,
     pub uploaded_at_ms: u64,
-    /// `admin` or `tenant`.
+    /// `admin`, `tenant` or `plugins_dir`.
     pub uploaded_by: String,
+    /// Set when this version was made by rolling back: the version whose
+    /// component it brought back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_from: Option<u32>,
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use wasmhook::ids::{EventId, TenantId};
 use wasmhook::model::{DeliveryStatus, Tenant, Webhook};
 use wasmhook::schedule::Schedule;
-use wasmhook::store::{EmbeddedStore, Ingested, NewEvent, Page, RedisStore, Store};
+use wasmhook::store::{EmbeddedStore, Ingested, NewEvent, Page, PluginUpload, RedisStore, Store};
 
 const LEASE: u64 = 60_000;
 
@@ -270,19 +270,53 @@ async fn contract(store: Arc<dyn Store>, schedule: Arc<dyn Schedule>) {
         [("invoice.paid", 1), ("invoice.sent", 1)]
     );
 
-    // Plugins: versions count up.
+    // Plugins: versions count up; every version stays readable; a rollback
+    // is a new version carrying an old component.
+    let upload = |component: Vec<u8>, sha: &str, by: &str, restored_from, now_ms| PluginUpload {
+        name: "fmt".into(),
+        component,
+        sha256: sha.into(),
+        uploaded_by: by.into(),
+        restored_from,
+        now_ms,
+    };
     let v1 = store
-        .put_plugin(&t, "fmt", vec![1, 2, 3], "sha-a".into(), "tenant", 1)
+        .put_plugin(&t, upload(vec![1, 2, 3], "sha-a", "tenant", None, 1))
         .await
         .unwrap();
     let v2 = store
-        .put_plugin(&t, "fmt", vec![4, 5], "sha-b".into(), "admin", 2)
+        .put_plugin(&t, upload(vec![4, 5], "sha-b", "admin", None, 2))
         .await
         .unwrap();
     assert_eq!((v1.version, v2.version), (1, 2));
     let (meta, bytes) = store.current_plugin(&t, "fmt").await.unwrap().unwrap();
     assert_eq!((meta.version, bytes), (2, vec![4, 5]));
     assert_eq!(store.list_plugins(&t).await.unwrap().len(), 1);
+    let (old, old_bytes) = store.plugin_version(&t, "fmt", 1).await.unwrap().unwrap();
+    assert_eq!(
+        (old.sha256.as_str(), old_bytes.clone()),
+        ("sha-a", vec![1, 2, 3])
+    );
+    let v3 = store
+        .put_plugin(&t, upload(old_bytes, "sha-a", "tenant", Some(1), 3))
+        .await
+        .unwrap();
+    assert_eq!((v3.version, v3.restored_from), (3, Some(1)));
+    let (meta, bytes) = store.current_plugin(&t, "fmt").await.unwrap().unwrap();
+    assert_eq!(
+        (meta.version, meta.sha256.as_str(), bytes),
+        (3, "sha-a", vec![1, 2, 3])
+    );
+    let versions = store.plugin_versions(&t, "fmt").await.unwrap();
+    assert_eq!(
+        versions
+            .iter()
+            .map(|v| (v.version, v.uploaded_by.as_str()))
+            .collect::<Vec<_>>(),
+        [(1, "tenant"), (2, "admin"), (3, "tenant")]
+    );
+    assert!(store.plugin_version(&t, "fmt", 9).await.unwrap().is_none());
+    assert!(store.plugin_versions(&t, "nope").await.unwrap().is_empty());
 }
 
 /// With a one-second retention: finished records go, pending ones stay.

@@ -9,10 +9,12 @@ mod delivery;
 mod devkit;
 mod durability;
 mod formats;
+mod plugin_ops;
 mod plugins;
 mod redis_scale;
 mod redis_server;
 mod retries;
+mod sandbox;
 mod tenancy;
 
 /// Not a test of its own: when `WH_TEST_CHILD` is set (not a `WASMHOOK_` name, which the config would refuse), this test binary

@@ -9,8 +9,9 @@ use std::time::Duration;
 use wasmhook::delivery::request::{AttemptContext, Shaped};
 use wasmhook::delivery::{shape, sign};
 use wasmhook::ids::{EventId, TenantId};
+use wasmhook::metrics::PluginMetrics;
 use wasmhook::model::{Event, PluginVersion, Secret, Webhook};
-use wasmhook::plugin::PluginRuntime;
+use wasmhook::plugin::{PluginConfig, PluginRuntime};
 use wasmhook_tests::plugins::STANDARD_WEBHOOKS;
 
 #[tokio::test]
@@ -96,7 +97,14 @@ async fn bad_uploads_are_refused_with_the_reason() {
 
 #[test]
 fn standard_webhooks_plugin_matches_the_native_default_byte_for_byte() {
-    let runtime = PluginRuntime::new(Duration::from_millis(500), 64 << 20).unwrap();
+    let runtime = PluginRuntime::new(
+        PluginConfig {
+            timeout: Duration::from_millis(500),
+            ..PluginConfig::default()
+        },
+        PluginMetrics::default(),
+    )
+    .unwrap();
     let pre = runtime
         .compile(&std::fs::read(STANDARD_WEBHOOKS).unwrap())
         .unwrap();
@@ -108,6 +116,7 @@ fn standard_webhooks_plugin_matches_the_native_default_byte_for_byte() {
         size: 0,
         uploaded_at_ms: 0,
         uploaded_by: "test".into(),
+        restored_from: None,
     };
     let plugin = runtime.install(&tenant, &meta, pre);
     let webhook = Webhook {

@@ -65,6 +65,11 @@ pub fn router(app: Arc<App>) -> Router {
             put(plugins::upload)
                 .layer(DefaultBodyLimit::max(plugin_limit))
                 .get(plugins::get),
+        )
+        .route("/plugins/{name}/rollback", post(plugins::rollback))
+        .route(
+            "/plugins/{name}/dry-run",
+            post(plugins::dry_run).layer(DefaultBodyLimit::max(plugin_limit * 2)),
         );
 
     Router::new()

@@ -1,6 +1,7 @@
 //! `/api/plugins`: upload a tenant's plugin (a WebAssembly component), list
-//! them, show one. An upload is compiled and checked against the world before
-//! it is stored; a bad upload leaves the current version in place.
+//! them, show one with its versions, roll back, and dry-run a candidate.
+//! Uploads and rollbacks are compiled and checked against the world before
+//! they are stored; a bad upload leaves the current version in place.
 
 use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
@@ -8,12 +9,20 @@ use super::extract::RawBody;
 use super::views;
 use crate::App;
 use crate::clock::now_ms;
-use crate::plugin::PluginError;
-use axum::extract::{Path, State};
+use crate::delivery::request::{AttemptContext, Shaped};
+use crate::delivery::{build, shape_with};
+use crate::ids::{EventId, TenantId};
+use crate::model::{Event, PluginVersion, Webhook};
+use crate::plugin::{LoadedPlugin, PluginError, PluginRuntime};
+use crate::store::{Page, PluginUpload};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use base64::Engine as _;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 #[derive(Deserialize)]
@@ -22,12 +31,7 @@ pub struct PluginPath {
 }
 
 fn check_name(name: &str) -> Result<(), ApiError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-    if ok {
+    if crate::plugin::valid_name(name) {
         Ok(())
     } else {
         Err(ApiError::invalid(
@@ -36,19 +40,27 @@ fn check_name(name: &str) -> Result<(), ApiError> {
     }
 }
 
-pub async fn upload(
-    caller: Caller,
-    State(app): State<Arc<App>>,
-    Path(path): Path<PluginPath>,
-    headers: HeaderMap,
-    RawBody(bytes): RawBody,
-) -> ApiResult<(StatusCode, axum::Json<Value>)> {
-    check_name(&path.name)?;
-    let content_type = headers
+fn plugin_error(e: PluginError) -> ApiError {
+    match e {
+        PluginError::Invalid(msg) => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_plugin", msg)
+        }
+        PluginError::Store(e) => e.into(),
+        other => ApiError::internal(other),
+    }
+}
+
+fn content_type(headers: &HeaderMap) -> &str {
+    headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if content_type != "application/wasm" {
+        .and_then(|v| v.split(';').next())
+        .unwrap_or("")
+        .trim()
+}
+
+fn wasm_body(headers: &HeaderMap, bytes: &[u8]) -> Result<(), ApiError> {
+    if content_type(headers) != "application/wasm" {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
@@ -60,29 +72,35 @@ pub async fn upload(
             "the body is empty; send the component's bytes",
         ));
     }
-    let runtime = app.plugins.clone();
-    let component = bytes.to_vec();
-    let sha256 = hex::encode(Sha256::digest(&component));
-    let sha = sha256.clone();
-    let (pre, component) = tokio::task::spawn_blocking(move || {
-        let pre = runtime.compile_shared(&sha, &component);
-        (pre, component)
-    })
-    .await
-    .map_err(ApiError::internal)?;
-    let pre = pre.map_err(|e| match e {
-        PluginError::Invalid(msg) => {
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_plugin", msg)
-        }
-        other => ApiError::internal(other),
-    })?;
-    let by = if caller.is_admin { "admin" } else { "tenant" };
+    Ok(())
+}
+
+fn uploader(caller: &Caller) -> String {
+    if caller.is_admin { "admin" } else { "tenant" }.to_owned()
+}
+
+pub async fn upload(
+    caller: Caller,
+    State(app): State<Arc<App>>,
+    Path(path): Path<PluginPath>,
+    headers: HeaderMap,
+    RawBody(bytes): RawBody,
+) -> ApiResult<(StatusCode, axum::Json<Value>)> {
+    check_name(&path.name)?;
+    wasm_body(&headers, &bytes)?;
+    let upload = PluginUpload {
+        name: path.name,
+        sha256: hex::encode(Sha256::digest(&bytes)),
+        component: bytes.to_vec(),
+        uploaded_by: uploader(&caller),
+        restored_from: None,
+        now_ms: now_ms(),
+    };
     let meta = app
-        .store
-        .put_plugin(caller.id(), &path.name, component, sha256, by, now_ms())
-        .await?;
-    app.plugins.install(caller.id(), &meta, pre);
-    tracing::info!(tenant = %caller.id(), plugin = %meta.name, version = meta.version, "plugin version installed");
+        .plugins
+        .publish(app.store.as_ref(), caller.id(), upload)
+        .await
+        .map_err(plugin_error)?;
     Ok((StatusCode::CREATED, axum::Json(views::plugin(&meta))))
 }
 
@@ -93,16 +111,361 @@ pub async fn list(caller: Caller, State(app): State<Arc<App>>) -> ApiResult<axum
     ))
 }
 
+/// The current version, and every version with this engine's call counts.
 pub async fn get(
     caller: Caller,
     State(app): State<Arc<App>>,
     Path(path): Path<PluginPath>,
 ) -> ApiResult<axum::Json<Value>> {
     check_name(&path.name).map_err(|_| ApiError::not_found("plugin"))?;
-    let (meta, _) = app
+    let (current, _) = app
         .store
         .current_plugin(caller.id(), &path.name)
         .await?
         .ok_or_else(|| ApiError::not_found("plugin"))?;
-    Ok(axum::Json(views::plugin(&meta)))
+    let versions = app.store.plugin_versions(caller.id(), &path.name).await?;
+    let versions: Vec<Value> = versions
+        .iter()
+        .rev()
+        .map(|v| {
+            let mut view = views::plugin(v);
+            view["current"] = json!(v.version == current.version);
+            if let Some(counts) = app.plugins.counts(caller.id(), &v.name, v.version) {
+                view["calls"] = json!(counts.calls.load(std::sync::atomic::Ordering::Relaxed));
+                view["failures"] =
+                    json!(counts.failures.load(std::sync::atomic::Ordering::Relaxed));
+                view["last_error"] = json!(*counts.last_error.lock().expect("counts lock"));
+            }
+            view
+        })
+        .collect();
+    let mut body = views::plugin(&current);
+    body["versions"] = json!(versions);
+    Ok(axum::Json(body))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Rollback {
+    /// The version to bring back; default: the newest earlier version whose
+    /// component differs from the current one.
+    version: Option<u32>,
+}
+
+/// Brings back an earlier version's component as a new version (so version
+/// numbers only grow and every engine converges on the newest).
+pub async fn rollback(
+    caller: Caller,
+    State(app): State<Arc<App>>,
+    Path(path): Path<PluginPath>,
+    RawBody(body): RawBody,
+) -> ApiResult<(StatusCode, axum::Json<Value>)> {
+    check_name(&path.name).map_err(|_| ApiError::not_found("plugin"))?;
+    let wanted = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        serde_json::from_slice::<Rollback>(&body)
+            .map_err(|e| ApiError::invalid(format!("the body is not a rollback request: {e}")))?
+            .version
+    };
+    let (current, _) = app
+        .store
+        .current_plugin(caller.id(), &path.name)
+        .await?
+        .ok_or_else(|| ApiError::not_found("plugin"))?;
+    let target = match wanted {
+        Some(v) => v,
+        None => app
+            .store
+            .plugin_versions(caller.id(), &path.name)
+            .await?
+            .iter()
+            .rev()
+            .find(|v| v.version < current.version && v.sha256 != current.sha256)
+            .map(|v| v.version)
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::CONFLICT,
+                    "nothing_to_roll_back_to",
+                    format!(
+                        "plugin '{}' has no earlier version with a different component",
+                        path.name
+                    ),
+                )
+            })?,
+    };
+    let (old, component) = app
+        .store
+        .plugin_version(caller.id(), &path.name, target)
+        .await?
+        .ok_or_else(|| ApiError::not_found(&format!("version {target} of the plugin")))?;
+    let upload = PluginUpload {
+        name: path.name,
+        sha256: old.sha256,
+        component,
+        uploaded_by: uploader(&caller),
+        restored_from: Some(old.version),
+        now_ms: now_ms(),
+    };
+    let meta = app
+        .plugins
+        .publish(app.store.as_ref(), caller.id(), upload)
+        .await
+        .map_err(plugin_error)?;
+    Ok((StatusCode::CREATED, axum::Json(views::plugin(&meta))))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DryRunQuery {
+    /// How many recent events to replay (default 10, at most 100).
+    limit: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DryRunBody {
+    /// The candidate component, base64.
+    component: String,
+    /// Events to run instead of the tenant's recent ones.
+    events: Option<Vec<DryRunEvent>>,
+    limit: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DryRunEvent {
+    #[serde(rename = "type")]
+    event_type: String,
+    data: Box<RawValue>,
+    id: Option<String>,
+}
+
+const DRY_RUN_DEFAULT: usize = 10;
+const DRY_RUN_MAX: usize = 100;
+
+/// Runs a candidate component and the current version side by side over
+/// recent (or given) events, for every webhook using the plugin. Delivers
+/// nothing and stores nothing.
+pub async fn dry_run(
+    caller: Caller,
+    State(app): State<Arc<App>>,
+    Path(path): Path<PluginPath>,
+    Query(query): Query<DryRunQuery>,
+    headers: HeaderMap,
+    RawBody(bytes): RawBody,
+) -> ApiResult<axum::Json<Value>> {
+    check_name(&path.name)?;
+    let tenant = caller.id().clone();
+    let (component, given, limit) = if content_type(&headers) == "application/json" {
+        let body: DryRunBody = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::invalid(format!("the body is not a dry-run request: {e}")))?;
+        let component = base64::engine::general_purpose::STANDARD
+            .decode(body.component.trim())
+            .map_err(|_| ApiError::invalid("component: must be the component's bytes in base64"))?;
+        (component, body.events, body.limit.or(query.limit))
+    } else {
+        wasm_body(&headers, &bytes)?;
+        (bytes.to_vec(), None, query.limit)
+    };
+    let limit = limit.unwrap_or(DRY_RUN_DEFAULT).clamp(1, DRY_RUN_MAX);
+
+    let webhooks: Vec<Webhook> = app
+        .store
+        .list_webhooks(&tenant)
+        .await?
+        .into_iter()
+        .filter(|w| w.plugin.as_deref() == Some(path.name.as_str()))
+        .collect();
+    if webhooks.is_empty() {
+        return Err(ApiError::invalid(format!(
+            "no webhook uses plugin '{}': a dry run needs a webhook's configuration (create one with \"plugin\": \"{}\"; it may be disabled)",
+            path.name, path.name
+        )));
+    }
+    let events = match given {
+        Some(given) => given_events(&tenant, given, limit)?,
+        None => recent_events(&app, &tenant, &webhooks, limit).await?,
+    };
+
+    let sha = hex::encode(Sha256::digest(&component));
+    let runtime = app.plugins.clone();
+    let candidate_pre = tokio::task::spawn_blocking(move || runtime.compile(&component))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(plugin_error)?;
+    let candidate_meta = PluginVersion {
+        name: path.name.clone(),
+        version: 0,
+        sha256: sha.clone(),
+        size: 0,
+        uploaded_at_ms: now_ms(),
+        uploaded_by: uploader(&caller),
+        restored_from: None,
+    };
+    let candidate = app.plugins.load(&tenant, &candidate_meta, candidate_pre);
+    let current = match app
+        .plugins
+        .get(app.store.as_ref(), &tenant, &path.name)
+        .await
+    {
+        Ok(p) => Some(p),
+        Err(PluginError::NotFound(_)) => None,
+        Err(e) => return Err(plugin_error(e)),
+    };
+
+    let runtime = app.plugins.clone();
+    let results = tokio::task::spawn_blocking(move || {
+        let now = now_ms();
+        let mut out = Vec::new();
+        for (i, event) in events.iter().enumerate() {
+            for webhook in webhooks
+                .iter()
+                .filter(|w| w.subscribes_to(&event.event_type))
+            {
+                let ctx = AttemptContext::new(&format!("dlv_dryrun{i}"), 1, now);
+                let current_view = current
+                    .as_ref()
+                    .map(|p| outcome(&runtime, p, event, webhook, &ctx, now));
+                let candidate_view = outcome(&runtime, &candidate, event, webhook, &ctx, now);
+                let changed = current_view.as_ref() != Some(&candidate_view);
+                let current_view = current.as_ref().zip(current_view).map(|(p, mut v)| {
+                    v["version"] = json!(p.version);
+                    v
+                });
+                out.push(json!({
+                    "event_id": event.id,
+                    "event_type": event.event_type,
+                    "webhook_id": webhook.id,
+                    "changed": changed,
+                    "current": current_view,
+                    "candidate": candidate_view,
+                }));
+            }
+        }
+        out
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    let changed = results
+        .iter()
+        .filter(|r| r["changed"] == json!(true))
+        .count();
+    Ok(axum::Json(json!({
+        "plugin": path.name,
+        "candidate_sha256": sha,
+        "current_version": app.store.current_plugin(&tenant, &path.name).await?.map(|(m, _)| m.version),
+        "runs": results.len(),
+        "changed": changed,
+        "results": results,
+    })))
+}
+
+fn given_events(
+    tenant: &TenantId,
+    given: Vec<DryRunEvent>,
+    limit: usize,
+) -> Result<Vec<Event>, ApiError> {
+    if given.len() > DRY_RUN_MAX {
+        return Err(ApiError::invalid(format!(
+            "events: at most {DRY_RUN_MAX} per dry run"
+        )));
+    }
+    let now = now_ms();
+    given
+        .into_iter()
+        .take(limit)
+        .enumerate()
+        .map(|(i, e)| {
+            super::events::check_event_type(&e.event_type)?;
+            if !e.data.get().starts_with('{') {
+                return Err(ApiError::invalid(format!(
+                    "events[{i}].data: must be a JSON object"
+                )));
+            }
+            Ok(Event {
+                id: EventId::from_trusted(e.id.unwrap_or_else(|| format!("evt_dryrun{i}"))),
+                tenant: tenant.clone(),
+                event_type: e.event_type,
+                data: e.data,
+                occurred_at_ms: now,
+            })
+        })
+        .collect()
+}
+
+/// The newest events delivered to the webhooks that use the plugin.
+async fn recent_events(
+    app: &App,
+    tenant: &TenantId,
+    webhooks: &[Webhook],
+    limit: usize,
+) -> Result<Vec<Event>, ApiError> {
+    let mut ids = Vec::new();
+    for w in webhooks {
+        let page = Page {
+            limit,
+            before: None,
+            status: None,
+        };
+        for d in app.store.list_deliveries(tenant, &w.id, page).await? {
+            ids.push(d.event_id);
+        }
+    }
+    // Event ids sort by time; newest first, each once.
+    ids.sort_by(|a, b| b.as_str().cmp(a.as_str()));
+    let mut seen = HashSet::new();
+    ids.retain(|id| seen.insert(id.clone()));
+    let mut events = Vec::new();
+    for id in ids.into_iter().take(limit) {
+        if let Some(e) = app.store.get_event(tenant, &id).await? {
+            events.push(e);
+        }
+    }
+    if events.is_empty() {
+        return Err(ApiError::invalid(
+            "the webhooks using this plugin have no recent deliveries: give \"events\" in a JSON body",
+        ));
+    }
+    Ok(events)
+}
+
+/// What one version would do with one event for one webhook (the same
+/// attempt context for both sides, so only the plugin's changes differ).
+fn outcome(
+    runtime: &PluginRuntime,
+    plugin: &LoadedPlugin,
+    event: &Event,
+    webhook: &Webhook,
+    ctx: &AttemptContext,
+    now: u64,
+) -> Value {
+    match shape_with(runtime, plugin, event, webhook, ctx) {
+        Err(error) => json!({"outcome": "error", "error": error}),
+        Ok(Shaped::Skip(reason)) => json!({"outcome": "skip", "reason": reason}),
+        Ok(Shaped::Deliver(req)) => {
+            let (headers, body) = build(webhook, req, ctx, now);
+            let headers: serde_json::Map<String, Value> = headers
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.as_str().to_owned(),
+                        json!(String::from_utf8_lossy(v.as_bytes())),
+                    )
+                })
+                .collect();
+            let body = match String::from_utf8(body) {
+                Ok(text) => json!({"body": text}),
+                Err(e) => json!({
+                    "body_base64": base64::engine::general_purpose::STANDARD.encode(e.as_bytes())
+                }),
+            };
+            let mut request = json!({"method": "POST", "url": webhook.url, "headers": headers});
+            request
+                .as_object_mut()
+                .expect("object")
+                .extend(body.as_object().expect("object").clone());
+            json!({"outcome": "deliver", "request": request})
+        }
+    }
 }

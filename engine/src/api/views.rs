@@ -75,5 +75,6 @@ pub fn plugin(p: &PluginVersion) -> Value {
         "size": p.size,
         "uploaded_at": rfc3339_ms(p.uploaded_at_ms),
         "uploaded_by": p.uploaded_by,
+        "restored_from": p.restored_from,
     })
 }

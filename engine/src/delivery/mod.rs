@@ -20,7 +20,7 @@ use crate::clock::now_ms;
 use crate::ids::{DeliveryId, TenantId};
 use crate::metrics::{Metrics, OutcomeLabel};
 use crate::model::{Attempt, AttemptOutcome, Delivery, DeliveryStatus, Event, Webhook};
-use crate::plugin::PluginRuntime;
+use crate::plugin::{LoadedPlugin, PluginRuntime};
 use crate::schedule::Schedule;
 use crate::schedule::policy::{next_delay, parse_retry_after};
 use crate::store::Store;
@@ -360,15 +360,13 @@ impl Deliverer {
                 attempt.plugin = Some(plugin.label());
                 let runtime = self.plugins.clone();
                 let (event, webhook, ctx) = (event.clone(), webhook.clone(), ctx.clone());
-                tokio::task::spawn_blocking(move || runtime.call(&plugin, &event, &webhook, &ctx))
-                    .await
-                    .map_err(|e| format!("plugin call panicked: {e}"))?
-                    .map_err(|e| e.to_string())?
+                return tokio::task::spawn_blocking(move || {
+                    shape_with(&runtime, &plugin, &event, &webhook, &ctx)
+                })
+                .await
+                .map_err(|e| format!("plugin call panicked: {e}"))?;
             }
         };
-        if let Shaped::Deliver(req) = &shaped {
-            shape::check(req).map_err(|e| format!("plugin produced an invalid request: {e}"))?;
-        }
         Ok(shaped)
     }
 
@@ -409,6 +407,29 @@ impl Deliverer {
             .get_or_create(&OutcomeLabel { outcome })
             .inc();
     }
+}
+
+/// Calls `plugin` and checks what it produced: a request with forbidden or
+/// malformed headers is refused with the reason. CPU-bound: call it from a
+/// blocking thread.
+pub fn shape_with(
+    runtime: &PluginRuntime,
+    plugin: &LoadedPlugin,
+    event: &Event,
+    webhook: &Webhook,
+    ctx: &AttemptContext,
+) -> Result<Shaped, String> {
+    let shaped = runtime
+        .call(plugin, event, webhook, ctx)
+        .map_err(|e| e.to_string())?;
+    if let Shaped::Deliver(req) = &shaped
+        && let Err(e) = shape::check(req)
+    {
+        let error = format!("plugin produced an invalid request: {e}");
+        runtime.count_invalid(plugin, &error);
+        return Err(error);
+    }
+    Ok(shaped)
 }
 
 /// The final headers and body: content type, user agent, the shaped headers,

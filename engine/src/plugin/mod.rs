@@ -1,33 +1,52 @@
 //! Tenant plugins: compiling and validating uploaded components, keeping the
 //! current version of each `(tenant, name)` loaded, and calling a plugin for
-//! one delivery attempt in a fresh, sandboxed instance.
+//! one delivery attempt in a sandboxed instance.
 //!
-//! Every call gets a new store and instance from a pre-instantiated component
-//! (the pooling allocator makes that a few microseconds), so no state leaks
-//! between calls or tenants, and a store that trapped is dropped with its
-//! instance, never reused. Each call runs under an epoch deadline (CPU) and a
-//! memory cap. Replacing a version swaps an `Arc`: calls already running keep
-//! the version they started with.
+//! Components are compiled once per content hash (shared by tenants that
+//! upload the same bytes) and cached on disk ([`cache`]). Calls reuse warm
+//! instances of the same tenant's same version ([`instances`]); a store that
+//! trapped is dropped with its instance, never reused. Each call runs under
+//! an epoch deadline (CPU) and a memory cap. Replacing a version swaps an
+//! `Arc`: calls already running keep the version they started with. Loaded
+//! versions unused for a while, or beyond the configured number, are evicted
+//! and load again (from the disk cache) on their next call. A version may be
+//! compiled twice if two calls race to load it; the second copy is dropped.
 
 mod bindings;
+mod cache;
 mod host;
+mod instances;
+pub mod watch;
 
 use crate::delivery::request::{
     AttemptContext, KeyFormat, OutRequest, Shaped, SigEncoding, SignSpec, SignedContent,
 };
 use crate::ids::TenantId;
+use crate::metrics::{OutcomeLabel, PluginMetrics, SourceLabel};
 use crate::model::{Event, PluginVersion, Webhook};
-use crate::store::{Store, StoreError};
+use crate::store::{PluginUpload, Store, StoreError};
 use bindings::{PluginPre, wasmhook::plugin::types as wit};
-use host::HostState;
+use host::{HostState, LogGate};
+use instances::{Budget, Idle, Warm};
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store as WasmStore,
     StoreLimitsBuilder,
 };
+
+/// Plugin names: 1 to 64 lowercase letters, digits, `-` or `_`.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
 
 /// How often the epoch advances; a call's deadline is counted in these.
 const EPOCH_TICK: Duration = Duration::from_millis(2);
@@ -52,12 +71,72 @@ pub enum PluginError {
     Store(#[from] StoreError),
 }
 
-/// One compiled, validated plugin version, ready to instantiate.
+impl PluginError {
+    fn outcome(&self) -> &'static str {
+        match self {
+            PluginError::Timeout(_) => "timeout",
+            PluginError::Trap(_) => "trap",
+            PluginError::Failed(_) => "error",
+            _ => "unavailable",
+        }
+    }
+}
+
+/// How the plugin runtime is sized and where it keeps compiled components.
+#[derive(Clone, Debug)]
+pub struct PluginConfig {
+    /// CPU time one call may take.
+    pub timeout: Duration,
+    /// Linear memory one instance may grow to.
+    pub memory_bytes: usize,
+    /// Instances that may be live at once (calls in flight plus idle ones).
+    pub instances: u32,
+    /// Idle instances kept warm across all plugins (0: a fresh instance per call).
+    pub idle_instances: usize,
+    /// Plugin versions kept loaded at most; the least recently used go first.
+    pub max_loaded: usize,
+    /// A loaded version unused this long is unloaded.
+    pub unload_after: Duration,
+    /// Where compiled components are cached across restarts (none: not cached).
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for PluginConfig {
+    fn default() -> Self {
+        PluginConfig {
+            timeout: Duration::from_millis(50),
+            memory_bytes: 64 << 20,
+            instances: 1000,
+            idle_instances: 256,
+            max_loaded: 2000,
+            unload_after: Duration::from_secs(600),
+            cache_dir: None,
+        }
+    }
+}
+
+/// Calls and failures of one plugin version on this engine since it started.
+#[derive(Default)]
+pub struct CallCounts {
+    pub calls: AtomicU64,
+    pub failures: AtomicU64,
+    pub last_error: Mutex<Option<String>>,
+}
+
+type VersionKey = (TenantId, String, u32);
+
+/// One compiled, validated plugin version of one tenant, ready to call.
 pub struct LoadedPlugin {
     pub name: String,
     pub version: u32,
     pub sha256: String,
-    pre: PluginPre<HostState>,
+    tenant: TenantId,
+    pre: Arc<PluginPre<HostState>>,
+    idle: Idle,
+    budget: Arc<Budget>,
+    gate: Arc<LogGate>,
+    counts: Arc<CallCounts>,
+    last_used_ms: AtomicU64,
 }
 
 impl LoadedPlugin {
@@ -67,41 +146,60 @@ impl LoadedPlugin {
     }
 }
 
+impl Drop for LoadedPlugin {
+    fn drop(&mut self) {
+        self.idle.clear(&self.budget);
+    }
+}
+
 pub struct PluginRuntime {
     engine: Engine,
     linker: Linker<HostState>,
+    config: PluginConfig,
     deadline_ticks: u64,
-    timeout: Duration,
-    memory_bytes: usize,
+    disk: Option<cache::DiskCache>,
+    budget: Arc<Budget>,
+    metrics: PluginMetrics,
     loaded: RwLock<HashMap<(TenantId, String), Arc<LoadedPlugin>>>,
     /// The newest version other engines announced, so a slow compile of an
     /// older version finishing late is not cached over it.
     announced: RwLock<HashMap<(TenantId, String), u32>>,
-    /// Compiled components by content hash: tenants uploading the same bytes
-    /// share one compiled copy (code memory is most of a plugin's footprint).
-    compiled: RwLock<HashMap<String, PluginPre<HostState>>>,
+    /// Compiled components by content hash, while some loaded version uses
+    /// them: tenants uploading the same bytes share one compiled copy.
+    compiled: RwLock<HashMap<String, Weak<PluginPre<HostState>>>>,
+    counts: RwLock<HashMap<VersionKey, Arc<CallCounts>>>,
 }
 
 impl PluginRuntime {
-    pub fn new(timeout: Duration, memory_bytes: usize) -> Result<Self, PluginError> {
+    pub fn new(config: PluginConfig, metrics: PluginMetrics) -> Result<Self, PluginError> {
+        let fail = |e: wasmtime::Error| PluginError::Invalid(format!("{e:?}"));
+        let n = config.instances;
         let mut pool = PoolingAllocationConfig::default();
-        pool.total_component_instances(1000)
-            .total_core_instances(1000)
-            .total_memories(1000)
-            .total_tables(1000)
-            .max_memory_size(memory_bytes);
-        let mut config = Config::new();
-        config
-            .epoch_interruption(true)
-            .memory_reservation(memory_bytes as u64)
+        // A Rust component holds a few core instances, memories and tables.
+        pool.total_component_instances(n)
+            .total_core_instances(n * 4)
+            .total_memories(n * 2)
+            .total_tables(n * 2)
+            .max_memory_size(config.memory_bytes);
+        let mut wasm = Config::new();
+        wasm.epoch_interruption(true)
+            .memory_reservation(config.memory_bytes as u64)
             .memory_guard_size(64 << 10)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        let engine = Engine::new(&config).map_err(|e| PluginError::Invalid(format!("{e:?}")))?;
+        let engine = Engine::new(&wasm).map_err(fail)?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
-            .map_err(|e| PluginError::Invalid(format!("{e:?}")))?;
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(fail)?;
         bindings::Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
-            .map_err(|e| PluginError::Invalid(format!("{e:?}")))?;
+            .map_err(fail)?;
+        let disk = match &config.cache_dir {
+            Some(dir) => Some(cache::DiskCache::open(dir, &engine).map_err(|e| {
+                PluginError::Invalid(format!(
+                    "cannot use {} for compiled plugins: {e}",
+                    dir.display()
+                ))
+            })?),
+            None => None,
+        };
 
         let weak = engine.weak();
         std::thread::Builder::new()
@@ -118,23 +216,37 @@ impl PluginRuntime {
         Ok(PluginRuntime {
             engine,
             linker,
-            deadline_ticks: (timeout.as_micros() / EPOCH_TICK.as_micros()) as u64 + 1,
-            timeout,
-            memory_bytes,
+            deadline_ticks: (config.timeout.as_micros() / EPOCH_TICK.as_micros()) as u64 + 1,
+            budget: Arc::new(Budget::new(
+                config.idle_instances,
+                metrics.idle_instances.clone(),
+            )),
+            config,
+            disk,
+            metrics,
             loaded: RwLock::default(),
             announced: RwLock::default(),
             compiled: RwLock::default(),
+            counts: RwLock::default(),
         })
     }
 
-    /// Compiles and validates a component: it must export the world's
-    /// `handle` and import nothing beyond WASI and the `log` interface.
-    /// CPU-heavy: call it from a blocking thread.
-    pub fn compile(&self, bytes: &[u8]) -> Result<PluginPre<HostState>, PluginError> {
+    /// Compiles and validates uploaded bytes: they must be a component that
+    /// exports the world's `handle` and imports nothing beyond WASI and the
+    /// `log` interface. CPU-heavy: call it from a blocking thread.
+    pub fn compile(&self, bytes: &[u8]) -> Result<Arc<PluginPre<HostState>>, PluginError> {
         let component = Component::new(&self.engine, bytes).map_err(|e| {
             PluginError::Invalid(format!("not a valid WebAssembly component: {}", root(&e)))
         })?;
-        let pre = self.linker.instantiate_pre(&component).map_err(|e| {
+        self.metrics
+            .loads
+            .get_or_create(&SourceLabel { source: "compiled" })
+            .inc();
+        self.link(&component).map(Arc::new)
+    }
+
+    fn link(&self, component: &Component) -> Result<PluginPre<HostState>, PluginError> {
+        let pre = self.linker.instantiate_pre(component).map_err(|e| {
             PluginError::Invalid(format!(
                 "the component needs imports the engine does not grant: {}",
                 root(&e)
@@ -148,22 +260,90 @@ impl PluginRuntime {
         })
     }
 
-    /// [`PluginRuntime::compile`], reusing an earlier compilation of the same
-    /// bytes (`sha256` is their hash).
-    pub fn compile_shared(
+    /// The compiled form of `bytes` (`sha256` is their hash): shared with
+    /// loaded versions using the same bytes, else from the disk cache, else
+    /// compiled (and cached). CPU-heavy: call it from a blocking thread.
+    pub fn prepare(
         &self,
         sha256: &str,
         bytes: &[u8],
-    ) -> Result<PluginPre<HostState>, PluginError> {
-        if let Some(pre) = self.compiled.read().expect("plugin map lock").get(sha256) {
-            return Ok(pre.clone());
+    ) -> Result<Arc<PluginPre<HostState>>, PluginError> {
+        if let Some(pre) = self
+            .compiled
+            .read()
+            .expect("plugin map lock")
+            .get(sha256)
+            .and_then(Weak::upgrade)
+        {
+            return Ok(pre);
         }
-        let pre = self.compile(bytes)?;
+        let cached = self
+            .disk
+            .as_ref()
+            .and_then(|d| d.load(&self.engine, sha256));
+        let pre = match cached {
+            Some(component) => {
+                self.metrics
+                    .loads
+                    .get_or_create(&SourceLabel { source: "disk" })
+                    .inc();
+                self.link(&component)?
+            }
+            None => {
+                let component = Component::new(&self.engine, bytes).map_err(|e| {
+                    PluginError::Invalid(format!("not a valid WebAssembly component: {}", root(&e)))
+                })?;
+                self.metrics
+                    .loads
+                    .get_or_create(&SourceLabel { source: "compiled" })
+                    .inc();
+                let pre = self.link(&component)?;
+                if let Some(disk) = &self.disk {
+                    disk.save(sha256, &component);
+                }
+                pre
+            }
+        };
+        let pre = Arc::new(pre);
         self.compiled
             .write()
             .expect("plugin map lock")
-            .insert(sha256.to_owned(), pre.clone());
+            .insert(sha256.to_owned(), Arc::downgrade(&pre));
         Ok(pre)
+    }
+
+    /// A loaded plugin for `meta` that is not (yet) the current one: dry runs
+    /// and the developer kit call it directly. Version 0 means a candidate
+    /// that was never stored.
+    pub fn load(
+        &self,
+        tenant: &TenantId,
+        meta: &PluginVersion,
+        pre: Arc<PluginPre<HostState>>,
+    ) -> Arc<LoadedPlugin> {
+        // A candidate (version 0: not stored) is not counted.
+        let counts = if meta.version == 0 {
+            Arc::default()
+        } else {
+            self.counts
+                .write()
+                .expect("plugin map lock")
+                .entry((tenant.clone(), meta.name.clone(), meta.version))
+                .or_default()
+                .clone()
+        };
+        Arc::new(LoadedPlugin {
+            name: meta.name.clone(),
+            version: meta.version,
+            sha256: meta.sha256.clone(),
+            tenant: tenant.clone(),
+            pre,
+            idle: Idle::default(),
+            budget: self.budget.clone(),
+            gate: Arc::default(),
+            counts,
+            last_used_ms: AtomicU64::new(crate::clock::now_ms()),
+        })
     }
 
     /// Makes `pre` the version of `meta.name` that new calls use.
@@ -171,14 +351,9 @@ impl PluginRuntime {
         &self,
         tenant: &TenantId,
         meta: &PluginVersion,
-        pre: PluginPre<HostState>,
+        pre: Arc<PluginPre<HostState>>,
     ) -> Arc<LoadedPlugin> {
-        let plugin = Arc::new(LoadedPlugin {
-            name: meta.name.clone(),
-            version: meta.version,
-            sha256: meta.sha256.clone(),
-            pre,
-        });
+        let plugin = self.load(tenant, meta, pre);
         let key = (tenant.clone(), meta.name.clone());
         let announced = self
             .announced
@@ -194,8 +369,37 @@ impl PluginRuntime {
             || loaded.get(&key).is_some_and(|c| c.version > plugin.version);
         if !newer_known {
             loaded.insert(key, plugin.clone());
+            let excess = loaded.len().saturating_sub(self.config.max_loaded);
+            if excess > 0 {
+                evict_least_recent(&mut loaded, excess);
+            }
+            self.metrics.loaded.set(loaded.len() as i64);
         }
         plugin
+    }
+
+    /// Validates and compiles a new version, then stores it and makes it
+    /// current: the one path for uploads, rollbacks and the plugins
+    /// directory. A component that does not compile or link is refused
+    /// before anything is stored, so the current version keeps serving.
+    pub async fn publish(
+        self: &Arc<Self>,
+        store: &dyn Store,
+        tenant: &TenantId,
+        upload: PluginUpload,
+    ) -> Result<PluginVersion, PluginError> {
+        let this = self.clone();
+        let (pre, upload) = tokio::task::spawn_blocking(move || {
+            let pre = this.prepare(&upload.sha256, &upload.component);
+            (pre, upload)
+        })
+        .await
+        .map_err(|e| PluginError::Trap(e.to_string()))?;
+        let pre = pre?;
+        let meta = store.put_plugin(tenant, upload).await?;
+        self.install(tenant, &meta, pre);
+        tracing::info!(%tenant, plugin = %meta.name, version = meta.version, by = %meta.uploaded_by, "plugin version installed");
+        Ok(meta)
     }
 
     /// Another engine made `version` current: drop an older loaded version so
@@ -210,10 +414,28 @@ impl PluginRuntime {
         let mut loaded = self.loaded.write().expect("plugin map lock");
         if loaded.get(&key).is_some_and(|p| p.version < version) {
             loaded.remove(&key);
+            self.metrics.loaded.set(loaded.len() as i64);
         }
     }
 
-    /// The current version of a tenant's plugin, compiled on first use.
+    /// Unloads versions unused for `unload_after`; returns how many went.
+    /// Their compiled code goes too once no other tenant shares it.
+    pub fn unload_idle(&self, now_ms: u64) -> usize {
+        let cutoff = now_ms.saturating_sub(self.config.unload_after.as_millis() as u64);
+        let mut loaded = self.loaded.write().expect("plugin map lock");
+        let before = loaded.len();
+        loaded.retain(|_, p| p.last_used_ms.load(Ordering::Relaxed) >= cutoff);
+        let gone = before - loaded.len();
+        self.metrics.loaded.set(loaded.len() as i64);
+        drop(loaded);
+        self.compiled
+            .write()
+            .expect("plugin map lock")
+            .retain(|_, pre| pre.strong_count() > 0);
+        gone
+    }
+
+    /// The current version of a tenant's plugin, loaded on first use.
     pub async fn get(
         self: &Arc<Self>,
         store: &dyn Store,
@@ -222,6 +444,8 @@ impl PluginRuntime {
     ) -> Result<Arc<LoadedPlugin>, PluginError> {
         let key = (tenant.clone(), name.to_owned());
         if let Some(p) = self.loaded.read().expect("plugin map lock").get(&key) {
+            p.last_used_ms
+                .store(crate::clock::now_ms(), Ordering::Relaxed);
             return Ok(p.clone());
         }
         let (meta, bytes) = store
@@ -230,26 +454,32 @@ impl PluginRuntime {
             .ok_or_else(|| PluginError::NotFound(name.to_owned()))?;
         let this = self.clone();
         let sha = meta.sha256.clone();
-        let pre = tokio::task::spawn_blocking(move || this.compile_shared(&sha, &bytes))
+        let pre = tokio::task::spawn_blocking(move || this.prepare(&sha, &bytes))
             .await
             .map_err(|e| PluginError::Trap(e.to_string()))??;
         Ok(self.install(tenant, &meta, pre))
     }
 
-    /// Runs the plugin for one attempt. CPU-bound and bounded by the deadline:
-    /// call it from a blocking thread.
-    pub fn call(
-        &self,
-        plugin: &LoadedPlugin,
-        event: &Event,
-        webhook: &Webhook,
-        ctx: &AttemptContext,
-    ) -> Result<Shaped, PluginError> {
+    /// This engine's call counts of one version, if it was ever loaded here.
+    pub fn counts(&self, tenant: &TenantId, name: &str, version: u32) -> Option<Arc<CallCounts>> {
+        self.counts
+            .read()
+            .expect("plugin map lock")
+            .get(&(tenant.clone(), name.to_owned(), version))
+            .cloned()
+    }
+
+    fn instantiate(&self, plugin: &LoadedPlugin) -> Result<Warm, PluginError> {
         let limits = StoreLimitsBuilder::new()
-            .memory_size(self.memory_bytes)
+            .memory_size(self.config.memory_bytes)
             .trap_on_grow_failure(true)
             .build();
-        let state = HostState::new(limits, event.tenant.as_str(), &plugin.name);
+        let state = HostState::new(
+            limits,
+            plugin.tenant.as_str(),
+            &plugin.label(),
+            plugin.gate.clone(),
+        );
         let mut store = WasmStore::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(self.deadline_ticks);
@@ -257,6 +487,64 @@ impl PluginRuntime {
             .pre
             .instantiate(&mut store)
             .map_err(|e| self.trap(e))?;
+        Ok(Warm {
+            store,
+            instance,
+            calls: 0,
+        })
+    }
+
+    /// Runs the plugin for one attempt, counting the outcome. CPU-bound and
+    /// bounded by the deadline: call it from a blocking thread.
+    pub fn call(
+        &self,
+        plugin: &LoadedPlugin,
+        event: &Event,
+        webhook: &Webhook,
+        ctx: &AttemptContext,
+    ) -> Result<Shaped, PluginError> {
+        let result = self.call_inner(plugin, event, webhook, ctx);
+        let outcome = match &result {
+            Ok(Shaped::Deliver(_)) => "deliver",
+            Ok(Shaped::Skip(_)) => "skip",
+            Err(e) => e.outcome(),
+        };
+        self.metrics
+            .calls
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+        plugin.counts.calls.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = &result {
+            plugin.counts.failures.fetch_add(1, Ordering::Relaxed);
+            *plugin.counts.last_error.lock().expect("counts lock") = Some(e.to_string());
+        }
+        result
+    }
+
+    /// The host refused what a call returned (see `delivery::shape::check`):
+    /// counted as a failure of that version.
+    pub fn count_invalid(&self, plugin: &LoadedPlugin, error: &str) {
+        self.metrics
+            .calls
+            .get_or_create(&OutcomeLabel { outcome: "invalid" })
+            .inc();
+        plugin.counts.failures.fetch_add(1, Ordering::Relaxed);
+        *plugin.counts.last_error.lock().expect("counts lock") = Some(error.to_owned());
+    }
+
+    fn call_inner(
+        &self,
+        plugin: &LoadedPlugin,
+        event: &Event,
+        webhook: &Webhook,
+        ctx: &AttemptContext,
+    ) -> Result<Shaped, PluginError> {
+        let mut warm = match plugin.idle.take(&self.budget) {
+            Some(warm) => warm,
+            None => self.instantiate(plugin)?,
+        };
+        warm.store.set_epoch_deadline(self.deadline_ticks);
+        warm.store.data_mut().begin_call(ctx.timestamp);
 
         let wit_event = wit::Event {
             id: event.id.to_string(),
@@ -282,9 +570,14 @@ impl PluginRuntime {
             timestamp: ctx.timestamp,
             time: ctx.time.clone(),
         };
-        let result = instance
-            .call_handle(&mut store, &wit_event, &wit_webhook, &wit_delivery)
-            .map_err(|e| self.trap(e))?;
+        let result =
+            warm.instance
+                .call_handle(&mut warm.store, &wit_event, &wit_webhook, &wit_delivery);
+        warm.store.data_mut().end_call();
+        // After a trap (or a timeout) the store refuses further calls: drop it.
+        let result = result.map_err(|e| self.trap(e))?;
+        warm.calls += 1;
+        plugin.idle.put(warm, &self.budget);
         match result {
             Ok(decision) => Ok(from_wit(decision)),
             Err(e) => Err(PluginError::Failed(e.message)),
@@ -293,9 +586,20 @@ impl PluginRuntime {
 
     fn trap(&self, e: wasmtime::Error) -> PluginError {
         if let Some(wasmtime::Trap::Interrupt) = e.downcast_ref::<wasmtime::Trap>() {
-            return PluginError::Timeout(self.timeout);
+            return PluginError::Timeout(self.config.timeout);
         }
         PluginError::Trap(root(&e))
+    }
+}
+
+fn evict_least_recent(loaded: &mut HashMap<(TenantId, String), Arc<LoadedPlugin>>, n: usize) {
+    let mut by_age: Vec<_> = loaded
+        .iter()
+        .map(|(k, p)| (p.last_used_ms.load(Ordering::Relaxed), k.clone()))
+        .collect();
+    by_age.sort_unstable_by_key(|(t, _)| *t);
+    for (_, key) in by_age.into_iter().take(n) {
+        loaded.remove(&key);
     }
 }
 

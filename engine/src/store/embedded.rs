@@ -11,7 +11,7 @@
 //! Records are JSON. A closure that fails leaves whatever it already wrote in
 //! the shared transaction, so closures check before they write.
 
-use super::{IdempotentAnswer, Ingested, NewEvent, Page, Store, StoreError};
+use super::{IdempotentAnswer, Ingested, NewEvent, Page, PluginUpload, Store, StoreError};
 use crate::ids::{DeliveryId, EventId, TenantId, WebhookId};
 use crate::model::{
     Attempt, Delivery, DeliveryStats, DeliveryStatus, Event, EventTypeSeen, PluginVersion, Tenant,
@@ -234,6 +234,26 @@ fn list_json<T: DeserializeOwned>(
         out.push(dec(v.value())?);
     }
     Ok(out)
+}
+
+fn plugin_with_bytes(
+    txn: &redb::ReadTransaction,
+    tenant: &str,
+    name: &str,
+    version: u32,
+) -> Result<Option<(PluginVersion, Vec<u8>)>, StoreError> {
+    let Some(meta) =
+        get_json::<_, PluginVersion>(&table!(txn, PLUGIN_VERSIONS), (tenant, name, version))?
+    else {
+        return Ok(None);
+    };
+    let bytes = table!(txn, PLUGIN_BLOBS)
+        .get(meta.sha256.as_str())
+        .map_err(redb::Error::from)?
+        .ok_or(StoreError::NotFound("plugin component"))?
+        .value()
+        .to_vec();
+    Ok(Some((meta, bytes)))
 }
 
 fn update_stats(
@@ -710,42 +730,61 @@ impl Store for EmbeddedStore {
     async fn put_plugin(
         &self,
         tenant: &TenantId,
-        name: &str,
-        component: Vec<u8>,
-        sha256: String,
-        uploaded_by: &str,
-        now_ms: u64,
+        upload: PluginUpload,
     ) -> Result<PluginVersion, StoreError> {
-        let (tenant, name, uploaded_by) = (tenant.clone(), name.to_owned(), uploaded_by.to_owned());
+        let tenant = tenant.clone();
         self.write(move |txn| {
+            let name = upload.name.as_str();
             let mut current = table!(txn, PLUGINS);
-            let version = current
-                .get((tenant.as_str(), name.as_str()))
+            let mut versions = table!(txn, PLUGIN_VERSIONS);
+            // Versions are never deleted, so the newest one numbers the next.
+            let version = versions
+                .range((tenant.as_str(), name, 0)..=(tenant.as_str(), name, u32::MAX))
                 .map_err(redb::Error::from)?
-                .map_or(1, |v| v.value() + 1);
-            let meta = PluginVersion {
-                name: name.clone(),
-                version,
-                sha256: sha256.clone(),
-                size: component.len() as u64,
-                uploaded_at_ms: now_ms,
-                uploaded_by,
-            };
+                .next_back()
+                .transpose()
+                .map_err(redb::Error::from)?
+                .map_or(1, |(k, _)| k.value().2 + 1);
+            let meta = upload.version(version);
             table!(txn, PLUGIN_BLOBS)
-                .insert(sha256.as_str(), component.as_slice())
+                .insert(upload.sha256.as_str(), upload.component.as_slice())
                 .map_err(redb::Error::from)?;
-            table!(txn, PLUGIN_VERSIONS)
-                .insert(
-                    (tenant.as_str(), name.as_str(), version),
-                    enc(&meta).as_slice(),
-                )
+            versions
+                .insert((tenant.as_str(), name, version), enc(&meta).as_slice())
                 .map_err(redb::Error::from)?;
             current
-                .insert((tenant.as_str(), name.as_str()), version)
+                .insert((tenant.as_str(), name), version)
                 .map_err(redb::Error::from)?;
             Ok(meta)
         })
         .await
+    }
+
+    async fn plugin_versions(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+    ) -> Result<Vec<PluginVersion>, StoreError> {
+        self.read(|txn| {
+            let mut out = Vec::new();
+            for item in table!(txn, PLUGIN_VERSIONS)
+                .range((tenant.as_str(), name, 0)..=(tenant.as_str(), name, u32::MAX))
+                .map_err(redb::Error::from)?
+            {
+                let (_, v) = item.map_err(redb::Error::from)?;
+                out.push(dec(v.value())?);
+            }
+            Ok(out)
+        })
+    }
+
+    async fn plugin_version(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        version: u32,
+    ) -> Result<Option<(PluginVersion, Vec<u8>)>, StoreError> {
+        self.read(|txn| plugin_with_bytes(txn, tenant.as_str(), name, version))
     }
 
     async fn current_plugin(
@@ -761,18 +800,7 @@ impl Store for EmbeddedStore {
             else {
                 return Ok(None);
             };
-            let meta: PluginVersion = get_json(
-                &table!(txn, PLUGIN_VERSIONS),
-                (tenant.as_str(), name, version),
-            )?
-            .ok_or(StoreError::NotFound("plugin version"))?;
-            let bytes = table!(txn, PLUGIN_BLOBS)
-                .get(meta.sha256.as_str())
-                .map_err(redb::Error::from)?
-                .ok_or(StoreError::NotFound("plugin component"))?
-                .value()
-                .to_vec();
-            Ok(Some((meta, bytes)))
+            plugin_with_bytes(txn, tenant.as_str(), name, version)
         })
     }
 

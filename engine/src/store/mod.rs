@@ -188,6 +188,34 @@ pub enum Ingested {
     KeyReused(IdempotentAnswer),
 }
 
+/// A new plugin version to store: an upload, or a rollback bringing back an
+/// earlier version's component.
+#[derive(Debug)]
+pub struct PluginUpload {
+    pub name: String,
+    pub component: Vec<u8>,
+    pub sha256: String,
+    /// `admin`, `tenant` or `plugins_dir`.
+    pub uploaded_by: String,
+    pub restored_from: Option<u32>,
+    pub now_ms: u64,
+}
+
+impl PluginUpload {
+    /// The version record this upload becomes as version `version`.
+    pub fn version(&self, version: u32) -> PluginVersion {
+        PluginVersion {
+            name: self.name.clone(),
+            version,
+            sha256: self.sha256.clone(),
+            size: self.component.len() as u64,
+            uploaded_at_ms: self.now_ms,
+            uploaded_by: self.uploaded_by.clone(),
+            restored_from: self.restored_from,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 pub struct Page<'a> {
     pub limit: usize,
@@ -269,16 +297,26 @@ pub trait Store: Send + Sync + 'static {
     /// Counters of every webhook the tenant ever had, summed.
     async fn tenant_stats(&self, tenant: &TenantId) -> Result<DeliveryStats, StoreError>;
 
-    /// Stores a new version of a plugin and makes it current; returns it.
+    /// Stores a new version of a plugin (the next sequence number) and makes
+    /// it current, in one atomic write; returns it.
     async fn put_plugin(
         &self,
         tenant: &TenantId,
-        name: &str,
-        component: Vec<u8>,
-        sha256: String,
-        uploaded_by: &str,
-        now_ms: u64,
+        upload: PluginUpload,
     ) -> Result<PluginVersion, StoreError>;
+    /// Every version of a plugin, oldest first (empty if there is none).
+    async fn plugin_versions(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+    ) -> Result<Vec<PluginVersion>, StoreError>;
+    /// One version of a plugin and its component bytes.
+    async fn plugin_version(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        version: u32,
+    ) -> Result<Option<(PluginVersion, Vec<u8>)>, StoreError>;
     /// The current version of a plugin and its component bytes.
     async fn current_plugin(
         &self,

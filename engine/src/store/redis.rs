@@ -29,7 +29,9 @@
 //!   [`Store::sweep`] trims each webhook's delivery index by id (ids sort by
 //!   time).
 
-use super::{CachedHook, IdempotentAnswer, Ingested, NewEvent, Page, Store, StoreError};
+use super::{
+    CachedHook, IdempotentAnswer, Ingested, NewEvent, Page, PluginUpload, Store, StoreError,
+};
 use crate::ids::{DeliveryId, EventId, TenantId, WebhookId};
 use crate::model::{
     Attempt, Delivery, DeliveryStats, DeliveryStatus, Event, EventTypeSeen, PluginVersion, Tenant,
@@ -63,6 +65,7 @@ pub struct RedisStore {
     ttl_secs: u64,
     ingest: Script,
     claim: Script,
+    put_plugin: Script,
     finish: Script,
     create_tenant: Script,
 }
@@ -99,6 +102,16 @@ for i = 0, n - 1 do
 end
 if n > 0 then redis.call('EXPIRE', KEYS[4], ttl) end
 return {1, ''}
+"#;
+
+const PUT_PLUGIN: &str = r#"
+-- KEYS: sequence, versions hash, current hash; ARGV: name, version json (with
+-- "version":0 to be numbered here)
+local v = redis.call('INCR', KEYS[1])
+local record = string.gsub(ARGV[2], '"version":0', '"version":' .. v, 1)
+redis.call('HSET', KEYS[2], v, record)
+redis.call('HSET', KEYS[3], ARGV[1], v)
+return record
 "#;
 
 const CLAIM: &str = r#"
@@ -188,6 +201,7 @@ impl RedisStore {
             ttl_secs: retention.as_secs().max(1),
             ingest: Script::new(INGEST),
             claim: Script::new(CLAIM),
+            put_plugin: Script::new(PUT_PLUGIN),
             finish: Script::new(FINISH),
             create_tenant: Script::new(CREATE_TENANT),
         })
@@ -618,42 +632,75 @@ impl Store for RedisStore {
     async fn put_plugin(
         &self,
         tenant: &TenantId,
-        name: &str,
-        component: Vec<u8>,
-        sha256: String,
-        uploaded_by: &str,
-        now_ms: u64,
+        upload: PluginUpload,
     ) -> Result<PluginVersion, StoreError> {
         let t = tenant;
+        let name = upload.name.as_str();
         let mut conn = self.conn();
-        let version: u32 = conn
-            .incr(self.key(t, &format!("plugin-seq:{t}:{name}")), 1)
-            .await?;
-        let meta = PluginVersion {
-            name: name.to_owned(),
-            version,
-            sha256: sha256.clone(),
-            size: component.len() as u64,
-            uploaded_at_ms: now_ms,
-            uploaded_by: uploaded_by.to_owned(),
-        };
-        let _: () = redis::pipe()
-            .atomic()
-            .set(self.key(t, &format!("blob:{t}:{sha256}")), component)
-            .ignore()
-            .hset(
-                self.key(t, &format!("pluginv:{t}:{name}")),
-                version,
-                json(&meta),
+        // The blob goes first: a version never points at a missing component.
+        let _: () = conn
+            .set(
+                self.key(t, &format!("blob:{t}:{}", upload.sha256)),
+                upload.component.as_slice(),
             )
-            .ignore()
-            .hset(self.key(t, &format!("plugins:{t}")), name, version)
-            .ignore()
-            .query_async(&mut conn)
             .await?;
-        self.publish(format!("plugin\u{1f}{t}\u{1f}{name}\u{1f}{version}"))
+        // Numbering and making current in one script: concurrent uploads
+        // cannot leave an older version current.
+        let record: String = self
+            .put_plugin
+            .key(self.key(t, &format!("plugin-seq:{t}:{name}")))
+            .key(self.key(t, &format!("pluginv:{t}:{name}")))
+            .key(self.key(t, &format!("plugins:{t}")))
+            .arg(name)
+            .arg(json(&upload.version(0)))
+            .invoke_async(&mut conn)
+            .await?;
+        let meta: PluginVersion = parse(&record)?;
+        self.publish(format!("plugin\u{1f}{t}\u{1f}{name}\u{1f}{}", meta.version))
             .await?;
         Ok(meta)
+    }
+
+    async fn plugin_versions(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+    ) -> Result<Vec<PluginVersion>, StoreError> {
+        let t = tenant;
+        let all: HashMap<u32, String> = self
+            .conn()
+            .hgetall(self.key(t, &format!("pluginv:{t}:{name}")))
+            .await?;
+        let mut out = all
+            .values()
+            .map(|raw| parse::<PluginVersion>(raw))
+            .collect::<Result<Vec<_>, _>>()?;
+        out.sort_by_key(|v| v.version);
+        Ok(out)
+    }
+
+    async fn plugin_version(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        version: u32,
+    ) -> Result<Option<(PluginVersion, Vec<u8>)>, StoreError> {
+        let t = tenant;
+        let mut conn = self.conn();
+        let raw: Option<String> = conn
+            .hget(self.key(t, &format!("pluginv:{t}:{name}")), version)
+            .await?;
+        let Some(raw) = raw else {
+            return Ok(None);
+        };
+        let meta: PluginVersion = parse(&raw)?;
+        let bytes: Option<Vec<u8>> = conn
+            .get(self.key(t, &format!("blob:{t}:{}", meta.sha256)))
+            .await?;
+        Ok(Some((
+            meta,
+            bytes.ok_or(StoreError::NotFound("plugin component"))?,
+        )))
     }
 
     async fn current_plugin(
@@ -662,24 +709,14 @@ impl Store for RedisStore {
         name: &str,
     ) -> Result<Option<(PluginVersion, Vec<u8>)>, StoreError> {
         let t = tenant;
-        let mut conn = self.conn();
-        let version: Option<u32> = conn
+        let version: Option<u32> = self
+            .conn()
             .hget(self.key(t, &format!("plugins:{t}")), name)
             .await?;
-        let Some(version) = version else {
-            return Ok(None);
-        };
-        let raw: Option<String> = conn
-            .hget(self.key(t, &format!("pluginv:{t}:{name}")), version)
-            .await?;
-        let meta: PluginVersion = parse(&raw.ok_or(StoreError::NotFound("plugin version"))?)?;
-        let bytes: Option<Vec<u8>> = conn
-            .get(self.key(t, &format!("blob:{t}:{}", meta.sha256)))
-            .await?;
-        Ok(Some((
-            meta,
-            bytes.ok_or(StoreError::NotFound("plugin component"))?,
-        )))
+        match version {
+            Some(version) => self.plugin_version(t, name, version).await,
+            None => Ok(None),
+        }
     }
 
     async fn list_plugins(&self, tenant: &TenantId) -> Result<Vec<PluginVersion>, StoreError> {

@@ -1,0 +1,78 @@
+//! The on-disk cache of compiled plugins, so a restart does not recompile.
+//!
+//! Files are `<sha256 of the upload>-<engine compatibility hash>.cwasm`,
+//! written only by this engine from components it compiled itself (write to
+//! a temporary file, then rename). Deserialising runs native code without
+//! checks, so it is only ever done on these files, never on uploaded bytes:
+//! an upload always goes through `Component::new`, which refuses precompiled
+//! artifacts. A file that does not load (another wasmtime, a torn write) is
+//! removed and the component compiled again. Two engines sharing the
+//! directory may both write the same file: the rename makes that harmless.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::{Path, PathBuf};
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+pub struct DiskCache {
+    dir: PathBuf,
+    compat: String,
+}
+
+impl DiskCache {
+    pub fn open(dir: &Path, engine: &Engine) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        // Fixed-key SipHash: the same engine build and settings give the
+        // same name; anything else misses (and wasmtime checks again).
+        let mut hasher = DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        Ok(DiskCache {
+            dir: dir.to_owned(),
+            compat: format!("{:016x}", hasher.finish()),
+        })
+    }
+
+    fn path(&self, sha256: &str) -> Option<PathBuf> {
+        // Only our own hex digests name files here.
+        let ok = sha256.len() == 64 && sha256.bytes().all(|b| b.is_ascii_hexdigit());
+        ok.then(|| self.dir.join(format!("{sha256}-{}.cwasm", self.compat)))
+    }
+
+    /// The compiled component for these bytes, if this engine cached it.
+    pub fn load(&self, engine: &Engine, sha256: &str) -> Option<Component> {
+        let path = self.path(sha256)?;
+        if !path.exists() {
+            return None;
+        }
+        // SAFETY: the file was written by `save` from a component this engine
+        // compiled; its name carries the engine's compatibility hash.
+        match unsafe { Component::deserialize_file(engine, &path) } {
+            Ok(component) => Some(component),
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "dropping an unusable compiled plugin");
+                let _ = std::fs::remove_file(&path);
+                None
+            }
+        }
+    }
+
+    /// Keeps a compiled component for the next start. Failing to write only
+    /// costs a recompile later, so errors are logged, not returned.
+    pub fn save(&self, sha256: &str, component: &Component) {
+        let Some(path) = self.path(sha256) else {
+            return;
+        };
+        let written = component
+            .serialize()
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| {
+                let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+                std::fs::write(&tmp, bytes)
+                    .and_then(|()| std::fs::rename(&tmp, &path))
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(error) = written {
+            tracing::warn!(file = %path.display(), %error, "cannot cache a compiled plugin");
+        }
+    }
+}

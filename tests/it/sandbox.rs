@@ -1,0 +1,196 @@
+//! The plugin sandbox: plugins that loop, hog memory, trap, return errors or
+//! forbidden headers fail only their own attempt, with the reason recorded
+//! and counted per version, while another tenant's deliveries go on; a fixed
+//! version uploaded meanwhile is used by the retry; clocks are frozen;
+//! instances are reused between calls.
+
+use crate::harness::{TestEngine, TestReceiver, verify_standard};
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+use std::time::Duration;
+use wasmhook_tests::plugins::{CHAOS, STANDARD_WEBHOOKS};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+/// The delivery `trigger` created for its only webhook.
+fn only_delivery(answer: &Value) -> String {
+    answer["delivery_ids"][0].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn misbehaving_plugins_fail_only_their_own_attempts() {
+    let engine = TestEngine::spawn().await;
+    let receiver = TestReceiver::spawn().await;
+    let bad = engine.tenant("chaotic").await;
+    let good = engine.tenant("wellbehaved").await;
+    engine.install_plugin(&bad, "chaos", CHAOS).await;
+    engine.install_plugin(&good, "fmt", STANDARD_WEBHOOKS).await;
+    let good_hook = engine
+        .webhook(&good, &receiver.url, json!({"plugin": "fmt"}))
+        .await;
+
+    // mode → what the recorded error must say.
+    let cases = [
+        ("loop", "time limit"),
+        ("hog", "trapped"),
+        ("trap", "trapped"),
+        ("error", "chaos: error on purpose"),
+        ("host-header", "set by the engine"),
+        ("crlf-header", "invalid value"),
+        ("signature-header", "signature header"),
+    ];
+    let mut pending = Vec::new();
+    for (mode, expected) in cases {
+        let hook = engine
+            .webhook(
+                &bad,
+                &receiver.url,
+                json!({
+                    "events": [format!("chaos.{mode}")],
+                    "plugin": "chaos",
+                    "plugin_config": {"mode": mode},
+                    "retry_policy": {"strategy": "fixed", "retries": 3, "delay_ms": 60_000, "jitter": false}
+                }),
+            )
+            .await;
+        let answer = engine
+            .trigger(&bad, &format!("chaos.{mode}"), json!({"n": 1}))
+            .await;
+        pending.push((
+            hook["id"].as_str().unwrap().to_owned(),
+            only_delivery(&answer),
+            mode,
+            expected,
+        ));
+    }
+    // The other tenant's deliveries go on meanwhile.
+    for i in 0..20 {
+        engine
+            .trigger(&good, "order.created", json!({"i": i}))
+            .await;
+    }
+
+    for (hook, delivery, mode, expected) in &pending {
+        let d = engine
+            .wait_delivery(&bad, hook, delivery, WAIT, |d| d["attempts"] == 1)
+            .await;
+        let attempt = &d["attempt_log"][0];
+        assert_eq!(attempt["outcome"], "plugin_error", "{mode}: {d}");
+        assert_eq!(attempt["plugin"], "chaos@1", "{mode}: {d}");
+        let error = attempt["error"].as_str().unwrap();
+        assert!(error.contains(expected), "{mode}: {error}");
+        // Retried on the webhook's schedule like any failure.
+        assert_eq!(d["status"], "pending", "{mode}: {d}");
+        assert!(d["next_attempt_at"].is_string(), "{mode}: {d}");
+    }
+    let got = receiver.wait_for(20, WAIT).await;
+    for r in &got {
+        verify_standard(good_hook["secret"].as_str().unwrap(), r);
+    }
+    assert_eq!(got.len(), 20, "no chaos request may reach the receiver");
+
+    // Failures are counted per version.
+    let (status, plugin) = engine.get("/api/plugins/chaos", &bad).await;
+    assert_eq!(status, StatusCode::OK, "{plugin}");
+    let v1 = &plugin["versions"][0];
+    assert_eq!(
+        (v1["version"].as_u64(), v1["current"].as_bool()),
+        (Some(1), Some(true))
+    );
+    assert_eq!(v1["failures"], 7, "{plugin}");
+    assert_eq!(v1["calls"], 7, "{plugin}");
+    let metrics = engine
+        .http
+        .get(format!("{}/metrics", engine.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "wasmhook_plugin_calls_total{outcome=\"timeout\"} 1",
+        "wasmhook_plugin_calls_total{outcome=\"invalid\"} 3",
+    ] {
+        assert!(metrics.contains(line), "missing {line} in\n{metrics}");
+    }
+}
+
+#[tokio::test]
+async fn a_fixed_version_uploaded_meanwhile_serves_the_retry() {
+    let engine = TestEngine::spawn().await;
+    let receiver = TestReceiver::spawn().await;
+    let key = engine.tenant("fixer").await;
+    engine.install_plugin(&key, "fmt", CHAOS).await;
+    let hook = engine
+        .webhook(
+            &key,
+            &receiver.url,
+            json!({
+                "plugin": "fmt",
+                "plugin_config": {"mode": "trap"},
+                "retry_policy": {"strategy": "fixed", "retries": 3, "delay_ms": 2000, "jitter": false}
+            }),
+        )
+        .await;
+    let hook_id = hook["id"].as_str().unwrap();
+    let delivery = only_delivery(&engine.trigger(&key, "doc.signed", json!({"x": 1})).await);
+    engine
+        .wait_delivery(&key, hook_id, &delivery, WAIT, |d| d["attempts"] == 1)
+        .await;
+    // The fix: a version that ignores the mode.
+    engine.install_plugin(&key, "fmt", STANDARD_WEBHOOKS).await;
+    let d = engine
+        .wait_delivery(&key, hook_id, &delivery, WAIT, |d| {
+            d["status"] == "succeeded"
+        })
+        .await;
+    assert_eq!(d["attempt_log"][0]["plugin"], "fmt@1");
+    assert_eq!(d["attempt_log"][1]["plugin"], "fmt@2");
+    verify_standard(hook["secret"].as_str().unwrap(), &receiver.received()[0]);
+}
+
+#[tokio::test]
+async fn clocks_are_frozen_output_is_captured_and_instances_are_reused() {
+    let engine = TestEngine::spawn().await;
+    let receiver = TestReceiver::spawn().await;
+    let key = engine.tenant("observer").await;
+    engine.install_plugin(&key, "chaos", CHAOS).await;
+    for mode in ["clock", "print", "count"] {
+        engine
+            .webhook(
+                &key,
+                &receiver.url,
+                json!({"events": [format!("m.{mode}")], "plugin": "chaos", "plugin_config": {"mode": mode}}),
+            )
+            .await;
+    }
+    engine.trigger(&key, "m.clock", json!({})).await;
+    engine.trigger(&key, "m.print", json!({})).await;
+    let got = receiver.wait_for(2, WAIT).await;
+    let clock = got
+        .iter()
+        .map(|r| r.json())
+        .find(|b| b.get("wall_clock").is_some())
+        .unwrap();
+    // The guest's wall clock reads the delivery's timestamp, nothing finer.
+    assert_eq!(clock["wall_clock"], clock["timestamp"], "{clock}");
+    // Printing does not break the call (the output goes to the engine's log).
+    assert!(got.iter().any(|r| r.json()["mode"] == "ok"));
+
+    // One after another, calls land on a warm instance.
+    for i in 0..5 {
+        engine.trigger(&key, "m.count", json!({"i": i})).await;
+        receiver.wait_for(3 + i, WAIT).await;
+    }
+    let counts: Vec<u64> = receiver
+        .received()
+        .iter()
+        .filter_map(|r| r.json()["calls"].as_u64())
+        .collect();
+    assert_eq!(counts.len(), 5);
+    assert!(
+        counts.iter().any(|c| *c >= 2),
+        "no instance was reused: {counts:?}"
+    );
+}
