@@ -132,6 +132,17 @@ pub async fn post_json(http: &Http, url: &str, token: &str, body: &Value) -> any
     Ok(serde_json::from_slice(&bytes)?)
 }
 
+pub async fn get_json(http: &Http, url: &str, token: &str) -> anyhow::Result<Value> {
+    let req = Request::get(url)
+        .header("authorization", format!("Bearer {token}"))
+        .body(Full::new(Bytes::new()))?;
+    let resp = http.request(req).await?;
+    anyhow::ensure!(resp.status().is_success(), "{url}: {}", resp.status());
+    Ok(serde_json::from_slice(
+        &resp.into_body().collect().await?.to_bytes(),
+    )?)
+}
+
 /// Runs `n` jobs, `concurrency` at a time; returns each job's duration.
 pub async fn run_many<F, Fut>(n: usize, concurrency: usize, job: F) -> anyhow::Result<Vec<Duration>>
 where

@@ -28,6 +28,8 @@ enum Scenario {
     },
     /// Microseconds a plugin adds per delivery (1 KiB and 64 KiB payloads).
     Plugin,
+    /// Hot reload under load: failed and delayed deliveries during plugin swaps.
+    Reload,
     /// RSS with many tenants, each with its own plugin and webhook.
     Tenants {
         #[arg(long, default_value_t = 1_000)]
@@ -51,11 +53,13 @@ fn main() -> anyhow::Result<()> {
             Scenario::All => {
                 scenarios::http(10_000).await?;
                 scenarios::plugin_overhead()?;
+                scenarios::reload().await?;
                 claims::run(20_000).await?;
                 scenarios::tenants(1_000).await
             }
             Scenario::Http { events } => scenarios::http(events).await,
             Scenario::Plugin => scenarios::plugin_overhead(),
+            Scenario::Reload => scenarios::reload().await,
             Scenario::Tenants { tenants } => scenarios::tenants(tenants).await,
             Scenario::Claims { deliveries } => claims::run(deliveries).await,
         }

@@ -40,6 +40,83 @@ async fn trigger(http: Http, url: String, key: String, body: Bytes) -> anyhow::R
     Ok(answer)
 }
 
+/// Triggers `n` events at [`CONCURRENCY`] in flight; each answer's time.
+async fn blast(
+    http: &Http,
+    engine: &Engine,
+    n: usize,
+    body: &Bytes,
+) -> anyhow::Result<Vec<Duration>> {
+    run_many(n, CONCURRENCY, |_| {
+        let fut = trigger(
+            http.clone(),
+            engine.url.clone(),
+            engine.key.clone(),
+            body.clone(),
+        );
+        async move { fut.await.map(drop) }
+    })
+    .await
+}
+
+/// Triggers 1,000 events/s for `seconds` while `during` runs; returns the
+/// time from each trigger's answer to its delivery's arrival, sorted.
+async fn steady(
+    http: &Http,
+    engine: &Engine,
+    rx: &Receiver,
+    seconds: u64,
+    body: &Bytes,
+    during: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<Vec<Duration>> {
+    let n = seconds as usize * 1000;
+    let answered: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
+    let load = async {
+        let mut tick = tokio::time::interval(Duration::from_millis(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..n {
+            tick.tick().await;
+            let answered = answered.clone();
+            let fut = trigger(
+                http.clone(),
+                engine.url.clone(),
+                engine.key.clone(),
+                body.clone(),
+            );
+            tasks.spawn(async move {
+                let answer = fut.await?;
+                let at = Instant::now();
+                let v: Value = serde_json::from_slice(&answer)?;
+                let id = v["delivery_ids"][0].as_str().unwrap_or_default().to_owned();
+                answered.lock().unwrap().push((id, at));
+                anyhow::Ok(())
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r??;
+        }
+        anyhow::Ok(())
+    };
+    let (loaded, swapped) = tokio::join!(load, during);
+    loaded?;
+    swapped?;
+    rx.wait_for(n as u64, Duration::from_secs(60)).await?;
+    let arrivals = rx.arrivals.lock().unwrap().clone();
+    let mut lat: Vec<Duration> = answered
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|(id, at)| {
+            arrivals
+                .get(id)
+                .map(|arrived| arrived.saturating_duration_since(*at))
+        })
+        .collect();
+    lat.sort();
+    Ok(lat)
+}
+
 pub async fn http(events: usize) -> anyhow::Result<()> {
     let http = crate::harness::http();
     let body = trigger_body(&payload(1024));
@@ -59,16 +136,7 @@ pub async fn http(events: usize) -> anyhow::Result<()> {
         // Ingest: triggers accepted per second, no webhooks.
         let engine = Engine::start(backend, &http).await?;
         let started = Instant::now();
-        let mut times = run_many(events, CONCURRENCY, |_| {
-            let fut = trigger(
-                http.clone(),
-                engine.url.clone(),
-                engine.key.clone(),
-                body.clone(),
-            );
-            async move { fut.await.map(drop) }
-        })
-        .await?;
+        let mut times = blast(&http, &engine, events, &body).await?;
         let rate = events as f64 / started.elapsed().as_secs_f64();
         times.sort();
         println!(
@@ -96,16 +164,7 @@ pub async fn http(events: usize) -> anyhow::Result<()> {
             }
             let n = events / fanout;
             let started = Instant::now();
-            run_many(n, CONCURRENCY, |_| {
-                let fut = trigger(
-                    http.clone(),
-                    engine.url.clone(),
-                    engine.key.clone(),
-                    body.clone(),
-                );
-                async move { fut.await.map(drop) }
-            })
-            .await?;
+            blast(&http, &engine, n, &body).await?;
             rx.wait_for((n * fanout) as u64, Duration::from_secs(300))
                 .await?;
             let rate = (n * fanout) as f64 / started.elapsed().as_secs_f64();
@@ -121,44 +180,7 @@ pub async fn http(events: usize) -> anyhow::Result<()> {
         let engine = Engine::start(backend, &http).await?;
         let rx = Receiver::spawn().await?;
         engine.webhook(&http, &rx.url, None).await?;
-        let answered: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
-        let mut tick = tokio::time::interval(Duration::from_millis(1));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-        let mut tasks = tokio::task::JoinSet::new();
-        for _ in 0..5_000 {
-            tick.tick().await;
-            let answered = answered.clone();
-            let fut = trigger(
-                http.clone(),
-                engine.url.clone(),
-                engine.key.clone(),
-                body.clone(),
-            );
-            tasks.spawn(async move {
-                let answer = fut.await?;
-                let at = Instant::now();
-                let v: Value = serde_json::from_slice(&answer)?;
-                let id = v["delivery_ids"][0].as_str().unwrap_or_default().to_owned();
-                answered.lock().unwrap().push((id, at));
-                anyhow::Ok(())
-            });
-        }
-        while let Some(r) = tasks.join_next().await {
-            r??;
-        }
-        rx.wait_for(5_000, Duration::from_secs(60)).await?;
-        let arrivals = rx.arrivals.lock().unwrap().clone();
-        let mut lat: Vec<Duration> = answered
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|(id, at)| {
-                arrivals
-                    .get(id)
-                    .map(|arrived| arrived.saturating_duration_since(*at))
-            })
-            .collect();
-        lat.sort();
+        let lat = steady(&http, &engine, &rx, 5, &body, async { Ok(()) }).await?;
         println!(
             "| latency at 1,000 events/s (answer → arrival) | {b} | {} delivered | | {:.2} ms | {:.2} ms | {:.2} ms |",
             lat.len(),
@@ -177,26 +199,16 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// Microseconds per delivery spent shaping: the native default format, and
-/// the `gestiqcloud` plugin (instantiate + filter + transform, parsing the
-/// data), for 1 KiB and 64 KiB payloads.
+/// the `gestiqcloud` plugin (filter + transform, reading the data), with a
+/// fresh instance per call and with warm instances (the engine's default).
 pub fn plugin_overhead() -> anyhow::Result<()> {
     use wasmhook::delivery::request::AttemptContext;
     use wasmhook::delivery::shape;
     use wasmhook::ids::{EventId, TenantId};
     use wasmhook::model::{Event, PluginVersion, Webhook};
-    use wasmhook::plugin::PluginRuntime;
+    use wasmhook::plugin::{PluginConfig, PluginRuntime};
 
-    let runtime = PluginRuntime::new(
-        wasmhook::plugin::PluginConfig {
-            timeout: Duration::from_millis(1000),
-            ..Default::default()
-        },
-        Default::default(),
-    )
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let pre = runtime
-        .compile(&crate::harness::plugin("gestiqcloud")?)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let wasm = crate::harness::plugin("gestiqcloud")?;
     let tenant = TenantId::from_trusted("bench");
     let meta = PluginVersion {
         name: "gestiqcloud".into(),
@@ -207,7 +219,19 @@ pub fn plugin_overhead() -> anyhow::Result<()> {
         uploaded_by: "bench".into(),
         restored_from: None,
     };
-    let plugin = runtime.install(&tenant, &meta, pre);
+    let mut runtimes = Vec::new();
+    for idle_instances in [0, 256] {
+        let config = PluginConfig {
+            timeout: Duration::from_millis(1000),
+            idle_instances,
+            ..Default::default()
+        };
+        let runtime =
+            PluginRuntime::new(config, Default::default()).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let pre = runtime.compile(&wasm).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let plugin = runtime.install(&tenant, &meta, pre);
+        runtimes.push((runtime, plugin));
+    }
     let webhook = Webhook {
         plugin: Some("gestiqcloud".into()),
         plugin_config: json!({"source": "gestiqcloud", "version": "1.0"}),
@@ -215,9 +239,9 @@ pub fn plugin_overhead() -> anyhow::Result<()> {
     };
     println!("### Plugin overhead\n");
     println!(
-        "| payload | native default format | plugin `gestiqcloud` (fresh instance per call) | plugin minus native |"
+        "| payload | native default format | plugin `gestiqcloud`, fresh instance per call | plugin `gestiqcloud`, warm instance (default) | warm plugin minus native |"
     );
-    println!("| --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- |");
     for size in [1024usize, 64 * 1024] {
         let event = Event {
             id: EventId::from_trusted("evt_bench"),
@@ -228,30 +252,86 @@ pub fn plugin_overhead() -> anyhow::Result<()> {
         };
         let ctx = AttemptContext::new("dlv_bench", 1, 1_700_000_000_000);
         let rounds = if size > 4096 { 500 } else { 5_000 };
-        for _ in 0..50 {
-            runtime
-                .call(&plugin, &event, &webhook, &ctx)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-        }
-        let started = Instant::now();
-        for _ in 0..rounds {
-            std::hint::black_box(
+        let mut per_call = Vec::new();
+        for (runtime, plugin) in &runtimes {
+            for _ in 0..50 {
                 runtime
-                    .call(&plugin, &event, &webhook, &ctx)
-                    .map_err(|e| anyhow::anyhow!("{e}"))?,
-            );
+                    .call(plugin, &event, &webhook, &ctx)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+            let started = Instant::now();
+            for _ in 0..rounds {
+                std::hint::black_box(
+                    runtime
+                        .call(plugin, &event, &webhook, &ctx)
+                        .map_err(|e| anyhow::anyhow!("{e}"))?,
+                );
+            }
+            per_call.push(started.elapsed().as_secs_f64() * 1e6 / rounds as f64);
         }
-        let plugin_us = started.elapsed().as_secs_f64() * 1e6 / rounds as f64;
         let started = Instant::now();
         for _ in 0..rounds {
             std::hint::black_box(shape::standard_webhooks(&event, &ctx));
         }
         let native_us = started.elapsed().as_secs_f64() * 1e6 / rounds as f64;
         println!(
-            "| {} KiB | {native_us:.1} µs | {plugin_us:.1} µs | {:.1} µs |",
+            "| {} KiB | {native_us:.1} µs | {:.1} µs | {:.1} µs | {:.1} µs |",
             size / 1024,
-            plugin_us - native_us
+            per_call[0],
+            per_call[1],
+            per_call[1] - native_us
         );
+    }
+    println!();
+    Ok(())
+}
+
+/// Hot reload under load: 1,000 events/s for 6 s through a plugin, once
+/// without swaps and once swapping the plugin's version every second;
+/// failed deliveries and the latency each run saw.
+pub async fn reload() -> anyhow::Result<()> {
+    let http = crate::harness::http();
+    let body = trigger_body(&payload(1024));
+    let versions = [
+        crate::harness::plugin("gestiqcloud")?,
+        crate::harness::plugin("standard-webhooks")?,
+    ];
+    println!("### Hot reload under load\n");
+    println!("| backend | plugin swaps | delivered | failed | p50 | p99 | max |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    for backend in [Backend::Embedded, Backend::Redis] {
+        for swaps in [0usize, 5] {
+            let engine = Engine::start(backend, &http).await?;
+            let rx = Receiver::spawn().await?;
+            engine.upload(&http, "fmt", versions[0].clone()).await?;
+            engine.webhook(&http, &rx.url, Some("fmt")).await?;
+            let swapping = async {
+                for i in 0..swaps {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    engine
+                        .upload(&http, "fmt", versions[(i + 1) % 2].clone())
+                        .await?;
+                }
+                Ok(())
+            };
+            let lat = steady(&http, &engine, &rx, 6, &body, swapping).await?;
+            let stats = crate::harness::get_json(
+                &http,
+                &format!("{}/api/webhooks/stats", engine.url),
+                &engine.key,
+            )
+            .await?;
+            println!(
+                "| {} | {swaps} | {} | {} | {:.2} ms | {:.2} ms | {:.2} ms |",
+                backend.name(),
+                lat.len(),
+                stats["deliveries"]["failed"],
+                ms(percentile(&lat, 0.5)),
+                ms(percentile(&lat, 0.99)),
+                ms(*lat.last().unwrap_or(&Duration::ZERO))
+            );
+            engine.stop().await?;
+        }
     }
     println!();
     Ok(())

@@ -73,6 +73,22 @@ async fn bad_uploads_are_refused_with_the_reason() {
     let core = vec![0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00];
     let (status, body) = engine.upload(&key, "core", core, "application/wasm").await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    // A component that imports something the engine does not grant is
+    // refused, naming the import.
+    let wants_http = wat::parse_str(
+        r#"(component (import "wasi:http/outgoing-handler@0.2.0" (instance (export "handle" (func)))))"#,
+    )
+    .unwrap();
+    let (status, body) = engine
+        .upload(&key, "greedy", wants_http, "application/wasm")
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("imports the engine does not grant")
+            && message.contains("wasi:http/outgoing-handler"),
+        "{message}"
+    );
     let (status, _) = engine
         .upload(&key, "x", b"abc".to_vec(), "text/plain")
         .await;
@@ -157,4 +173,59 @@ fn standard_webhooks_plugin_matches_the_native_default_byte_for_byte() {
             sign::signature_value(spec, &secrets, &native.body, "dlv_1", ctx.timestamp),
         );
     }
+}
+
+#[test]
+fn idle_instances_and_loaded_versions_are_bounded() {
+    let metrics = PluginMetrics::default();
+    let config = PluginConfig {
+        timeout: Duration::from_millis(500),
+        idle_instances: 1,
+        max_loaded: 1,
+        unload_after: Duration::from_secs(60),
+        ..PluginConfig::default()
+    };
+    let runtime = PluginRuntime::new(config, metrics.clone()).unwrap();
+    let pre = runtime
+        .compile(&std::fs::read(STANDARD_WEBHOOKS).unwrap())
+        .unwrap();
+    let meta = PluginVersion {
+        name: "fmt".into(),
+        version: 1,
+        sha256: String::new(),
+        size: 0,
+        uploaded_at_ms: 0,
+        uploaded_by: "test".into(),
+        restored_from: None,
+    };
+    let (ta, tb) = (TenantId::from_trusted("a"), TenantId::from_trusted("b"));
+    let a = runtime.install(&ta, &meta, pre.clone());
+    let b = runtime.install(&tb, &meta, pre);
+    // At most one version stays loaded: installing b unloaded a.
+    assert_eq!(metrics.loaded.get(), 1);
+    let call = |plugin: &wasmhook::plugin::LoadedPlugin, tenant: &TenantId| {
+        let event = Event {
+            id: EventId::from_trusted("evt_1"),
+            tenant: tenant.clone(),
+            event_type: "a.b".into(),
+            data: RawValue::from_string("{}".into()).unwrap(),
+            occurred_at_ms: 0,
+        };
+        let webhook = Webhook::new(tenant.clone(), "http://127.0.0.1/x", vec!["*".into()], 0);
+        let ctx = AttemptContext::new("dlv_1", 1, 0);
+        runtime.call(plugin, &event, &webhook, &ctx).unwrap();
+    };
+    // One idle instance across all plugins: b's goes when a's holds the slot.
+    call(&a, &ta);
+    call(&b, &tb);
+    assert_eq!(metrics.idle_instances.get(), 1);
+    drop(a);
+    assert_eq!(metrics.idle_instances.get(), 0, "a's instance went with it");
+    call(&b, &tb);
+    assert_eq!(metrics.idle_instances.get(), 1);
+    drop(b);
+    // Unused for longer than unload_after: unloaded, with its instances.
+    assert_eq!(runtime.unload_idle(wasmhook::clock::now_ms() + 61_000), 1);
+    assert_eq!(metrics.loaded.get(), 0);
+    assert_eq!(metrics.idle_instances.get(), 0);
 }
