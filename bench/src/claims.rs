@@ -104,6 +104,7 @@ async fn claim_all(
 }
 
 pub async fn run(n: usize) -> anyhow::Result<()> {
+    println!("### Retry path: claims per second\n");
     println!("| backend | claimers | deliveries | claims/s | claimed twice |");
     println!("| --- | --- | --- | --- | --- |");
     for claimers in [1, 4] {

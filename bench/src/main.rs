@@ -25,6 +25,9 @@ enum Scenario {
         /// Events per throughput run.
         #[arg(long, default_value_t = 10_000)]
         events: usize,
+        /// Only this backend (`embedded` or `redis`); both by default.
+        #[arg(long)]
+        backend: Option<String>,
     },
     /// Microseconds a plugin adds per delivery (1 KiB and 64 KiB payloads).
     Plugin,
@@ -51,13 +54,14 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         match cli.scenario {
             Scenario::All => {
-                scenarios::http(10_000).await?;
+                // Memory first, while the process is fresh.
+                scenarios::tenants(1_000).await?;
+                scenarios::http(10_000, None).await?;
                 scenarios::plugin_overhead()?;
                 scenarios::reload().await?;
-                claims::run(20_000).await?;
-                scenarios::tenants(1_000).await
+                claims::run(20_000).await
             }
-            Scenario::Http { events } => scenarios::http(events).await,
+            Scenario::Http { events, backend } => scenarios::http(events, backend.as_deref()).await,
             Scenario::Plugin => scenarios::plugin_overhead(),
             Scenario::Reload => scenarios::reload().await,
             Scenario::Tenants { tenants } => scenarios::tenants(tenants).await,

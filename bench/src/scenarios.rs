@@ -117,7 +117,7 @@ async fn steady(
     Ok(lat)
 }
 
-pub async fn http(events: usize) -> anyhow::Result<()> {
+pub async fn http(events: usize, only: Option<&str>) -> anyhow::Result<()> {
     let http = crate::harness::http();
     let body = trigger_body(&payload(1024));
     let delivery_body = Bytes::from(payload(1024).to_string());
@@ -132,6 +132,9 @@ pub async fn http(events: usize) -> anyhow::Result<()> {
     println!("| --- | --- | --- | --- | --- | --- | --- |");
     for backend in [Backend::Embedded, Backend::Redis] {
         let b = backend.name();
+        if only.is_some_and(|o| o != b) {
+            continue;
+        }
 
         // Ingest: triggers accepted per second, no webhooks.
         let engine = Engine::start(backend, &http).await?;
@@ -286,16 +289,38 @@ pub fn plugin_overhead() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Hot reload under load: 1,000 events/s for 6 s through a plugin, once
-/// without swaps and once swapping the plugin's version every second;
-/// failed deliveries and the latency each run saw.
+/// A component with a custom section appended: the same behaviour, other
+/// bytes, so uploading it is a real new version (compiled, not shared).
+fn variant(mut component: Vec<u8>, tag: &str) -> Vec<u8> {
+    let mut payload = vec![tag.len() as u8];
+    payload.extend_from_slice(tag.as_bytes());
+    payload.extend_from_slice(b"bench variant");
+    component.push(0); // custom section id
+    let mut n = payload.len();
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        component.push(if n == 0 { byte } else { byte | 0x80 });
+        if n == 0 {
+            break;
+        }
+    }
+    component.extend_from_slice(&payload);
+    component
+}
+
+/// Hot reload under load: 1,000 events/s for 6 s through a plugin
+/// (`standard-webhooks`, so arrivals can be matched by `webhook-id`), once
+/// without swaps and once swapping in a new version (different bytes,
+/// compiled on upload) every second; failed deliveries and the latency each
+/// run saw.
 pub async fn reload() -> anyhow::Result<()> {
     let http = crate::harness::http();
     let body = trigger_body(&payload(1024));
-    let versions = [
-        crate::harness::plugin("gestiqcloud")?,
-        crate::harness::plugin("standard-webhooks")?,
-    ];
+    let base = crate::harness::plugin("standard-webhooks")?;
+    let versions: Vec<Vec<u8>> = (0..6)
+        .map(|i| variant(base.clone(), &format!("v{i}")))
+        .collect();
     println!("### Hot reload under load\n");
     println!("| backend | plugin swaps | delivered | failed | p50 | p99 | max |");
     println!("| --- | --- | --- | --- | --- | --- | --- |");
@@ -308,9 +333,7 @@ pub async fn reload() -> anyhow::Result<()> {
             let swapping = async {
                 for i in 0..swaps {
                     tokio::time::sleep(Duration::from_secs(1)).await;
-                    engine
-                        .upload(&http, "fmt", versions[(i + 1) % 2].clone())
-                        .await?;
+                    engine.upload(&http, "fmt", versions[i + 1].clone()).await?;
                 }
                 Ok(())
             };
@@ -322,7 +345,7 @@ pub async fn reload() -> anyhow::Result<()> {
             )
             .await?;
             println!(
-                "| {} | {swaps} | {} | {} | {:.2} ms | {:.2} ms | {:.2} ms |",
+                "| {} | {swaps} | {} of 6000 | {} | {:.2} ms | {:.2} ms | {:.2} ms |",
                 backend.name(),
                 lat.len(),
                 stats["deliveries"]["failed"],

@@ -11,6 +11,7 @@
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
@@ -66,7 +67,11 @@ impl DiskCache {
             .serialize()
             .map_err(|e| e.to_string())
             .and_then(|bytes| {
-                let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+                // Unique per process and write, so concurrent writers never
+                // share a temporary file.
+                static WRITES: AtomicU64 = AtomicU64::new(0);
+                let n = WRITES.fetch_add(1, Ordering::Relaxed);
+                let tmp = path.with_extension(format!("tmp{}-{n}", std::process::id()));
                 std::fs::write(&tmp, bytes)
                     .and_then(|()| std::fs::rename(&tmp, &path))
                     .map_err(|e| e.to_string())

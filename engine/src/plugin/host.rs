@@ -238,3 +238,110 @@ impl LogHost for HostState {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// Collects what tracing writes, for assertions.
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn logged(f: impl FnOnce()) -> String {
+        let sink = Sink::default();
+        let writer = sink.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::TRACE)
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        String::from_utf8(sink.0.lock().unwrap().clone()).unwrap()
+    }
+
+    fn state() -> HostState {
+        HostState::new(StoreLimits::default(), "tenant-a", "fmt@3", Arc::default())
+    }
+
+    #[test]
+    fn stdout_and_stderr_go_to_the_log_with_tenant_and_plugin() {
+        let mut host = state();
+        let out = logged(|| {
+            host.begin_call(0);
+            let mut stdout = host.stdout.p2_stream();
+            stdout
+                .write(bytes::Bytes::from("first line\nsecond line\n"))
+                .unwrap();
+            let mut stderr = host.stderr.p2_stream();
+            stderr.write(bytes::Bytes::from("trouble\n")).unwrap();
+            host.end_call();
+        });
+        assert!(out.contains("INFO") && out.contains("first line"), "{out}");
+        assert!(out.contains("second line"), "{out}");
+        assert!(out.contains("WARN") && out.contains("trouble"), "{out}");
+        assert!(
+            out.contains("tenant=\"tenant-a\"") || out.contains("tenant=tenant-a"),
+            "{out}"
+        );
+        assert!(out.contains("fmt@3"), "{out}");
+        // Taken once: the next call starts empty.
+        assert!(logged(|| host.end_call()).is_empty());
+    }
+
+    #[test]
+    fn output_is_capped_and_lines_are_limited_per_call_and_rate_limited() {
+        let mut host = state();
+        let mut stdout = host.stdout.p2_stream();
+        stdout
+            .write(bytes::Bytes::from(vec![b'x'; 20_000]))
+            .unwrap();
+        assert_eq!(host.stdout.take().len(), MAX_CAPTURE);
+
+        // 32 lines per call.
+        let out = logged(|| {
+            host.begin_call(0);
+            for i in 0..50 {
+                host.log(Level::Info, format!("line {i}"));
+            }
+        });
+        assert_eq!(out.lines().count(), MAX_LOG_LINES as usize, "{out}");
+
+        // The rate limit spans calls: a burst, then drops, reported later.
+        let out = logged(|| {
+            for _ in 0..10 {
+                host.begin_call(0);
+                for i in 0..30 {
+                    host.log(Level::Info, format!("burst {i}"));
+                }
+            }
+        });
+        let written = out.lines().filter(|l| l.contains("burst")).count();
+        assert!(written <= LOG_BURST as usize, "{written} lines written");
+        assert!(host.gate.dropped.load(Ordering::Relaxed) > 0);
+    }
+
+    #[test]
+    fn clocks_read_the_delivery_timestamp() {
+        let mut host = state();
+        host.begin_call(1_700_000_000);
+        assert_eq!(
+            HostWallClock::now(&host.time),
+            Duration::from_secs(1_700_000_000)
+        );
+        assert_eq!(
+            HostMonotonicClock::now(&host.time),
+            1_700_000_000 * 1_000_000_000
+        );
+    }
+}

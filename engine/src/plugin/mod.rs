@@ -182,7 +182,9 @@ impl PluginRuntime {
             .total_tables(n * 2)
             .max_memory_size(config.memory_bytes);
         let mut wasm = Config::new();
-        wasm.epoch_interruption(true)
+        // One core per compile: an upload must not starve deliveries.
+        wasm.parallel_compilation(false)
+            .epoch_interruption(true)
             .memory_reservation(config.memory_bytes as u64)
             .memory_guard_size(64 << 10)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
