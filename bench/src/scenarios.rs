@@ -143,10 +143,8 @@ pub async fn http(events: usize, only: Option<&str>) -> anyhow::Result<()> {
         let rate = events as f64 / started.elapsed().as_secs_f64();
         times.sort();
         println!(
-            "| ingest (1 KiB, {CONCURRENCY} in flight) | {b} | {rate:.0} events/s | | {:.2} ms | {:.2} ms | {:.2} ms |",
-            ms(percentile(&times, 0.5)),
-            ms(percentile(&times, 0.99)),
-            ms(*times.last().unwrap_or(&Duration::ZERO))
+            "| ingest (1 KiB, {CONCURRENCY} in flight) | {b} | {rate:.0} events/s | | {} |",
+            latency_cells(&times)
         );
         engine.stop().await?;
 
@@ -185,11 +183,9 @@ pub async fn http(events: usize, only: Option<&str>) -> anyhow::Result<()> {
         engine.webhook(&http, &rx.url, None).await?;
         let lat = steady(&http, &engine, &rx, 5, &body, async { Ok(()) }).await?;
         println!(
-            "| latency at 1,000 events/s (answer → arrival) | {b} | {} delivered | | {:.2} ms | {:.2} ms | {:.2} ms |",
+            "| latency at 1,000 events/s (answer → arrival) | {b} | {} delivered | | {} |",
             lat.len(),
-            ms(percentile(&lat, 0.5)),
-            ms(percentile(&lat, 0.99)),
-            ms(*lat.last().unwrap_or(&Duration::ZERO))
+            latency_cells(&lat)
         );
         engine.stop().await?;
     }
@@ -199,6 +195,16 @@ pub async fn http(events: usize, only: Option<&str>) -> anyhow::Result<()> {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+/// `p50 | p99 | max` table cells of sorted latencies.
+fn latency_cells(sorted: &[Duration]) -> String {
+    format!(
+        "{:.2} ms | {:.2} ms | {:.2} ms",
+        ms(percentile(sorted, 0.5)),
+        ms(percentile(sorted, 0.99)),
+        ms(*sorted.last().unwrap_or(&Duration::ZERO))
+    )
 }
 
 /// Microseconds per delivery spent shaping: the native default format, and
@@ -345,13 +351,11 @@ pub async fn reload() -> anyhow::Result<()> {
             )
             .await?;
             println!(
-                "| {} | {swaps} | {} of 6000 | {} | {:.2} ms | {:.2} ms | {:.2} ms |",
+                "| {} | {swaps} | {} of 6000 | {} | {} |",
                 backend.name(),
                 lat.len(),
                 stats["deliveries"]["failed"],
-                ms(percentile(&lat, 0.5)),
-                ms(percentile(&lat, 0.99)),
-                ms(*lat.last().unwrap_or(&Duration::ZERO))
+                latency_cells(&lat)
             );
             engine.stop().await?;
         }

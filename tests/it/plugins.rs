@@ -200,6 +200,8 @@ fn idle_instances_and_loaded_versions_are_bounded() {
     };
     let (ta, tb) = (TenantId::from_trusted("a"), TenantId::from_trusted("b"));
     let a = runtime.install(&ta, &meta, pre.clone());
+    // Least recently used goes first: make a strictly older than b.
+    std::thread::sleep(Duration::from_millis(5));
     let b = runtime.install(&tb, &meta, pre);
     // At most one version stays loaded: installing b unloaded a.
     assert_eq!(metrics.loaded.get(), 1);

@@ -83,6 +83,24 @@ async fn engines_share_state_work_and_plugin_versions() {
         )
         .await;
     assert_eq!(d["attempt_log"][0]["plugin"], "fmt@2");
+
+    // A rollback on A is a new version too: B uses it within a second.
+    let (status, rolled) = a
+        .post("/api/plugins/fmt/rollback", &key, json!({"version": 1}))
+        .await;
+    assert_eq!(status, axum::http::StatusCode::CREATED, "{rolled}");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let third = b.trigger(&key, "invoice.paid", json!({"n": 4})).await;
+    let d = b
+        .wait_delivery(
+            &key,
+            hook_id,
+            third["delivery_ids"][0].as_str().unwrap(),
+            Duration::from_secs(60),
+            |d| d["status"] == "succeeded",
+        )
+        .await;
+    assert_eq!(d["attempt_log"][0]["plugin"], "fmt@3");
 }
 
 /// An engine process running from this test binary (see `child_engine`).

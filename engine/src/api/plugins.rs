@@ -79,6 +79,20 @@ fn uploader(caller: &Caller) -> String {
     if caller.is_admin { "admin" } else { "tenant" }.to_owned()
 }
 
+/// Makes `upload` the current version and answers `201` with it.
+async fn publish(
+    app: &App,
+    caller: &Caller,
+    upload: PluginUpload,
+) -> ApiResult<(StatusCode, axum::Json<Value>)> {
+    let meta = app
+        .plugins
+        .publish(app.store.as_ref(), caller.id(), upload)
+        .await
+        .map_err(plugin_error)?;
+    Ok((StatusCode::CREATED, axum::Json(views::plugin(&meta))))
+}
+
 pub async fn upload(
     caller: Caller,
     State(app): State<Arc<App>>,
@@ -96,12 +110,7 @@ pub async fn upload(
         restored_from: None,
         now_ms: now_ms(),
     };
-    let meta = app
-        .plugins
-        .publish(app.store.as_ref(), caller.id(), upload)
-        .await
-        .map_err(plugin_error)?;
-    Ok((StatusCode::CREATED, axum::Json(views::plugin(&meta))))
+    publish(&app, &caller, upload).await
 }
 
 pub async fn list(caller: Caller, State(app): State<Arc<App>>) -> ApiResult<axum::Json<Value>> {
@@ -207,12 +216,7 @@ pub async fn rollback(
         restored_from: Some(old.version),
         now_ms: now_ms(),
     };
-    let meta = app
-        .plugins
-        .publish(app.store.as_ref(), caller.id(), upload)
-        .await
-        .map_err(plugin_error)?;
-    Ok((StatusCode::CREATED, axum::Json(views::plugin(&meta))))
+    publish(&app, &caller, upload).await
 }
 
 #[derive(Deserialize)]

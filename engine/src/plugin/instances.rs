@@ -7,7 +7,9 @@
 //! timeout its store is dropped. Instances are retired after
 //! [`MAX_CALLS`] calls so a leaking guest starts clean again. The number of
 //! idle instances across all plugins is bounded by a shared budget, which
-//! bounds the memory they hold.
+//! bounds the memory they hold. Concurrent calls each take their own
+//! instance (new ones when none is idle); instances past the budget are
+//! simply dropped after their call.
 
 use super::bindings::Plugin;
 use super::host::HostState;

@@ -237,6 +237,12 @@ impl PluginRuntime {
     /// exports the world's `handle` and imports nothing beyond WASI and the
     /// `log` interface. CPU-heavy: call it from a blocking thread.
     pub fn compile(&self, bytes: &[u8]) -> Result<Arc<PluginPre<HostState>>, PluginError> {
+        self.link(&self.new_component(bytes)?).map(Arc::new)
+    }
+
+    /// Validates and compiles uploaded bytes. Never deserialises: a
+    /// precompiled artifact is refused like any other non-component.
+    fn new_component(&self, bytes: &[u8]) -> Result<Component, PluginError> {
         let component = Component::new(&self.engine, bytes).map_err(|e| {
             PluginError::Invalid(format!("not a valid WebAssembly component: {}", root(&e)))
         })?;
@@ -244,7 +250,7 @@ impl PluginRuntime {
             .loads
             .get_or_create(&SourceLabel { source: "compiled" })
             .inc();
-        self.link(&component).map(Arc::new)
+        Ok(component)
     }
 
     fn link(&self, component: &Component) -> Result<PluginPre<HostState>, PluginError> {
@@ -292,13 +298,7 @@ impl PluginRuntime {
                 self.link(&component)?
             }
             None => {
-                let component = Component::new(&self.engine, bytes).map_err(|e| {
-                    PluginError::Invalid(format!("not a valid WebAssembly component: {}", root(&e)))
-                })?;
-                self.metrics
-                    .loads
-                    .get_or_create(&SourceLabel { source: "compiled" })
-                    .inc();
+                let component = self.new_component(bytes)?;
                 let pre = self.link(&component)?;
                 if let Some(disk) = &self.disk {
                     disk.save(sha256, &component);
