@@ -370,10 +370,10 @@ impl PluginRuntime {
         let newer_known = announced > plugin.version
             || loaded.get(&key).is_some_and(|c| c.version > plugin.version);
         if !newer_known {
-            loaded.insert(key, plugin.clone());
+            loaded.insert(key.clone(), plugin.clone());
             let excess = loaded.len().saturating_sub(self.config.max_loaded);
             if excess > 0 {
-                evict_least_recent(&mut loaded, excess);
+                evict_least_recent(&mut loaded, excess, &key);
             }
             self.metrics.loaded.set(loaded.len() as i64);
         }
@@ -594,9 +594,15 @@ impl PluginRuntime {
     }
 }
 
-fn evict_least_recent(loaded: &mut HashMap<(TenantId, String), Arc<LoadedPlugin>>, n: usize) {
+/// Unloads the `n` least recently used versions, never `keep` (just installed).
+fn evict_least_recent(
+    loaded: &mut HashMap<(TenantId, String), Arc<LoadedPlugin>>,
+    n: usize,
+    keep: &(TenantId, String),
+) {
     let mut by_age: Vec<_> = loaded
         .iter()
+        .filter(|(k, _)| *k != keep)
         .map(|(k, p)| (p.last_used_ms.load(Ordering::Relaxed), k.clone()))
         .collect();
     by_age.sort_unstable_by_key(|(t, _)| *t);
