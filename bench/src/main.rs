@@ -9,6 +9,11 @@ mod scenarios;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc: malloc/free were ~11 % of CPU samples under load with glibc's
+/// allocator (BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 struct Cli {
     #[command(subcommand)]

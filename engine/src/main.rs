@@ -6,6 +6,11 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use wasmhook::config::Settings;
 
+/// mimalloc: malloc/free were ~11 % of CPU samples under load with glibc's
+/// allocator (BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "wasmhook",

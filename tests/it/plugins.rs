@@ -231,3 +231,58 @@ fn idle_instances_and_loaded_versions_are_bounded() {
     assert_eq!(metrics.loaded.get(), 0);
     assert_eq!(metrics.idle_instances.get(), 0);
 }
+
+#[test]
+fn only_versions_that_proved_quick_run_inline() {
+    let runtime = PluginRuntime::new(
+        PluginConfig {
+            timeout: Duration::from_millis(20),
+            ..PluginConfig::default()
+        },
+        PluginMetrics::default(),
+    )
+    .unwrap();
+    let pre = runtime
+        .compile(&std::fs::read(wasmhook_tests::plugins::CHAOS).unwrap())
+        .unwrap();
+    let tenant = TenantId::from_trusted("t");
+    let meta = PluginVersion {
+        name: "chaos".into(),
+        version: 1,
+        sha256: String::new(),
+        size: 0,
+        uploaded_at_ms: 0,
+        uploaded_by: "test".into(),
+        restored_from: None,
+    };
+    let plugin = runtime.install(&tenant, &meta, pre);
+    let event = Event {
+        id: EventId::from_trusted("evt_1"),
+        tenant: tenant.clone(),
+        event_type: "a.b".into(),
+        data: RawValue::from_string("{}".into()).unwrap(),
+        occurred_at_ms: 0,
+    };
+    let ctx = AttemptContext::new("dlv_1", 1, 0);
+    let mut webhook = Webhook::new(tenant.clone(), "http://127.0.0.1/x", vec!["*".into()], 0);
+    assert!(
+        !plugin.runs_inline(),
+        "unknown versions run on blocking threads"
+    );
+    for _ in 0..16 {
+        runtime.call(&plugin, &event, &webhook, &ctx).unwrap();
+    }
+    assert!(plugin.runs_inline(), "quick calls earn inline runs");
+    webhook.plugin_config = json!({"mode": "loop"});
+    let err = runtime.call(&plugin, &event, &webhook, &ctx).unwrap_err();
+    assert!(err.to_string().contains("time limit"), "{err}");
+    assert!(
+        !plugin.runs_inline(),
+        "one slow call sends the version back for good"
+    );
+    webhook.plugin_config = json!({"mode": "ok"});
+    for _ in 0..32 {
+        runtime.call(&plugin, &event, &webhook, &ctx).unwrap();
+    }
+    assert!(!plugin.runs_inline());
+}

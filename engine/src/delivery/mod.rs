@@ -358,6 +358,12 @@ impl Deliverer {
                     .await
                     .map_err(|e| e.to_string())?;
                 attempt.plugin = Some(plugin.label());
+                // A version whose calls have all been quick runs on this
+                // worker (a thread hop costs more than the call); anything
+                // else runs on a blocking thread (see `LoadedPlugin::runs_inline`).
+                if plugin.runs_inline() {
+                    return shape_with(&self.plugins, &plugin, event, webhook, ctx);
+                }
                 let runtime = self.plugins.clone();
                 let (event, webhook, ctx) = (event.clone(), webhook.clone(), ctx.clone());
                 return tokio::task::spawn_blocking(move || {

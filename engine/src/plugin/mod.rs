@@ -7,7 +7,9 @@
 //! instances of the same tenant's same version ([`instances`]); a store that
 //! trapped is dropped with its instance, never reused. Each call runs under
 //! an epoch deadline (CPU) and a memory cap. Replacing a version swaps an
-//! `Arc`: calls already running keep the version they started with. Loaded
+//! `Arc`: calls already running keep the version they started with. Calls of
+//! a version that has proven quick run on the async worker that needs them,
+//! others on blocking threads ([`LoadedPlugin::runs_inline`]). Loaded
 //! versions unused for a while, or beyond the configured number, are evicted
 //! and load again (from the disk cache) on their next call. A version may be
 //! compiled twice if two calls race to load it; the second copy is dropped.
@@ -30,7 +32,7 @@ use host::{HostState, LogGate};
 use instances::{Budget, Idle, Warm};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 use wasmtime::component::{Component, HasSelf, Linker};
@@ -47,6 +49,12 @@ pub fn valid_name(name: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
+
+/// A call using more CPU than this marks its version as slow for good: its
+/// calls then always run on a blocking thread.
+const INLINE_MAX: Duration = Duration::from_millis(1);
+/// Quick calls a version needs before its calls may run inline.
+const INLINE_AFTER: u32 = 16;
 
 /// How often the epoch advances; a call's deadline is counted in these.
 const EPOCH_TICK: Duration = Duration::from_millis(2);
@@ -137,12 +145,34 @@ pub struct LoadedPlugin {
     gate: Arc<LogGate>,
     counts: Arc<CallCounts>,
     last_used_ms: AtomicU64,
+    /// Calls that finished within [`INLINE_MAX`] (saturating at `INLINE_AFTER`).
+    quick_calls: AtomicU32,
+    /// Some call took longer than [`INLINE_MAX`] (or timed out).
+    slow: AtomicBool,
 }
 
 impl LoadedPlugin {
     /// `name@version`, as recorded on attempts.
     pub fn label(&self) -> String {
         format!("{}@{}", self.name, self.version)
+    }
+
+    /// True when this version's calls may run on an async worker thread:
+    /// its first [`INLINE_AFTER`] calls ran on blocking threads and each took
+    /// under [`INLINE_MAX`], and none ever took longer. A version that turns
+    /// slow later can hold a worker once, for at most the CPU deadline;
+    /// after that its calls go back to blocking threads for good.
+    pub fn runs_inline(&self) -> bool {
+        !self.slow.load(Ordering::Relaxed)
+            && self.quick_calls.load(Ordering::Relaxed) >= INLINE_AFTER
+    }
+
+    fn note_duration(&self, took: Duration) {
+        if took > INLINE_MAX {
+            self.slow.store(true, Ordering::Relaxed);
+        } else if self.quick_calls.load(Ordering::Relaxed) < INLINE_AFTER {
+            self.quick_calls.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -345,6 +375,8 @@ impl PluginRuntime {
             gate: Arc::default(),
             counts,
             last_used_ms: AtomicU64::new(crate::clock::now_ms()),
+            quick_calls: AtomicU32::new(0),
+            slow: AtomicBool::new(false),
         })
     }
 
@@ -505,7 +537,9 @@ impl PluginRuntime {
         webhook: &Webhook,
         ctx: &AttemptContext,
     ) -> Result<Shaped, PluginError> {
+        let started = thread_cpu_time();
         let result = self.call_inner(plugin, event, webhook, ctx);
+        plugin.note_duration(thread_cpu_time().saturating_sub(started));
         let outcome = match &result {
             Ok(Shaped::Deliver(_)) => "deliver",
             Ok(Shaped::Skip(_)) => "skip",
@@ -592,6 +626,22 @@ impl PluginRuntime {
         }
         PluginError::Trap(root(&e))
     }
+}
+
+/// CPU time this thread has used: what a call costs, whatever else the
+/// machine is doing (wall time would count preemption on a busy machine).
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant
+    // every Linux and macOS kernel provides.
+    let ok = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } == 0;
+    if !ok {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// Unloads the `n` least recently used versions, never `keep` (just installed).
