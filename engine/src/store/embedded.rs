@@ -365,21 +365,36 @@ fn ingest(
             .insert((tenant, event.event_type.as_str()), enc(&seen).as_slice())
             .map_err(redb::Error::from)?;
     }
-    for d in &deliveries {
-        table!(txn, EVENT_DELIVERIES)
-            .insert((tenant, event.id.as_str(), d.id.as_str()), ())
-            .map_err(redb::Error::from)?;
-        table!(txn, WEBHOOK_DELIVERIES)
-            .insert((d.webhook_id.as_str(), d.id.as_str()), ())
-            .map_err(redb::Error::from)?;
-        update_stats(txn, tenant, d.webhook_id.as_str(), |s| {
-            s.total += 1;
-            s.pending += 1;
-        })?;
-        table!(txn, DELIVERIES)
-            .insert(d.id.as_str(), enc(d).as_slice())
-            .map_err(redb::Error::from)?;
-        schedule_at(txn, d.id.as_str(), new.due_at_ms, true)?;
+    {
+        // Each table opened once for all deliveries (opening one is a lookup
+        // in redb's table tree, closing it an update there).
+        let mut by_event = table!(txn, EVENT_DELIVERIES);
+        let mut by_hook = table!(txn, WEBHOOK_DELIVERIES);
+        let mut records = table!(txn, DELIVERIES);
+        let mut stats = table!(txn, STATS);
+        let mut schedule = table!(txn, SCHEDULE);
+        let mut due = table!(txn, SCHEDULE_DUE);
+        for d in &deliveries {
+            let (id, hook) = (d.id.as_str(), d.webhook_id.as_str());
+            by_event
+                .insert((tenant, event.id.as_str(), id), ())
+                .map_err(redb::Error::from)?;
+            by_hook.insert((hook, id), ()).map_err(redb::Error::from)?;
+            let mut counts: DeliveryStats = get_json(&stats, (tenant, hook))?.unwrap_or_default();
+            counts.total += 1;
+            counts.pending += 1;
+            stats
+                .insert((tenant, hook), enc(&counts).as_slice())
+                .map_err(redb::Error::from)?;
+            records
+                .insert(id, enc(d).as_slice())
+                .map_err(redb::Error::from)?;
+            // A new id: never scheduled before, so nothing to take out first.
+            schedule
+                .insert((new.due_at_ms, id), true)
+                .map_err(redb::Error::from)?;
+            due.insert(id, new.due_at_ms).map_err(redb::Error::from)?;
+        }
     }
     Ok(Ingested::Created {
         event,
