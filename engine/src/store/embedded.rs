@@ -9,7 +9,9 @@
 //! transactions and never wait for the writer.
 //!
 //! Records are JSON. A closure that fails leaves whatever it already wrote in
-//! the shared transaction, so closures check before they write.
+//! the shared transaction, so closures check before they write. Delivery
+//! counters are changed in memory by the closures of a batch and written
+//! once per counter just before the commit.
 
 use super::{IdempotentAnswer, Ingested, NewEvent, Page, PluginUpload, Store, StoreError};
 use crate::ids::{DeliveryId, EventId, TenantId, WebhookId};
@@ -22,7 +24,9 @@ use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
@@ -178,7 +182,11 @@ fn write_loop(db: &Database, mut rx: mpsc::Receiver<Op>) {
         match db.begin_write() {
             Ok(txn) => {
                 let done: Vec<Done> = ops.into_iter().map(|op| op(Some(&txn))).collect();
-                let committed = txn.commit().map_err(|e| e.to_string());
+                let committed = match flush_stats(&txn) {
+                    Ok(()) => txn.commit().map_err(|e| e.to_string()),
+                    // Dropping the transaction aborts it: nothing is half-counted.
+                    Err(e) => Err(format!("writing counters: {e}")),
+                };
                 if let Err(e) = &committed {
                     tracing::error!(error = %e, "store commit failed");
                 }
@@ -256,18 +264,48 @@ fn plugin_with_bytes(
     Ok(Some((meta, bytes)))
 }
 
+thread_local! {
+    /// Counters changed by the group transaction being built on the writer
+    /// thread: read once, changed in memory by every operation of the batch,
+    /// written once each just before the commit (see `write_loop`).
+    static PENDING_STATS: RefCell<HashMap<(String, String), DeliveryStats>> =
+        RefCell::default();
+}
+
 fn update_stats(
     txn: &WriteTransaction,
     tenant: &str,
     webhook: &str,
     f: impl FnOnce(&mut DeliveryStats),
 ) -> Result<(), StoreError> {
+    PENDING_STATS.with(|pending| {
+        let mut pending = pending.borrow_mut();
+        let key = (tenant.to_owned(), webhook.to_owned());
+        let stats = match pending.entry(key) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                let current: Option<DeliveryStats> =
+                    get_json(&table!(txn, STATS), (tenant, webhook))?;
+                e.insert(current.unwrap_or_default())
+            }
+        };
+        f(stats);
+        Ok(())
+    })
+}
+
+/// Writes the batch's changed counters; the last step before a commit.
+fn flush_stats(txn: &WriteTransaction) -> Result<(), StoreError> {
+    let pending = PENDING_STATS.with(|p| std::mem::take(&mut *p.borrow_mut()));
+    if pending.is_empty() {
+        return Ok(());
+    }
     let mut table = table!(txn, STATS);
-    let mut stats: DeliveryStats = get_json(&table, (tenant, webhook))?.unwrap_or_default();
-    f(&mut stats);
-    table
-        .insert((tenant, webhook), enc(&stats).as_slice())
-        .map_err(redb::Error::from)?;
+    for ((tenant, webhook), stats) in &pending {
+        table
+            .insert((tenant.as_str(), webhook.as_str()), enc(stats).as_slice())
+            .map_err(redb::Error::from)?;
+    }
     Ok(())
 }
 
@@ -371,7 +409,6 @@ fn ingest(
         let mut by_event = table!(txn, EVENT_DELIVERIES);
         let mut by_hook = table!(txn, WEBHOOK_DELIVERIES);
         let mut records = table!(txn, DELIVERIES);
-        let mut stats = table!(txn, STATS);
         let mut schedule = table!(txn, SCHEDULE);
         let mut due = table!(txn, SCHEDULE_DUE);
         for d in &deliveries {
@@ -380,12 +417,10 @@ fn ingest(
                 .insert((tenant, event.id.as_str(), id), ())
                 .map_err(redb::Error::from)?;
             by_hook.insert((hook, id), ()).map_err(redb::Error::from)?;
-            let mut counts: DeliveryStats = get_json(&stats, (tenant, hook))?.unwrap_or_default();
-            counts.total += 1;
-            counts.pending += 1;
-            stats
-                .insert((tenant, hook), enc(&counts).as_slice())
-                .map_err(redb::Error::from)?;
+            update_stats(txn, tenant, hook, |s| {
+                s.total += 1;
+                s.pending += 1;
+            })?;
             records
                 .insert(id, enc(d).as_slice())
                 .map_err(redb::Error::from)?;
