@@ -254,11 +254,13 @@ impl RawConfig {
 
 impl Settings {
     /// Settings for a test engine: everything default but the data directory,
-    /// with loopback allowed as a target.
+    /// with loopback allowed as a target and a plugin deadline of 500 ms (the
+    /// deadline is wall-clock time, and test machines are busy).
     pub fn for_tests(data_dir: PathBuf, admin_token: &str) -> Settings {
         let mut raw = RawConfig {
             data_dir,
             admin_token: Some(admin_token.into()),
+            plugin_timeout_ms: 500,
             ..RawConfig::default()
         };
         raw.allow_private_targets = vec!["127.0.0.0/8".into(), "::1/128".into()];
