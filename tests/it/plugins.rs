@@ -236,7 +236,7 @@ fn idle_instances_and_loaded_versions_are_bounded() {
 fn only_versions_that_proved_quick_run_inline() {
     let runtime = PluginRuntime::new(
         PluginConfig {
-            timeout: Duration::from_millis(20),
+            timeout: Duration::from_millis(200),
             ..PluginConfig::default()
         },
         PluginMetrics::default(),
