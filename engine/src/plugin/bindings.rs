@@ -1,5 +1,11 @@
 //! The one place the host bindings to the WIT world (`wit/plugin.wit`) are
-//! generated. Nothing outside `plugin/` uses these types.
+//! generated, and the conversion of a plugin's decision into the engine's
+//! request types. Nothing outside `plugin/` uses these types.
+
+use self::wasmhook::plugin::types as wit;
+use crate::delivery::request::{
+    KeyFormat, OutRequest, Shaped, SigEncoding, SignSpec, SignedContent,
+};
 
 wasmtime::component::bindgen!({
     path: "../wit",
@@ -8,3 +14,33 @@ wasmtime::component::bindgen!({
 
 pub use self::wasmhook::plugin::log::{Host as LogHost, Level};
 pub use self::wasmhook::plugin::types::Host as TypesHost;
+
+/// A plugin's decision as the engine's request types.
+pub fn from_wit(decision: wit::Decision) -> Shaped {
+    match decision {
+        wit::Decision::Skip(reason) => Shaped::Skip(reason),
+        wit::Decision::Deliver(r) => Shaped::Deliver(OutRequest {
+            body: r.body,
+            content_type: r.content_type,
+            headers: r.headers,
+            signature: r.signature.map(|s| SignSpec {
+                header: s.header,
+                prefix: s.prefix,
+                encoding: match s.encoding {
+                    wit::Encoding::Hex => SigEncoding::Hex,
+                    wit::Encoding::Base64 => SigEncoding::Base64,
+                },
+                key: match s.key {
+                    wit::KeyFormat::Utf8 => KeyFormat::Utf8,
+                    wit::KeyFormat::StandardWebhooks => KeyFormat::StandardWebhooks,
+                },
+                content: match s.content {
+                    wit::SignedContent::Body => SignedContent::Body,
+                    wit::SignedContent::Bytes(b) => SignedContent::Bytes(b),
+                    wit::SignedContent::StandardWebhooks => SignedContent::StandardWebhooks,
+                },
+                rotation_separator: s.rotation_separator,
+            }),
+        }),
+    }
+}

@@ -18,22 +18,23 @@ mod bindings;
 mod cache;
 mod host;
 mod instances;
+mod loaded;
 pub mod watch;
 
-use crate::delivery::request::{
-    AttemptContext, KeyFormat, OutRequest, Shaped, SigEncoding, SignSpec, SignedContent,
-};
+use crate::delivery::request::{AttemptContext, Shaped};
 use crate::ids::TenantId;
 use crate::metrics::{OutcomeLabel, PluginMetrics, SourceLabel};
 use crate::model::{Event, PluginVersion, Webhook};
 use crate::store::{PluginUpload, Store, StoreError};
 use bindings::{PluginPre, wasmhook::plugin::types as wit};
-use host::{HostState, LogGate};
-use instances::{Budget, Idle, Warm};
+use host::HostState;
+use instances::{Budget, Warm};
+use loaded::thread_cpu_time;
+pub use loaded::{CallCounts, LoadedPlugin};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{
@@ -49,12 +50,6 @@ pub fn valid_name(name: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
-
-/// A call using more CPU than this marks its version as slow for good: its
-/// calls then always run on a blocking thread.
-const INLINE_MAX: Duration = Duration::from_millis(1);
-/// Quick calls a version needs before its calls may run inline.
-const INLINE_AFTER: u32 = 16;
 
 /// How often the epoch advances; a call's deadline is counted in these.
 const EPOCH_TICK: Duration = Duration::from_millis(2);
@@ -123,64 +118,7 @@ impl Default for PluginConfig {
     }
 }
 
-/// Calls and failures of one plugin version on this engine since it started.
-#[derive(Default)]
-pub struct CallCounts {
-    pub calls: AtomicU64,
-    pub failures: AtomicU64,
-    pub last_error: Mutex<Option<String>>,
-}
-
 type VersionKey = (TenantId, String, u32);
-
-/// One compiled, validated plugin version of one tenant, ready to call.
-pub struct LoadedPlugin {
-    pub name: String,
-    pub version: u32,
-    pub sha256: String,
-    tenant: TenantId,
-    pre: Arc<PluginPre<HostState>>,
-    idle: Idle,
-    budget: Arc<Budget>,
-    gate: Arc<LogGate>,
-    counts: Arc<CallCounts>,
-    last_used_ms: AtomicU64,
-    /// Calls that finished within [`INLINE_MAX`] (saturating at `INLINE_AFTER`).
-    quick_calls: AtomicU32,
-    /// Some call took longer than [`INLINE_MAX`] (or timed out).
-    slow: AtomicBool,
-}
-
-impl LoadedPlugin {
-    /// `name@version`, as recorded on attempts.
-    pub fn label(&self) -> String {
-        format!("{}@{}", self.name, self.version)
-    }
-
-    /// True when this version's calls may run on an async worker thread:
-    /// its first [`INLINE_AFTER`] calls ran on blocking threads and each took
-    /// under [`INLINE_MAX`], and none ever took longer. A version that turns
-    /// slow later can hold a worker once, for at most the CPU deadline;
-    /// after that its calls go back to blocking threads for good.
-    pub fn runs_inline(&self) -> bool {
-        !self.slow.load(Ordering::Relaxed)
-            && self.quick_calls.load(Ordering::Relaxed) >= INLINE_AFTER
-    }
-
-    fn note_duration(&self, took: Duration) {
-        if took > INLINE_MAX {
-            self.slow.store(true, Ordering::Relaxed);
-        } else if self.quick_calls.load(Ordering::Relaxed) < INLINE_AFTER {
-            self.quick_calls.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
-
-impl Drop for LoadedPlugin {
-    fn drop(&mut self) {
-        self.idle.clear(&self.budget);
-    }
-}
 
 pub struct PluginRuntime {
     engine: Engine,
@@ -364,20 +302,16 @@ impl PluginRuntime {
                 .or_default()
                 .clone()
         };
-        Arc::new(LoadedPlugin {
-            name: meta.name.clone(),
-            version: meta.version,
-            sha256: meta.sha256.clone(),
-            tenant: tenant.clone(),
+        Arc::new(LoadedPlugin::new(
+            meta.name.clone(),
+            meta.version,
+            meta.sha256.clone(),
+            tenant.clone(),
             pre,
-            idle: Idle::default(),
-            budget: self.budget.clone(),
-            gate: Arc::default(),
+            self.budget.clone(),
             counts,
-            last_used_ms: AtomicU64::new(crate::clock::now_ms()),
-            quick_calls: AtomicU32::new(0),
-            slow: AtomicBool::new(false),
-        })
+            crate::clock::now_ms(),
+        ))
     }
 
     /// Makes `pre` the version of `meta.name` that new calls use.
@@ -615,7 +549,7 @@ impl PluginRuntime {
         warm.calls += 1;
         plugin.idle.put(warm, &self.budget);
         match result {
-            Ok(decision) => Ok(from_wit(decision)),
+            Ok(decision) => Ok(bindings::from_wit(decision)),
             Err(e) => Err(PluginError::Failed(e.message)),
         }
     }
@@ -626,22 +560,6 @@ impl PluginRuntime {
         }
         PluginError::Trap(root(&e))
     }
-}
-
-/// CPU time this thread has used: what a call costs, whatever else the
-/// machine is doing (wall time would count preemption on a busy machine).
-fn thread_cpu_time() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant
-    // every Linux and macOS kernel provides.
-    let ok = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } == 0;
-    if !ok {
-        return Duration::ZERO;
-    }
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// Unloads the `n` least recently used versions, never `keep` (just installed).
@@ -668,33 +586,4 @@ fn root(e: &wasmtime::Error) -> String {
         text = format!("{text}: {cause}");
     }
     text
-}
-
-fn from_wit(decision: wit::Decision) -> Shaped {
-    match decision {
-        wit::Decision::Skip(reason) => Shaped::Skip(reason),
-        wit::Decision::Deliver(r) => Shaped::Deliver(OutRequest {
-            body: r.body,
-            content_type: r.content_type,
-            headers: r.headers,
-            signature: r.signature.map(|s| SignSpec {
-                header: s.header,
-                prefix: s.prefix,
-                encoding: match s.encoding {
-                    wit::Encoding::Hex => SigEncoding::Hex,
-                    wit::Encoding::Base64 => SigEncoding::Base64,
-                },
-                key: match s.key {
-                    wit::KeyFormat::Utf8 => KeyFormat::Utf8,
-                    wit::KeyFormat::StandardWebhooks => KeyFormat::StandardWebhooks,
-                },
-                content: match s.content {
-                    wit::SignedContent::Body => SignedContent::Body,
-                    wit::SignedContent::Bytes(b) => SignedContent::Bytes(b),
-                    wit::SignedContent::StandardWebhooks => SignedContent::StandardWebhooks,
-                },
-                rotation_separator: s.rotation_separator,
-            }),
-        }),
-    }
 }

@@ -1,0 +1,119 @@
+//! One loaded plugin version of one tenant: its compiled component, its warm
+//! instances, its log rate limit and call counts, and whether its calls may
+//! run on an async worker (the inline policy). A version is loaded once per
+//! engine at a time; two racing loads may build two, and the loser is dropped.
+
+use super::bindings::PluginPre;
+use super::host::{HostState, LogGate};
+use super::instances::{Budget, Idle};
+use crate::ids::TenantId;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A call using more CPU than this marks its version as slow for good: its
+/// calls then always run on a blocking thread.
+const INLINE_MAX: Duration = Duration::from_millis(1);
+/// Quick calls a version needs before its calls may run inline.
+const INLINE_AFTER: u32 = 16;
+
+/// Calls and failures of one plugin version on this engine since it started.
+#[derive(Default)]
+pub struct CallCounts {
+    pub calls: AtomicU64,
+    pub failures: AtomicU64,
+    pub last_error: Mutex<Option<String>>,
+}
+
+/// One compiled, validated plugin version of one tenant, ready to call.
+pub struct LoadedPlugin {
+    pub name: String,
+    pub version: u32,
+    pub sha256: String,
+    pub(super) tenant: TenantId,
+    pub(super) pre: Arc<PluginPre<HostState>>,
+    pub(super) idle: Idle,
+    pub(super) budget: Arc<Budget>,
+    pub(super) gate: Arc<LogGate>,
+    pub(super) counts: Arc<CallCounts>,
+    pub(super) last_used_ms: AtomicU64,
+    /// Calls that finished within [`INLINE_MAX`] (saturating at `INLINE_AFTER`).
+    quick_calls: AtomicU32,
+    /// Some call took longer than [`INLINE_MAX`] (or timed out).
+    slow: AtomicBool,
+}
+
+impl LoadedPlugin {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        name: String,
+        version: u32,
+        sha256: String,
+        tenant: TenantId,
+        pre: Arc<PluginPre<HostState>>,
+        budget: Arc<Budget>,
+        counts: Arc<CallCounts>,
+        now_ms: u64,
+    ) -> Self {
+        LoadedPlugin {
+            name,
+            version,
+            sha256,
+            tenant,
+            pre,
+            idle: Idle::default(),
+            budget,
+            gate: Arc::default(),
+            counts,
+            last_used_ms: AtomicU64::new(now_ms),
+            quick_calls: AtomicU32::new(0),
+            slow: AtomicBool::new(false),
+        }
+    }
+
+    /// `name@version`, as recorded on attempts.
+    pub fn label(&self) -> String {
+        format!("{}@{}", self.name, self.version)
+    }
+
+    /// True when this version's calls may run on an async worker thread:
+    /// its first [`INLINE_AFTER`] calls ran on blocking threads and each took
+    /// under [`INLINE_MAX`], and none ever took longer. A version that turns
+    /// slow later can hold a worker once, for at most the CPU deadline;
+    /// after that its calls go back to blocking threads for good.
+    pub fn runs_inline(&self) -> bool {
+        !self.slow.load(Ordering::Relaxed)
+            && self.quick_calls.load(Ordering::Relaxed) >= INLINE_AFTER
+    }
+
+    /// Records what a call cost (thread CPU time, see [`thread_cpu_time`]).
+    pub(super) fn note_duration(&self, took: Duration) {
+        if took > INLINE_MAX {
+            self.slow.store(true, Ordering::Relaxed);
+        } else if self.quick_calls.load(Ordering::Relaxed) < INLINE_AFTER {
+            self.quick_calls.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for LoadedPlugin {
+    fn drop(&mut self) {
+        self.idle.clear(&self.budget);
+    }
+}
+
+/// CPU time this thread has used: what a call costs, whatever else the
+/// machine is doing (wall time would count preemption on a busy machine).
+pub(super) fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant
+    // every Linux and macOS kernel provides.
+    let ok = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } == 0;
+    if !ok {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
