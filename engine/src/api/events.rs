@@ -99,6 +99,7 @@ pub async fn ingest(app: &App, new: NewEvent) -> ApiResult<Response> {
         Ingested::Created {
             event,
             deliveries,
+            webhooks,
             filtered,
         } => {
             app.metrics.events_accepted.inc();
@@ -106,7 +107,7 @@ pub async fn ingest(app: &App, new: NewEvent) -> ApiResult<Response> {
             app.metrics.deliveries_created.inc_by(created);
             app.metrics.deliveries_filtered.inc_by(u64::from(filtered));
             let event = std::sync::Arc::new(event);
-            app.deliverer.submit(&event, &deliveries);
+            app.deliverer.submit(&event, &deliveries, &webhooks);
             let mut body = answer(
                 event.id.as_str(),
                 &event.event_type,

@@ -39,11 +39,12 @@ const MAX_IDLE: Duration = Duration::from_secs(1);
 const DRAIN: Duration = Duration::from_secs(10);
 
 /// A delivery to attempt: just its id when claimed from the schedule, or the
-/// records themselves when the trigger API hands over what it just wrote (so
-/// the first attempt reads nothing back from the store).
+/// records themselves when the trigger API hands over what it just wrote
+/// (delivery, event, and the webhook as fan-out saw it), so the first
+/// attempt reads nothing back from the store.
 enum Job {
     Claimed(TenantId, DeliveryId),
-    Fresh(Box<Delivery>, Arc<Event>),
+    Fresh(Box<Delivery>, Arc<Event>, Arc<Webhook>),
 }
 
 pub struct Deliverer {
@@ -93,13 +94,11 @@ impl Deliverer {
 
     /// Hands over deliveries that were just written, leased to this process.
     /// If the queue is full they go out when their lease runs out instead.
-    pub fn submit(&self, event: &Arc<Event>, deliveries: &[Delivery]) {
-        for d in deliveries {
-            if self
-                .fresh_tx
-                .try_send(Job::Fresh(Box::new(d.clone()), event.clone()))
-                .is_err()
-            {
+    /// `webhooks[i]` is the webhook of `deliveries[i]`.
+    pub fn submit(&self, event: &Arc<Event>, deliveries: &[Delivery], webhooks: &[Arc<Webhook>]) {
+        for (d, w) in deliveries.iter().zip(webhooks) {
+            let job = Job::Fresh(Box::new(d.clone()), event.clone(), w.clone());
+            if self.fresh_tx.try_send(job).is_err() {
                 tracing::warn!(delivery = %d.id, "delivery queue full; it goes out when its lease ends");
             }
         }
@@ -176,7 +175,7 @@ impl Deliverer {
             self.metrics.in_flight.inc();
             let id = match &job {
                 Job::Claimed(_, id) => id.clone(),
-                Job::Fresh(d, _) => d.id.clone(),
+                Job::Fresh(d, ..) => d.id.clone(),
             };
             if let Err(e) = self.attempt(job).await {
                 tracing::error!(delivery = %id, error = %e, "recording a delivery attempt failed; it is retried when its lease ends");
@@ -188,27 +187,19 @@ impl Deliverer {
 
     /// One attempt of one delivery, start to finish.
     async fn attempt(&self, job: Job) -> Result<(), crate::store::StoreError> {
-        let (mut delivery, known_event) = match job {
-            Job::Fresh(d, event) => (*d, Some(event)),
-            Job::Claimed(tenant, id) => match self.store.get_delivery(&tenant, &id).await? {
-                Some(d) => (d, None),
-                None => return Ok(()),
-            },
-        };
-        if delivery.status != DeliveryStatus::Pending {
-            return Ok(());
-        }
-        let webhook = self
-            .store
-            .get_webhook(&delivery.tenant, &delivery.webhook_id)
-            .await?;
-        let event = match known_event {
-            Some(e) => Some(e),
-            None => self
-                .store
-                .get_event(&delivery.tenant, &delivery.event_id)
-                .await?
-                .map(Arc::new),
+        let (mut delivery, webhook, event) = match job {
+            Job::Fresh(d, event, webhook) => (*d, Some(webhook), Some(event)),
+            Job::Claimed(tenant, id) => {
+                let Some(d) = self.store.get_delivery(&tenant, &id).await? else {
+                    return Ok(());
+                };
+                if d.status != DeliveryStatus::Pending {
+                    return Ok(());
+                }
+                let webhook = self.store.get_webhook(&d.tenant, &d.webhook_id).await?;
+                let event = self.store.get_event(&d.tenant, &d.event_id).await?;
+                (d, webhook.map(Arc::new), event.map(Arc::new))
+            }
         };
         let (webhook, event) = match (webhook, event) {
             (Some(w), Some(e)) if w.active => (w, e),
@@ -336,7 +327,7 @@ impl Deliverer {
             self.wake();
         }
         if gone {
-            self.disable(webhook, "receiver answered 410 Gone").await?;
+            self.disable(&webhook, "receiver answered 410 Gone").await?;
         }
         Ok(())
     }
@@ -389,11 +380,16 @@ impl Deliverer {
         self.store.finish_attempt(delivery, None).await
     }
 
+    /// Disables the webhook as stored now (the attempt may have used an
+    /// older copy), so a change made meanwhile is kept.
     async fn disable(
         &self,
-        mut webhook: Webhook,
+        webhook: &Webhook,
         reason: &str,
     ) -> Result<(), crate::store::StoreError> {
+        let Some(mut webhook) = self.store.get_webhook(&webhook.tenant, &webhook.id).await? else {
+            return Ok(());
+        };
         tracing::warn!(tenant = %webhook.tenant, webhook = %webhook.id, reason, "disabling webhook");
         webhook.active = false;
         webhook.disabled_reason = Some(reason.to_owned());

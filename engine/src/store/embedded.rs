@@ -368,7 +368,7 @@ fn ingest(
         occurred_at_ms: new.occurred_at_ms,
     };
     let deliveries: Vec<Delivery> = targets
-        .into_iter()
+        .iter()
         .map(|w| super::new_delivery(&event, w, new.due_at_ms))
         .collect();
 
@@ -434,6 +434,7 @@ fn ingest(
     Ok(Ingested::Created {
         event,
         deliveries,
+        webhooks: targets,
         filtered,
     })
 }

@@ -22,21 +22,23 @@ use crate::model::{
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use std::sync::Arc;
 
 pub use self::redis::RedisStore;
 pub use embedded::EmbeddedStore;
 
-/// A webhook with its payload filter compiled.
-pub type CachedHook = (Webhook, Option<crate::filter::Filter>);
+/// A webhook with its payload filter compiled. Shared, so fan-out can hand
+/// each new delivery its webhook without a copy or a read.
+pub type CachedHook = (Arc<Webhook>, Option<crate::filter::Filter>);
 
 /// Which of a tenant's webhooks get an event: active and subscribed (or the
 /// one a test event names), and whose payload filter matches. Returns them
 /// and how many a filter turned away. The data is parsed at most once, and
 /// only if a filter needs it.
-pub fn fan_out<'a>(
-    hooks: &'a [CachedHook],
+pub fn fan_out(
+    hooks: &[CachedHook],
     new: &NewEvent,
-) -> Result<(Vec<&'a Webhook>, u32), serde_json::Error> {
+) -> Result<(Vec<Arc<Webhook>>, u32), serde_json::Error> {
     let mut parsed: Option<serde_json::Value> = None;
     let mut filtered = 0u32;
     let mut targets = Vec::new();
@@ -59,7 +61,7 @@ pub fn fan_out<'a>(
             _ => true,
         };
         if pass {
-            targets.push(w);
+            targets.push(w.clone());
         } else {
             filtered += 1;
         }
@@ -82,7 +84,7 @@ pub fn with_filters(hooks: Vec<Webhook>) -> Vec<CachedHook> {
                     tracing::error!(webhook = %w.id, error = %e, "stored payload filter does not compile");
                     Some(crate::filter::Filter::never())
                 });
-            (w, filter)
+            (Arc::new(w), filter)
         })
         .collect()
 }
@@ -179,6 +181,9 @@ pub enum Ingested {
     Created {
         event: Event,
         deliveries: Vec<Delivery>,
+        /// `webhooks[i]` is the webhook `deliveries[i]` goes to, as fan-out
+        /// saw it: the first attempt uses it instead of reading it back.
+        webhooks: Vec<Arc<Webhook>>,
         /// Subscribed webhooks whose payload filter did not match.
         filtered: u32,
     },
@@ -304,7 +309,8 @@ pub trait Store: Send + Sync + 'static {
         tenant: &TenantId,
         upload: PluginUpload,
     ) -> Result<PluginVersion, StoreError>;
-    /// Every version of a plugin, oldest first (empty if there is none).
+    /// Every version of a plugin, oldest first (empty if there is none). The
+    /// last is the current one: every upload or rollback adds the newest.
     async fn plugin_versions(
         &self,
         tenant: &TenantId,

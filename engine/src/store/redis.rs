@@ -422,7 +422,7 @@ impl Store for RedisStore {
             occurred_at_ms: new.occurred_at_ms,
         };
         let deliveries: Vec<Delivery> = targets
-            .into_iter()
+            .iter()
             .map(|w| super::new_delivery(&event, w, new.due_at_ms))
             .collect();
         let answer = IdempotentAnswer {
@@ -466,6 +466,7 @@ impl Store for RedisStore {
             return Ok(Ingested::Created {
                 event,
                 deliveries,
+                webhooks: targets,
                 filtered,
             });
         }
