@@ -226,15 +226,7 @@ pub fn plugin_overhead() -> anyhow::Result<()> {
 
     let wasm = crate::harness::plugin("gestiqcloud")?;
     let tenant = TenantId::from_trusted("bench");
-    let meta = PluginVersion {
-        name: "gestiqcloud".into(),
-        version: 1,
-        sha256: String::new(),
-        size: 0,
-        uploaded_at_ms: 0,
-        uploaded_by: "bench".into(),
-        restored_from: None,
-    };
+    let meta = PluginVersion::unstored("gestiqcloud", 1, "bench");
     let mut runtimes = Vec::new();
     for idle_instances in [0, 256] {
         let config = PluginConfig {

@@ -88,17 +88,10 @@ pub fn test_plugin(
         .compile(&read(wasm)?)
         .map_err(|e| DevkitError::Plugin(e.to_string()))?;
     let tenant = TenantId::from_trusted(event.tenant.unwrap_or_else(|| "tenant_test".into()));
-    let meta = crate::model::PluginVersion {
-        name: wasm
-            .file_stem()
-            .map_or("plugin".into(), |s| s.to_string_lossy().into_owned()),
-        version: 1,
-        sha256: String::new(),
-        size: 0,
-        uploaded_at_ms: 0,
-        uploaded_by: "devkit".into(),
-        restored_from: None,
-    };
+    let name = wasm
+        .file_stem()
+        .map_or("plugin".into(), |s| s.to_string_lossy().into_owned());
+    let meta = crate::model::PluginVersion::unstored(name, 1, "devkit");
     let plugin = runtime.install(&tenant, &meta, pre);
     let now = now_ms();
     let event = Event {

@@ -295,6 +295,22 @@ pub struct PluginVersion {
     pub restored_from: Option<u32>,
 }
 
+impl PluginVersion {
+    /// The record of a component that is not stored (the developer kit, dry
+    /// runs, tests, benchmarks): version `version` of `name`, uploaded by `by`.
+    pub fn unstored(name: impl Into<String>, version: u32, by: &str) -> PluginVersion {
+        PluginVersion {
+            name: name.into(),
+            version,
+            sha256: String::new(),
+            size: 0,
+            uploaded_at_ms: 0,
+            uploaded_by: by.to_owned(),
+            restored_from: None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -370,6 +370,20 @@ async fn dry_run_shows_current_and_candidate_side_by_side() {
         "{body}"
     );
 
+    // A bad query string is a JSON error like everywhere else.
+    let resp = engine
+        .http
+        .post(format!("{}/api/plugins/fmt/dry-run?limit=many", engine.url))
+        .bearer_auth(&key)
+        .header("content-type", "application/wasm")
+        .body(chaos.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_query", "{body}");
+
     let (status, body) = dry_run(b"junk".to_vec(), "application/wasm").await;
     assert_eq!(status, 422, "{body}");
     assert_eq!(body["error"]["code"], "invalid_plugin");
@@ -381,4 +395,6 @@ async fn dry_run_shows_current_and_candidate_side_by_side() {
     assert_eq!(receiver.received().len(), 3);
     let (_, plugin) = engine.get("/api/plugins/fmt", &key).await;
     assert_eq!(plugin["version"], 1);
+    // Only the three real deliveries count as the live version's calls.
+    assert_eq!(plugin["versions"][0]["calls"], 3, "{plugin}");
 }

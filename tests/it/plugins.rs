@@ -125,15 +125,7 @@ fn standard_webhooks_plugin_matches_the_native_default_byte_for_byte() {
         .compile(&std::fs::read(STANDARD_WEBHOOKS).unwrap())
         .unwrap();
     let tenant = TenantId::from_trusted("t");
-    let meta = PluginVersion {
-        name: "standard-webhooks".into(),
-        version: 1,
-        sha256: String::new(),
-        size: 0,
-        uploaded_at_ms: 0,
-        uploaded_by: "test".into(),
-        restored_from: None,
-    };
+    let meta = PluginVersion::unstored("standard-webhooks", 1, "test");
     let plugin = runtime.install(&tenant, &meta, pre);
     let webhook = Webhook {
         plugin: Some("standard-webhooks".into()),
@@ -189,15 +181,7 @@ fn idle_instances_and_loaded_versions_are_bounded() {
     let pre = runtime
         .compile(&std::fs::read(STANDARD_WEBHOOKS).unwrap())
         .unwrap();
-    let meta = PluginVersion {
-        name: "fmt".into(),
-        version: 1,
-        sha256: String::new(),
-        size: 0,
-        uploaded_at_ms: 0,
-        uploaded_by: "test".into(),
-        restored_from: None,
-    };
+    let meta = PluginVersion::unstored("fmt", 1, "test");
     let (ta, tb) = (TenantId::from_trusted("a"), TenantId::from_trusted("b"));
     let a = runtime.install(&ta, &meta, pre.clone());
     // Least recently used goes first: make a strictly older than b.
@@ -246,15 +230,7 @@ fn only_versions_that_proved_quick_run_inline() {
         .compile(&std::fs::read(wasmhook_tests::plugins::CHAOS).unwrap())
         .unwrap();
     let tenant = TenantId::from_trusted("t");
-    let meta = PluginVersion {
-        name: "chaos".into(),
-        version: 1,
-        sha256: String::new(),
-        size: 0,
-        uploaded_at_ms: 0,
-        uploaded_by: "test".into(),
-        restored_from: None,
-    };
+    let meta = PluginVersion::unstored("chaos", 1, "test");
     let plugin = runtime.install(&tenant, &meta, pre);
     let event = Event {
         id: EventId::from_trusted("evt_1"),

@@ -79,6 +79,26 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
     }
 }
 
+/// A JSON body that may be left out: an empty body is `T::default()`.
+/// Unknown fields are refused by each body type's serde attributes.
+pub struct JsonOrDefault<T>(pub T);
+
+impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for JsonOrDefault<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let RawBody(body) = RawBody::from_request(req, state).await?;
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(JsonOrDefault(T::default()));
+        }
+        serde_json::from_slice(&body)
+            .map(JsonOrDefault)
+            .map_err(|e| {
+                ApiError::invalid(format!("the body does not have the expected fields: {e}"))
+            })
+    }
+}
+
 /// A query string.
 pub struct Query<T>(pub T);
 

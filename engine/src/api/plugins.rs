@@ -5,7 +5,7 @@
 
 use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
-use super::extract::RawBody;
+use super::extract::{JsonOrDefault, Query, RawBody};
 use super::views;
 use crate::App;
 use crate::clock::now_ms;
@@ -15,7 +15,7 @@ use crate::ids::{EventId, TenantId};
 use crate::model::{Event, PluginVersion, Webhook};
 use crate::plugin::{LoadedPlugin, PluginError, PluginRuntime};
 use crate::store::{Page, PluginUpload};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use base64::Engine as _;
 use serde::Deserialize;
@@ -120,20 +120,26 @@ pub async fn list(caller: Caller, State(app): State<Arc<App>>) -> ApiResult<axum
     ))
 }
 
+/// Every version of a plugin, oldest first; the last is the current one
+/// (uploads and rollbacks always add the newest). 404 if there is none.
+async fn versions(app: &App, caller: &Caller, name: &str) -> ApiResult<Vec<PluginVersion>> {
+    check_name(name).map_err(|_| ApiError::not_found("plugin"))?;
+    let versions = app.store.plugin_versions(caller.id(), name).await?;
+    if versions.is_empty() {
+        return Err(ApiError::not_found("plugin"));
+    }
+    Ok(versions)
+}
+
 /// The current version, and every version with this engine's call counts.
 pub async fn get(
     caller: Caller,
     State(app): State<Arc<App>>,
     Path(path): Path<PluginPath>,
 ) -> ApiResult<axum::Json<Value>> {
-    check_name(&path.name).map_err(|_| ApiError::not_found("plugin"))?;
-    let (current, _) = app
-        .store
-        .current_plugin(caller.id(), &path.name)
-        .await?
-        .ok_or_else(|| ApiError::not_found("plugin"))?;
-    let versions = app.store.plugin_versions(caller.id(), &path.name).await?;
-    let versions: Vec<Value> = versions
+    let versions = versions(&app, &caller, &path.name).await?;
+    let current = versions.last().expect("versions() is never empty");
+    let listed: Vec<Value> = versions
         .iter()
         .rev()
         .map(|v| {
@@ -148,8 +154,8 @@ pub async fn get(
             view
         })
         .collect();
-    let mut body = views::plugin(&current);
-    body["versions"] = json!(versions);
+    let mut body = views::plugin(current);
+    body["versions"] = json!(listed);
     Ok(axum::Json(body))
 }
 
@@ -167,30 +173,16 @@ pub async fn rollback(
     caller: Caller,
     State(app): State<Arc<App>>,
     Path(path): Path<PluginPath>,
-    RawBody(body): RawBody,
+    JsonOrDefault(Rollback { version: wanted }): JsonOrDefault<Rollback>,
 ) -> ApiResult<(StatusCode, axum::Json<Value>)> {
-    check_name(&path.name).map_err(|_| ApiError::not_found("plugin"))?;
-    let wanted = if body.iter().all(u8::is_ascii_whitespace) {
-        None
-    } else {
-        serde_json::from_slice::<Rollback>(&body)
-            .map_err(|e| ApiError::invalid(format!("the body is not a rollback request: {e}")))?
-            .version
-    };
-    let (current, _) = app
-        .store
-        .current_plugin(caller.id(), &path.name)
-        .await?
-        .ok_or_else(|| ApiError::not_found("plugin"))?;
+    let versions = versions(&app, &caller, &path.name).await?;
+    let current = versions.last().expect("versions() is never empty");
     let target = match wanted {
         Some(v) => v,
-        None => app
-            .store
-            .plugin_versions(caller.id(), &path.name)
-            .await?
+        None => versions
             .iter()
             .rev()
-            .find(|v| v.version < current.version && v.sha256 != current.sha256)
+            .find(|v| v.sha256 != current.sha256)
             .map(|v| v.version)
             .ok_or_else(|| {
                 ApiError::new(
@@ -299,13 +291,8 @@ pub async fn dry_run(
         .map_err(ApiError::internal)?
         .map_err(plugin_error)?;
     let candidate_meta = PluginVersion {
-        name: path.name.clone(),
-        version: 0,
         sha256: sha.clone(),
-        size: 0,
-        uploaded_at_ms: now_ms(),
-        uploaded_by: uploader(&caller),
-        restored_from: None,
+        ..PluginVersion::unstored(&path.name, 0, &uploader(&caller))
     };
     let candidate = app.plugins.load(&tenant, &candidate_meta, candidate_pre);
     let current = match app
@@ -313,11 +300,13 @@ pub async fn dry_run(
         .get(app.store.as_ref(), &tenant, &path.name)
         .await
     {
-        Ok(p) => Some(p),
+        // Its own copy: dry runs do not count as the live version's calls.
+        Ok(p) => Some(app.plugins.uncounted(&p)),
         Err(PluginError::NotFound(_)) => None,
         Err(e) => return Err(plugin_error(e)),
     };
 
+    let current_version = current.as_ref().map(|p| p.version);
     let runtime = app.plugins.clone();
     let results = tokio::task::spawn_blocking(move || {
         let now = now_ms();
@@ -358,7 +347,7 @@ pub async fn dry_run(
     Ok(axum::Json(json!({
         "plugin": path.name,
         "candidate_sha256": sha,
-        "current_version": app.store.current_plugin(&tenant, &path.name).await?.map(|(m, _)| m.version),
+        "current_version": current_version,
         "runs": results.len(),
         "changed": changed,
         "results": results,
@@ -458,17 +447,14 @@ fn outcome(
                     )
                 })
                 .collect();
-            let body = match String::from_utf8(body) {
-                Ok(text) => json!({"body": text}),
-                Err(e) => json!({
-                    "body_base64": base64::engine::general_purpose::STANDARD.encode(e.as_bytes())
-                }),
-            };
             let mut request = json!({"method": "POST", "url": webhook.url, "headers": headers});
-            request
-                .as_object_mut()
-                .expect("object")
-                .extend(body.as_object().expect("object").clone());
+            match String::from_utf8(body) {
+                Ok(text) => request["body"] = json!(text),
+                Err(e) => {
+                    request["body_base64"] =
+                        json!(base64::engine::general_purpose::STANDARD.encode(e.as_bytes()))
+                }
+            }
             json!({"outcome": "deliver", "request": request})
         }
     }

@@ -25,6 +25,13 @@ pub struct CallCounts {
     pub last_error: Mutex<Option<String>>,
 }
 
+impl CallCounts {
+    pub(super) fn failed(&self, error: String) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        *self.last_error.lock().expect("counts lock") = Some(error);
+    }
+}
+
 /// One compiled, validated plugin version of one tenant, ready to call.
 pub struct LoadedPlugin {
     pub name: String,
@@ -35,7 +42,9 @@ pub struct LoadedPlugin {
     pub(super) idle: Idle,
     pub(super) budget: Arc<Budget>,
     pub(super) gate: Arc<LogGate>,
-    pub(super) counts: Arc<CallCounts>,
+    /// None for a copy whose calls are not the version's (candidates and
+    /// dry runs): it counts nothing.
+    pub(super) counts: Option<Arc<CallCounts>>,
     pub(super) last_used_ms: AtomicU64,
     /// Calls that finished within [`INLINE_MAX`] (saturating at `INLINE_AFTER`).
     quick_calls: AtomicU32,
@@ -52,7 +61,7 @@ impl LoadedPlugin {
         tenant: TenantId,
         pre: Arc<PluginPre<HostState>>,
         budget: Arc<Budget>,
-        counts: Arc<CallCounts>,
+        counts: Option<Arc<CallCounts>>,
         now_ms: u64,
     ) -> Self {
         LoadedPlugin {

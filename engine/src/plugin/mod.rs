@@ -292,16 +292,14 @@ impl PluginRuntime {
         pre: Arc<PluginPre<HostState>>,
     ) -> Arc<LoadedPlugin> {
         // A candidate (version 0: not stored) is not counted.
-        let counts = if meta.version == 0 {
-            Arc::default()
-        } else {
+        let counts = (meta.version != 0).then(|| {
             self.counts
                 .write()
                 .expect("plugin map lock")
                 .entry((tenant.clone(), meta.name.clone(), meta.version))
                 .or_default()
                 .clone()
-        };
+        });
         Arc::new(LoadedPlugin::new(
             meta.name.clone(),
             meta.version,
@@ -479,27 +477,44 @@ impl PluginRuntime {
             Ok(Shaped::Skip(_)) => "skip",
             Err(e) => e.outcome(),
         };
-        self.metrics
-            .calls
-            .get_or_create(&OutcomeLabel { outcome })
-            .inc();
-        plugin.counts.calls.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = &result {
-            plugin.counts.failures.fetch_add(1, Ordering::Relaxed);
-            *plugin.counts.last_error.lock().expect("counts lock") = Some(e.to_string());
+        if let Some(counts) = &plugin.counts {
+            self.metrics
+                .calls
+                .get_or_create(&OutcomeLabel { outcome })
+                .inc();
+            counts.calls.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = &result {
+                counts.failed(e.to_string());
+            }
         }
         result
     }
 
     /// The host refused what a call returned (see `delivery::shape::check`):
-    /// counted as a failure of that version.
+    /// counted as a failure of that version (and as a call by `call`).
     pub fn count_invalid(&self, plugin: &LoadedPlugin, error: &str) {
-        self.metrics
-            .calls
-            .get_or_create(&OutcomeLabel { outcome: "invalid" })
-            .inc();
-        plugin.counts.failures.fetch_add(1, Ordering::Relaxed);
-        *plugin.counts.last_error.lock().expect("counts lock") = Some(error.to_owned());
+        if let Some(counts) = &plugin.counts {
+            self.metrics
+                .calls
+                .get_or_create(&OutcomeLabel { outcome: "invalid" })
+                .inc();
+            counts.failed(error.to_owned());
+        }
+    }
+
+    /// The same version with its own instances, whose calls count nothing:
+    /// a dry run must not show up in the version's counts or metrics.
+    pub fn uncounted(&self, plugin: &LoadedPlugin) -> Arc<LoadedPlugin> {
+        Arc::new(LoadedPlugin::new(
+            plugin.name.clone(),
+            plugin.version,
+            plugin.sha256.clone(),
+            plugin.tenant.clone(),
+            plugin.pre.clone(),
+            self.budget.clone(),
+            None,
+            crate::clock::now_ms(),
+        ))
     }
 
     fn call_inner(

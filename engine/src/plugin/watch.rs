@@ -134,8 +134,9 @@ async fn pick_up(
         }
     }
     let sha256 = hex::encode(Sha256::digest(&component));
-    match store.current_plugin(tenant, name).await {
-        Ok(Some((current, _))) if current.sha256 == sha256 => return true,
+    // The newest version is the current one.
+    match store.plugin_versions(tenant, name).await {
+        Ok(versions) if versions.last().is_some_and(|v| v.sha256 == sha256) => return true,
         Ok(_) => {}
         Err(e) => {
             tracing::warn!(%file, error = %e, "plugins directory: store unavailable");
