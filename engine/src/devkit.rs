@@ -4,7 +4,7 @@
 
 use crate::clock::now_ms;
 use crate::delivery::request::{AttemptContext, Shaped};
-use crate::delivery::{build, shape};
+use crate::delivery::{build, shape_with};
 use crate::ids::{EventId, TenantId, WebhookId};
 use crate::metrics::PluginMetrics;
 use crate::model::{Event, Secret, Webhook};
@@ -114,13 +114,10 @@ pub fn test_plugin(
         ..Webhook::new(tenant, "", vec!["*".into()], now)
     };
     let ctx = AttemptContext::new("dlv_test", 1, now);
-    match runtime
-        .call(&plugin, &event, &webhook, &ctx)
-        .map_err(|e| DevkitError::Plugin(e.to_string()))?
-    {
+    // Exactly what a delivery attempt does: call, then check the request.
+    match shape_with(&runtime, &plugin, &event, &webhook, &ctx).map_err(DevkitError::Plugin)? {
         Shaped::Skip(reason) => Ok(TestOutcome::Skipped(reason)),
         Shaped::Deliver(req) => {
-            shape::check(&req).map_err(|e| DevkitError::Plugin(format!("invalid request: {e}")))?;
             let (headers, body) = build(&webhook, req, &ctx, now);
             let uri: axum::http::Uri = webhook
                 .url

@@ -412,8 +412,8 @@ impl Deliverer {
 }
 
 /// Calls `plugin` and checks what it produced: a request with forbidden or
-/// malformed headers is refused with the reason. CPU-bound: call it from a
-/// blocking thread.
+/// malformed headers is refused with the reason. CPU-bound, like
+/// [`PluginRuntime::call`].
 pub fn shape_with(
     runtime: &PluginRuntime,
     plugin: &LoadedPlugin,

@@ -461,7 +461,8 @@ impl PluginRuntime {
     }
 
     /// Runs the plugin for one attempt, counting the outcome. CPU-bound and
-    /// bounded by the deadline: call it from a blocking thread.
+    /// bounded by the deadline: call it from a blocking thread unless
+    /// [`LoadedPlugin::runs_inline`] says it is quick.
     pub fn call(
         &self,
         plugin: &LoadedPlugin,
