@@ -89,6 +89,15 @@ impl Receiver {
     }
 }
 
+/// CPU time this process (engine, receiver and load generator) has used.
+pub fn cpu_time() -> Duration {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
 pub type Http = Client<HttpConnector, Full<Bytes>>;
 
 pub fn http() -> Http {

@@ -28,7 +28,7 @@ enum Scenario {
     /// format) and latency at a steady rate, on both backends.
     Http {
         /// Events per throughput run.
-        #[arg(long, default_value_t = 10_000)]
+        #[arg(long, default_value_t = 20_000)]
         events: usize,
         /// Only this backend (`embedded` or `redis`); both by default.
         #[arg(long)]
@@ -61,7 +61,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::All => {
                 // Memory first, while the process is fresh.
                 scenarios::tenants(1_000).await?;
-                scenarios::http(10_000, None).await?;
+                scenarios::http(20_000, None).await?;
                 scenarios::plugin_overhead()?;
                 scenarios::reload().await?;
                 claims::run(20_000).await

@@ -317,6 +317,37 @@ async fn contract(store: Arc<dyn Store>, schedule: Arc<dyn Schedule>) {
     );
     assert!(store.plugin_version(&t, "fmt", 9).await.unwrap().is_none());
     assert!(store.plugin_versions(&t, "nope").await.unwrap().is_empty());
+
+    // A batch: answered in order, each event on its own terms (one new, one
+    // replayed by id, one reusing a key with other content).
+    let far = 10_000_000;
+    let answers = store
+        .insert_events(vec![
+            event(&t, "b1", "invoice.paid", None, "fb1", far),
+            event(&t, "e1", "invoice.paid", None, "f1", far),
+            event(&t, "b3", "invoice.paid", Some("k1"), "other", far),
+        ])
+        .await
+        .unwrap();
+    assert!(
+        matches!(&answers[0], Ingested::Created { event, deliveries, .. } if event.id.as_str() == "b1" && deliveries.len() == 2)
+    );
+    assert!(matches!(&answers[1], Ingested::Replayed(p) if p.event_id.as_str() == "e1"));
+    assert!(matches!(&answers[2], Ingested::KeyReused(_)));
+    assert!(
+        store
+            .get_event(&t, &EventId::from_trusted("b1"))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        store
+            .get_event(&t, &EventId::from_trusted("b3"))
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 /// With a one-second retention: finished records go, pending ones stay.

@@ -1,5 +1,5 @@
-//! The README walkthrough, fan-out, wildcards, idempotent triggers, payload
-//! fidelity.
+//! The README walkthrough, fan-out, wildcards, idempotent and batch
+//! triggers, payload fidelity.
 
 use crate::harness::{TestEngine, TestReceiver, verify_standard};
 use axum::http::StatusCode;
@@ -181,6 +181,99 @@ async fn idempotent_triggers_are_no_ops() {
     receiver.wait_for(2, WAIT).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(receiver.received().len(), 2, "each event delivered once");
+}
+
+#[tokio::test]
+async fn batch_triggers_are_checked_whole_and_replayed_per_event() {
+    let engine = TestEngine::spawn().await;
+    let receiver = TestReceiver::spawn().await;
+    let key = engine.tenant("bulk").await;
+    engine.webhook(&key, &receiver.url, json!({})).await;
+    let send = |key_header: Option<&'static str>, body: serde_json::Value| {
+        let mut req = engine
+            .http
+            .post(format!("{}/api/events/batch", engine.url))
+            .bearer_auth(&key)
+            .json(&body);
+        if let Some(k) = key_header {
+            req = req.header("Idempotency-Key", k);
+        }
+        async move {
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let batch = |second_total: u32| {
+        json!({"events": [
+            {"type": "invoice.paid", "data": {"n": 1}},
+            {"type": "invoice.paid", "data": {"n": 2, "total": second_total}},
+            {"type": "invoice.void", "data": {"n": 3}, "id": "inv-3-void"},
+        ]})
+    };
+
+    let (status, first) = send(Some("import-7"), batch(10)).await;
+    assert_eq!(status, 202, "{first}");
+    assert_eq!(first["accepted"], 3);
+    let events = first["events"].as_array().unwrap();
+    assert!(
+        events
+            .iter()
+            .all(|e| e["status"] == "accepted" && e["deliveries"] == 1)
+    );
+    assert_eq!(events[2]["id"], "inv-3-void");
+    let got = receiver.wait_for(3, WAIT).await;
+    let mut ns: Vec<i64> = got
+        .iter()
+        .map(|r| r.json()["data"]["n"].as_i64().unwrap())
+        .collect();
+    ns.sort();
+    assert_eq!(ns, [1, 2, 3]);
+
+    // The same batch again: every event replayed, nothing sent twice.
+    let (status, again) = send(Some("import-7"), batch(10)).await;
+    assert_eq!(status, 202);
+    assert_eq!(again["replayed"], 3);
+    for i in 0..3 {
+        assert_eq!(again["events"][i]["status"], "replayed");
+        assert_eq!(again["events"][i]["id"], first["events"][i]["id"]);
+    }
+    // One event changed under the same key: that one is a conflict.
+    let (status, changed) = send(Some("import-7"), batch(11)).await;
+    assert_eq!(status, 202);
+    assert_eq!(changed["conflicts"], 1);
+    assert_eq!(changed["replayed"], 2);
+    assert_eq!(changed["events"][1]["status"], "conflict");
+    assert_eq!(
+        changed["events"][1]["error"]["code"],
+        "idempotency_conflict"
+    );
+
+    // One bad event: nothing of the batch is written, and the error says which.
+    let (status, bad) = send(
+        None,
+        json!({"events": [
+            {"type": "ok.event", "data": {}, "id": "never-stored"},
+            {"type": "bad type!", "data": {}},
+        ]}),
+    )
+    .await;
+    assert_eq!(status, 422, "{bad}");
+    let message = bad["error"]["message"].as_str().unwrap();
+    assert!(message.starts_with("events[1].type:"), "{message}");
+    let (status, _) = engine.get("/api/events/never-stored", &key).await;
+    assert_eq!(status, 404);
+    for events in [
+        json!([]),
+        json!(vec![json!({"type": "x", "data": {}}); 101]),
+    ] {
+        let (status, body) = send(None, json!({"events": events})).await;
+        assert_eq!(status, 422, "{body}");
+        assert_eq!(body["error"]["code"], "validation_failed");
+    }
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.received().len(), 3, "each event delivered once");
 }
 
 #[tokio::test]

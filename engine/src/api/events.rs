@@ -1,9 +1,12 @@
-//! `POST /api/events` (trigger) and `GET /api/events/{id}`.
+//! `POST /api/events` (trigger), `POST /api/events/batch` (up to
+//! [`MAX_BATCH`] triggers in one request) and `GET /api/events/{id}`.
 //!
 //! A trigger is answered 202 only after the event and its deliveries are
 //! durable. The event id (given or minted) and the `Idempotency-Key` header
 //! each make a repeated trigger a no-op answered with the first answer; the
-//! same key with a different request is a 409.
+//! same key with a different request is a 409. In a batch, the header's key
+//! stands for one key per event, `<key>#<index>`, and each event's outcome
+//! (accepted, replayed or conflict) is answered in its place.
 
 use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
@@ -46,56 +49,154 @@ pub fn check_event_type(t: &str) -> Result<(), ApiError> {
     }
 }
 
+/// Most events one batch trigger takes.
+pub const MAX_BATCH: usize = 100;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Batch {
+    events: Vec<Trigger>,
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = v
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= 255)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_idempotency_key",
+                "Idempotency-Key must be 1 to 255 visible ASCII characters",
+            )
+        })?;
+    Ok(Some(key.to_owned()))
+}
+
 pub async fn trigger(
     caller: Caller,
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     Json(input): Json<Trigger>,
 ) -> ApiResult<Response> {
+    let new = new_event(&app, caller.id(), input, idempotency_key(&headers)?)?;
+    ingest(&app, new).await
+}
+
+/// Writes one event, hands its deliveries to the worker and answers; shared
+/// with the webhook `test` route.
+pub async fn ingest(app: &App, new: NewEvent) -> ApiResult<Response> {
+    match settle(app, app.store.insert_event(new).await?) {
+        Outcome::Accepted(body) => Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response()),
+        Outcome::Replayed(body) => {
+            let mut resp = (StatusCode::ACCEPTED, axum::Json(body)).into_response();
+            resp.headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            Ok(resp)
+        }
+        Outcome::Conflict(e) => Err(e),
+    }
+}
+
+/// `POST /api/events/batch`: every event is checked before any is written;
+/// the embedded store then writes them all in one transaction.
+pub async fn trigger_batch(
+    caller: Caller,
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Json(input): Json<Batch>,
+) -> ApiResult<Response> {
+    let n = input.events.len();
+    if n == 0 || n > MAX_BATCH {
+        return Err(ApiError::invalid(format!(
+            "events: must hold 1 to {MAX_BATCH} events, not {n}"
+        )));
+    }
+    let key = idempotency_key(&headers)?;
+    let mut news = Vec::with_capacity(n);
+    for (i, item) in input.events.into_iter().enumerate() {
+        let key = key.as_ref().map(|k| format!("{k}#{i}"));
+        let new = new_event(&app, caller.id(), item, key).map_err(|mut e| {
+            e.message = format!("events[{i}].{}", e.message);
+            e
+        })?;
+        news.push(new);
+    }
+    let (mut accepted, mut replayed, mut conflicts) = (0u32, 0u32, 0u32);
+    let results: Vec<Value> = app
+        .store
+        .insert_events(news)
+        .await?
+        .into_iter()
+        .map(|ingested| match settle(&app, ingested) {
+            Outcome::Accepted(mut body) => {
+                accepted += 1;
+                body["status"] = json!("accepted");
+                body
+            }
+            Outcome::Replayed(mut body) => {
+                replayed += 1;
+                body["status"] = json!("replayed");
+                body
+            }
+            Outcome::Conflict(e) => {
+                conflicts += 1;
+                json!({"status": "conflict", "error": {"code": e.code, "message": e.message}})
+            }
+        })
+        .collect();
+    let body = json!({
+        "accepted": accepted,
+        "replayed": replayed,
+        "conflicts": conflicts,
+        "events": results,
+    });
+    Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response())
+}
+
+/// A checked trigger, ready for the store.
+fn new_event(
+    app: &App,
+    tenant: &crate::ids::TenantId,
+    input: Trigger,
+    idempotency_key: Option<String>,
+) -> Result<NewEvent, ApiError> {
     check_event_type(&input.event_type)?;
     if !input.data.get().starts_with('{') {
         return Err(ApiError::invalid("data: must be a JSON object"));
     }
-    let idempotency_key = match headers.get("idempotency-key") {
-        None => None,
-        Some(v) => {
-            let key = v
-                .to_str()
-                .ok()
-                .filter(|k| !k.is_empty() && k.len() <= 255)
-                .ok_or_else(|| {
-                    ApiError::bad_request(
-                        "invalid_idempotency_key",
-                        "Idempotency-Key must be 1 to 255 visible ASCII characters",
-                    )
-                })?;
-            Some(key.to_owned())
-        }
-    };
     let id = match &input.id {
         Some(id) => {
             EventId::parse_external(id).map_err(|e| ApiError::invalid(format!("id: {e}")))?
         }
         None => EventId::generate(),
     };
-    let new = NewEvent {
+    let now = now_ms();
+    Ok(NewEvent {
         id,
-        tenant: caller.id().clone(),
+        tenant: tenant.clone(),
         fingerprint: fingerprint(&input.event_type, input.data.get(), input.id.as_deref()),
         event_type: input.event_type,
         data: input.data,
-        occurred_at_ms: now_ms(),
+        occurred_at_ms: now,
         idempotency_key,
         only_webhook: None,
-        due_at_ms: now_ms() + app.deliverer.lease().as_millis() as u64,
-    };
-    ingest(&app, new).await
+        due_at_ms: now + app.deliverer.lease().as_millis() as u64,
+    })
 }
 
-/// Writes an event and hands its deliveries to the worker; shared with the
-/// webhook `test` route.
-pub async fn ingest(app: &App, new: NewEvent) -> ApiResult<Response> {
-    match app.store.insert_event(new).await? {
+/// What became of one trigger, as its answer.
+enum Outcome {
+    Accepted(Value),
+    Replayed(Value),
+    Conflict(ApiError),
+}
+
+/// Counts a written trigger and hands its deliveries to the worker.
+fn settle(app: &App, ingested: Ingested) -> Outcome {
+    match ingested {
         Ingested::Created {
             event,
             deliveries,
@@ -115,16 +216,13 @@ pub async fn ingest(app: &App, new: NewEvent) -> ApiResult<Response> {
                 &deliveries,
             );
             body["filtered"] = json!(filtered);
-            Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response())
+            Outcome::Accepted(body)
         }
         Ingested::Replayed(prev) => {
             app.metrics.events_replayed.inc();
-            let mut resp = (StatusCode::ACCEPTED, axum::Json(replayed(&prev))).into_response();
-            resp.headers_mut()
-                .insert("idempotent-replayed", HeaderValue::from_static("true"));
-            Ok(resp)
+            Outcome::Replayed(replayed(&prev))
         }
-        Ingested::KeyReused(prev) => Err(ApiError::new(
+        Ingested::KeyReused(prev) => Outcome::Conflict(ApiError::new(
             StatusCode::CONFLICT,
             "idempotency_conflict",
             format!(

@@ -27,6 +27,7 @@ pub fn router(app: Arc<App>) -> Router {
     let plugin_limit = app.settings.max_plugin_bytes;
     let tenant_routes = Router::new()
         .route("/events", post(events::trigger))
+        .route("/events/batch", post(events::trigger_batch))
         .route("/events/{event_id}", get(events::get))
         .route("/webhooks", post(webhooks::create).get(webhooks::list))
         .route("/webhooks/stats", get(webhooks::tenant_stats))

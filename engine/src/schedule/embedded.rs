@@ -8,39 +8,37 @@ use super::Schedule;
 use crate::ids::{DeliveryId, TenantId};
 use crate::model::Delivery;
 use crate::store::StoreError;
-use crate::store::embedded::{DELIVERIES, EmbeddedStore, SCHEDULE, SCHEDULE_DUE};
+use crate::store::embedded::{EmbeddedStore, Hot, SCHEDULE};
 use async_trait::async_trait;
-use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
+use redb::{ReadableDatabase, ReadableTable};
 
 /// Puts a delivery in the schedule at `due_ms`, moving it if it was there.
 pub(crate) fn schedule_at(
-    txn: &WriteTransaction,
+    hot: &mut Hot<'_>,
     id: &str,
     due_ms: u64,
     leased: bool,
 ) -> Result<(), redb::Error> {
-    unschedule(txn, id)?;
-    txn.open_table(SCHEDULE)?.insert((due_ms, id), leased)?;
-    txn.open_table(SCHEDULE_DUE)?.insert(id, due_ms)?;
+    unschedule(hot, id)?;
+    hot.schedule.insert((due_ms, id), leased)?;
+    hot.schedule_due.insert(id, due_ms)?;
     Ok(())
 }
 
 /// Takes a delivery out of the schedule, if it is there.
-pub(crate) fn unschedule(txn: &WriteTransaction, id: &str) -> Result<(), redb::Error> {
-    let mut due = txn.open_table(SCHEDULE_DUE)?;
-    let old = due.remove(id)?.map(|g| g.value());
+pub(crate) fn unschedule(hot: &mut Hot<'_>, id: &str) -> Result<(), redb::Error> {
+    let old = hot.schedule_due.remove(id)?.map(|g| g.value());
     if let Some(old) = old {
-        txn.open_table(SCHEDULE)?.remove((old, id))?;
+        hot.schedule.remove((old, id))?;
     }
     Ok(())
 }
 
 /// Makes every lease left by a previous run due now.
-pub(crate) fn release_leases(txn: &WriteTransaction, now_ms: u64) -> Result<usize, redb::Error> {
+pub(crate) fn release_leases(hot: &mut Hot<'_>, now_ms: u64) -> Result<usize, redb::Error> {
     let leased: Vec<String> = {
-        let table = txn.open_table(SCHEDULE)?;
         let mut ids = Vec::new();
-        for item in table.iter()? {
+        for item in hot.schedule.iter()? {
             let (key, leased) = item?;
             if leased.value() {
                 ids.push(key.value().1.to_owned());
@@ -49,7 +47,7 @@ pub(crate) fn release_leases(txn: &WriteTransaction, now_ms: u64) -> Result<usiz
         ids
     };
     for id in &leased {
-        schedule_at(txn, id, now_ms, false)?;
+        schedule_at(hot, id, now_ms, false)?;
     }
     Ok(leased.len())
 }
@@ -67,11 +65,10 @@ impl Schedule for EmbeddedStore {
             Some(due) if due <= now_ms => {}
             _ => return Ok(Vec::new()),
         }
-        self.write(move |txn| {
+        self.write_hot(move |hot| {
             let due: Vec<String> = {
-                let table = txn.open_table(SCHEDULE)?;
                 let mut ids = Vec::new();
-                for item in table.range((0u64, "")..=(now_ms, "\u{7f}"))? {
+                for item in hot.schedule.range((0u64, "")..=(now_ms, "\u{7f}"))? {
                     if ids.len() >= limit {
                         break;
                     }
@@ -79,11 +76,10 @@ impl Schedule for EmbeddedStore {
                 }
                 ids
             };
-            let deliveries = txn.open_table(DELIVERIES)?;
             let mut claimed = Vec::with_capacity(due.len());
             for id in due {
-                schedule_at(txn, &id, now_ms + lease_ms, true)?;
-                if let Some(d) = deliveries.get(id.as_str())? {
+                schedule_at(hot, &id, now_ms + lease_ms, true)?;
+                if let Some(d) = hot.deliveries.get(id.as_str())? {
                     let d: Delivery = serde_json::from_slice(d.value())?;
                     claimed.push((d.tenant, d.id));
                 }

@@ -11,7 +11,10 @@
 //! Records are JSON. A closure that fails leaves whatever it already wrote in
 //! the shared transaction, so closures check before they write. Delivery
 //! counters are changed in memory by the closures of a batch and written
-//! once per counter just before the commit.
+//! once per counter just before the commit. The tables that triggers,
+//! attempts and claims write ([`Hot`]) are opened once per batch and stay
+//! open while such writes follow each other; any other write closes them
+//! first.
 
 use super::{IdempotentAnswer, Ingested, NewEvent, Page, PluginUpload, Store, StoreError};
 use crate::ids::{DeliveryId, EventId, TenantId, WebhookId};
@@ -21,7 +24,7 @@ use crate::model::{
 };
 use crate::schedule::embedded::{release_leases, schedule_at, unschedule};
 use async_trait::async_trait;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::cell::RefCell;
@@ -60,7 +63,65 @@ const MAX_ID: &str = "\u{7f}";
 const MAX_GROUP: usize = 512;
 
 type Done = Box<dyn FnOnce(Result<(), String>) + Send>;
-type Op = Box<dyn FnOnce(Option<&WriteTransaction>) -> Done + Send>;
+type Op = Box<dyn for<'b, 't> FnOnce(Option<&'b mut Batch<'t>>) -> Done + Send>;
+
+type Keyed2 = (&'static str, &'static str);
+
+/// The tables hot-path writes use, open together.
+pub(crate) struct Hot<'t> {
+    pub txn: &'t WriteTransaction,
+    pub events: Table<'t, Keyed2, Json>,
+    pub idempotency: Table<'t, Keyed2, Json>,
+    pub event_types: Table<'t, Keyed2, Json>,
+    pub event_deliveries: Table<'t, (&'static str, &'static str, &'static str), ()>,
+    pub webhook_deliveries: Table<'t, Keyed2, ()>,
+    pub deliveries: Table<'t, &'static str, Json>,
+    pub attempts: Table<'t, (&'static str, u32), Json>,
+    pub stats: Table<'t, Keyed2, Json>,
+    pub schedule: Table<'t, (u64, &'static str), bool>,
+    pub schedule_due: Table<'t, &'static str, u64>,
+}
+
+impl<'t> Hot<'t> {
+    pub fn open(txn: &'t WriteTransaction) -> Result<Hot<'t>, redb::Error> {
+        Ok(Hot {
+            txn,
+            events: txn.open_table(EVENTS)?,
+            idempotency: txn.open_table(IDEMPOTENCY)?,
+            event_types: txn.open_table(EVENT_TYPES)?,
+            event_deliveries: txn.open_table(EVENT_DELIVERIES)?,
+            webhook_deliveries: txn.open_table(WEBHOOK_DELIVERIES)?,
+            deliveries: txn.open_table(DELIVERIES)?,
+            attempts: txn.open_table(ATTEMPTS)?,
+            stats: txn.open_table(STATS)?,
+            schedule: txn.open_table(SCHEDULE)?,
+            schedule_due: txn.open_table(SCHEDULE_DUE)?,
+        })
+    }
+}
+
+/// One group transaction as its closures see it: the transaction, and the
+/// [`Hot`] tables while hot-path writes follow each other (opening a table
+/// is a lookup in redb's table tree, closing it a write there).
+pub(crate) struct Batch<'t> {
+    txn: &'t WriteTransaction,
+    hot: Option<Hot<'t>>,
+}
+
+impl<'t> Batch<'t> {
+    /// The transaction, for a closure that opens tables itself.
+    fn txn(&mut self) -> &'t WriteTransaction {
+        self.hot = None;
+        self.txn
+    }
+
+    fn hot(&mut self) -> Result<&mut Hot<'t>, redb::Error> {
+        if self.hot.is_none() {
+            self.hot = Some(Hot::open(self.txn)?);
+        }
+        Ok(self.hot.as_mut().expect("just opened"))
+    }
+}
 use super::CachedHook;
 type WebhookCache = Mutex<HashMap<TenantId, Arc<Vec<CachedHook>>>>;
 
@@ -102,7 +163,7 @@ impl EmbeddedStore {
             txn.open_table(PLUGIN_VERSIONS).map_err(redb::Error::from)?;
             txn.open_table(PLUGIN_BLOBS).map_err(redb::Error::from)?;
         }
-        let released = release_leases(&txn, crate::clock::now_ms())?;
+        let released = release_leases(&mut Hot::open(&txn)?, crate::clock::now_ms())?;
         txn.commit().map_err(redb::Error::from)?;
         if released > 0 {
             tracing::info!(
@@ -135,10 +196,25 @@ impl EmbeddedStore {
         &self,
         f: impl FnOnce(&WriteTransaction) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
+        self.write_batch(move |b| f(b.txn())).await
+    }
+
+    /// [`Self::write`] for a closure that needs only the [`Hot`] tables.
+    pub(crate) async fn write_hot<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Hot<'_>) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        self.write_batch(move |b| f(b.hot()?)).await
+    }
+
+    async fn write_batch<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Batch<'_>) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
         let (tx, rx) = oneshot::channel();
-        let op: Op = Box::new(move |txn| {
-            let result = match txn {
-                Some(txn) => f(txn),
+        let op: Op = Box::new(move |batch| {
+            let result = match batch {
+                Some(batch) => f(batch),
                 None => Err(StoreError::Closed),
             };
             Box::new(move |committed: Result<(), String>| {
@@ -181,8 +257,14 @@ fn write_loop(db: &Database, mut rx: mpsc::Receiver<Op>) {
         }
         match db.begin_write() {
             Ok(txn) => {
-                let done: Vec<Done> = ops.into_iter().map(|op| op(Some(&txn))).collect();
-                let committed = match flush_stats(&txn) {
+                let mut batch = Batch {
+                    txn: &txn,
+                    hot: None,
+                };
+                let done: Vec<Done> = ops.into_iter().map(|op| op(Some(&mut batch))).collect();
+                let flushed = flush_stats(&mut batch);
+                drop(batch);
+                let committed = match flushed {
                     Ok(()) => txn.commit().map_err(|e| e.to_string()),
                     // Dropping the transaction aborts it: nothing is half-counted.
                     Err(e) => Err(format!("writing counters: {e}")),
@@ -273,7 +355,7 @@ thread_local! {
 }
 
 fn update_stats(
-    txn: &WriteTransaction,
+    hot: &Hot<'_>,
     tenant: &str,
     webhook: &str,
     f: impl FnOnce(&mut DeliveryStats),
@@ -284,8 +366,7 @@ fn update_stats(
         let stats = match pending.entry(key) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(e) => {
-                let current: Option<DeliveryStats> =
-                    get_json(&table!(txn, STATS), (tenant, webhook))?;
+                let current: Option<DeliveryStats> = get_json(&hot.stats, (tenant, webhook))?;
                 e.insert(current.unwrap_or_default())
             }
         };
@@ -295,12 +376,12 @@ fn update_stats(
 }
 
 /// Writes the batch's changed counters; the last step before a commit.
-fn flush_stats(txn: &WriteTransaction) -> Result<(), StoreError> {
+fn flush_stats(batch: &mut Batch<'_>) -> Result<(), StoreError> {
     let pending = PENDING_STATS.with(|p| std::mem::take(&mut *p.borrow_mut()));
     if pending.is_empty() {
         return Ok(());
     }
-    let mut table = table!(txn, STATS);
+    let table = &mut batch.hot()?.stats;
     for ((tenant, webhook), stats) in &pending {
         table
             .insert((tenant.as_str(), webhook.as_str()), enc(stats).as_slice())
@@ -309,13 +390,13 @@ fn flush_stats(txn: &WriteTransaction) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn write_delivery(txn: &WriteTransaction, d: &Delivery) -> Result<(), StoreError> {
-    table!(txn, DELIVERIES)
+fn write_delivery(hot: &mut Hot<'_>, d: &Delivery) -> Result<(), StoreError> {
+    hot.deliveries
         .insert(d.id.as_str(), enc(d).as_slice())
         .map_err(redb::Error::from)?;
     match (d.status, d.next_attempt_at_ms) {
-        (DeliveryStatus::Pending, Some(due)) => schedule_at(txn, d.id.as_str(), due, false)?,
-        _ => unschedule(txn, d.id.as_str())?,
+        (DeliveryStatus::Pending, Some(due)) => schedule_at(hot, d.id.as_str(), due, false)?,
+        _ => unschedule(hot, d.id.as_str())?,
     }
     Ok(())
 }
@@ -337,18 +418,15 @@ fn tenant_webhooks(
     Ok(hooks)
 }
 
-fn ingest(
-    txn: &WriteTransaction,
-    cache: &WebhookCache,
-    new: NewEvent,
-) -> Result<Ingested, StoreError> {
+fn ingest(hot: &mut Hot<'_>, cache: &WebhookCache, new: NewEvent) -> Result<Ingested, StoreError> {
     let tenant = new.tenant.as_str();
     let id_key = format!("id:{}", new.id);
     let header_key = new.idempotency_key.as_ref().map(|k| format!("key:{k}"));
     {
-        let idem = table!(txn, IDEMPOTENCY);
         for key in header_key.iter().chain(std::iter::once(&id_key)) {
-            if let Some(prev) = get_json::<_, IdempotentAnswer>(&idem, (tenant, key.as_str()))? {
+            if let Some(prev) =
+                get_json::<_, IdempotentAnswer>(&hot.idempotency, (tenant, key.as_str()))?
+            {
                 return Ok(if prev.fingerprint == new.fingerprint {
                     Ingested::Replayed(prev)
                 } else {
@@ -358,7 +436,7 @@ fn ingest(
         }
     }
 
-    let hooks = tenant_webhooks(txn, cache, &new.tenant)?;
+    let hooks = tenant_webhooks(hot.txn, cache, &new.tenant)?;
     let (targets, filtered) = super::fan_out(&hooks, &new)?;
     let event = Event {
         id: new.id,
@@ -372,7 +450,7 @@ fn ingest(
         .map(|w| super::new_delivery(&event, w, new.due_at_ms))
         .collect();
 
-    table!(txn, EVENTS)
+    hot.events
         .insert((tenant, event.id.as_str()), enc(&event).as_slice())
         .map_err(redb::Error::from)?;
     let answer = IdempotentAnswer {
@@ -382,16 +460,14 @@ fn ingest(
         fingerprint: new.fingerprint,
         at_ms: event.occurred_at_ms,
     };
-    {
-        let mut idem = table!(txn, IDEMPOTENCY);
-        for key in header_key.iter().chain(std::iter::once(&id_key)) {
-            idem.insert((tenant, key.as_str()), enc(&answer).as_slice())
-                .map_err(redb::Error::from)?;
-        }
+    for key in header_key.iter().chain(std::iter::once(&id_key)) {
+        hot.idempotency
+            .insert((tenant, key.as_str()), enc(&answer).as_slice())
+            .map_err(redb::Error::from)?;
     }
     {
-        let mut types = table!(txn, EVENT_TYPES);
-        let mut seen: EventTypeSeen = get_json(&types, (tenant, event.event_type.as_str()))?
+        let types = &mut hot.event_types;
+        let mut seen: EventTypeSeen = get_json(&*types, (tenant, event.event_type.as_str()))?
             .unwrap_or(EventTypeSeen {
                 event_type: event.event_type.clone(),
                 count: 0,
@@ -403,33 +479,28 @@ fn ingest(
             .insert((tenant, event.event_type.as_str()), enc(&seen).as_slice())
             .map_err(redb::Error::from)?;
     }
-    {
-        // Each table opened once for all deliveries (opening one is a lookup
-        // in redb's table tree, closing it an update there).
-        let mut by_event = table!(txn, EVENT_DELIVERIES);
-        let mut by_hook = table!(txn, WEBHOOK_DELIVERIES);
-        let mut records = table!(txn, DELIVERIES);
-        let mut schedule = table!(txn, SCHEDULE);
-        let mut due = table!(txn, SCHEDULE_DUE);
-        for d in &deliveries {
-            let (id, hook) = (d.id.as_str(), d.webhook_id.as_str());
-            by_event
-                .insert((tenant, event.id.as_str(), id), ())
-                .map_err(redb::Error::from)?;
-            by_hook.insert((hook, id), ()).map_err(redb::Error::from)?;
-            update_stats(txn, tenant, hook, |s| {
-                s.total += 1;
-                s.pending += 1;
-            })?;
-            records
-                .insert(id, enc(d).as_slice())
-                .map_err(redb::Error::from)?;
-            // A new id: never scheduled before, so nothing to take out first.
-            schedule
-                .insert((new.due_at_ms, id), true)
-                .map_err(redb::Error::from)?;
-            due.insert(id, new.due_at_ms).map_err(redb::Error::from)?;
-        }
+    for d in &deliveries {
+        let (id, hook) = (d.id.as_str(), d.webhook_id.as_str());
+        hot.event_deliveries
+            .insert((tenant, event.id.as_str(), id), ())
+            .map_err(redb::Error::from)?;
+        hot.webhook_deliveries
+            .insert((hook, id), ())
+            .map_err(redb::Error::from)?;
+        update_stats(hot, tenant, hook, |s| {
+            s.total += 1;
+            s.pending += 1;
+        })?;
+        hot.deliveries
+            .insert(id, enc(d).as_slice())
+            .map_err(redb::Error::from)?;
+        // A new id: never scheduled before, so nothing to take out first.
+        hot.schedule
+            .insert((new.due_at_ms, id), true)
+            .map_err(redb::Error::from)?;
+        hot.schedule_due
+            .insert(id, new.due_at_ms)
+            .map_err(redb::Error::from)?;
     }
     Ok(Ingested::Created {
         event,
@@ -603,7 +674,14 @@ impl Store for EmbeddedStore {
 
     async fn insert_event(&self, event: NewEvent) -> Result<Ingested, StoreError> {
         let cache = self.webhooks.clone();
-        self.write(move |txn| ingest(txn, &cache, event)).await
+        self.write_hot(move |hot| ingest(hot, &cache, event)).await
+    }
+
+    /// One transaction, and so one disk sync, for the whole batch.
+    async fn insert_events(&self, events: Vec<NewEvent>) -> Result<Vec<Ingested>, StoreError> {
+        let cache = self.webhooks.clone();
+        self.write_hot(move |hot| events.into_iter().map(|e| ingest(hot, &cache, e)).collect())
+            .await
     }
 
     async fn get_event(
@@ -705,19 +783,18 @@ impl Store for EmbeddedStore {
         delivery: Delivery,
         attempt: Option<Attempt>,
     ) -> Result<(), StoreError> {
-        self.write(move |txn| {
-            let previous: Option<Delivery> =
-                get_json(&table!(txn, DELIVERIES), delivery.id.as_str())?;
+        self.write_hot(move |hot| {
+            let previous: Option<Delivery> = get_json(&hot.deliveries, delivery.id.as_str())?;
             let Some(previous) = previous else {
                 return Err(StoreError::NotFound("delivery"));
             };
             if let Some(a) = &attempt {
-                table!(txn, ATTEMPTS)
+                hot.attempts
                     .insert((a.delivery_id.as_str(), a.attempt), enc(a).as_slice())
                     .map_err(redb::Error::from)?;
             }
             update_stats(
-                txn,
+                hot,
                 delivery.tenant.as_str(),
                 delivery.webhook_id.as_str(),
                 |s| {
@@ -731,7 +808,7 @@ impl Store for EmbeddedStore {
                     }
                 },
             )?;
-            write_delivery(txn, &delivery)
+            write_delivery(hot, &delivery)
         })
         .await
     }
@@ -743,17 +820,17 @@ impl Store for EmbeddedStore {
         now_ms: u64,
     ) -> Result<Delivery, StoreError> {
         let (tenant, id) = (tenant.clone(), id.clone());
-        self.write(move |txn| {
-            let mut d: Delivery = get_json::<_, Delivery>(&table!(txn, DELIVERIES), id.as_str())?
+        self.write_hot(move |hot| {
+            let mut d: Delivery = get_json::<_, Delivery>(&hot.deliveries, id.as_str())?
                 .filter(|d| d.tenant == tenant)
                 .ok_or(StoreError::NotFound("delivery"))?;
             let previous = d.status;
             d.reopen(now_ms);
-            update_stats(txn, d.tenant.as_str(), d.webhook_id.as_str(), |s| {
+            update_stats(hot, d.tenant.as_str(), d.webhook_id.as_str(), |s| {
                 s.count(previous, -1);
                 s.count(DeliveryStatus::Pending, 1);
             })?;
-            write_delivery(txn, &d)?;
+            write_delivery(hot, &d)?;
             Ok(d)
         })
         .await

@@ -251,6 +251,12 @@ pub trait Store: Send + Sync + 'static {
     /// Writes an event and fans it out to the tenant's active, subscribed
     /// webhooks (see the module doc for what is atomic).
     async fn insert_event(&self, event: NewEvent) -> Result<Ingested, StoreError>;
+    /// Several triggers, answered in order. Each is atomic on its own; the
+    /// embedded backend also writes them all in one transaction, while this
+    /// default (Redis) writes them concurrently, one script each.
+    async fn insert_events(&self, events: Vec<NewEvent>) -> Result<Vec<Ingested>, StoreError> {
+        futures_util::future::try_join_all(events.into_iter().map(|e| self.insert_event(e))).await
+    }
     async fn get_event(&self, tenant: &TenantId, id: &EventId)
     -> Result<Option<Event>, StoreError>;
     async fn event_deliveries(
