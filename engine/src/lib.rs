@@ -48,6 +48,9 @@ pub struct App {
     pub plugins: Arc<PluginRuntime>,
     pub deliverer: Arc<Deliverer>,
     pub metrics: Arc<Metrics>,
+    /// Tenants of API keys already seen, so a trigger reads nothing to
+    /// authenticate.
+    pub known_keys: api::KnownKeys,
 }
 
 /// Runs the engine on `listener` until `shutdown` resolves: serves the API,
@@ -107,6 +110,7 @@ pub async fn run(
         plugins,
         deliverer: deliverer.clone(),
         metrics,
+        known_keys: Default::default(),
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -10,7 +10,32 @@ use axum::extract::{FromRequestParts, RawPathParams};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use sha2::{Digest, Sha256};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// How many API keys [`KnownKeys`] remembers before it starts over.
+const KNOWN_KEYS_MAX: usize = 100_000;
+
+/// The tenant of each API key (by its hash) seen before. Keys and tenants are
+/// never changed or removed once created, so an entry cannot go stale; a route
+/// that revokes a key or removes a tenant would have to drop its entries here
+/// (and, with Redis, on every engine).
+#[derive(Default)]
+pub struct KnownKeys(Mutex<HashMap<String, Tenant>>);
+
+impl KnownKeys {
+    fn get(&self, hash: &str) -> Option<Tenant> {
+        self.0.lock().expect("key cache lock").get(hash).cloned()
+    }
+
+    fn remember(&self, hash: String, tenant: &Tenant) {
+        let mut known = self.0.lock().expect("key cache lock");
+        if known.len() >= KNOWN_KEYS_MAX {
+            known.clear();
+        }
+        known.insert(hash, tenant.clone());
+    }
+}
 
 /// The tenant a request acts for.
 pub struct Caller {
@@ -100,21 +125,24 @@ impl FromRequestParts<Arc<App>> for Caller {
                 is_admin: true,
             });
         }
-        let key = bearer(parts)?;
-        let tenant_id = app
-            .store
-            .tenant_by_key_hash(&hash_key(key))
-            .await?
-            .ok_or_else(|| {
-                ApiError::unauthorized(
-                    "invalid API key (the admin token acts for a tenant under /api/tenants/{tenant}/…)",
-                )
-            })?;
+        let hash = hash_key(bearer(parts)?);
+        if let Some(tenant) = app.known_keys.get(&hash) {
+            return Ok(Caller {
+                tenant,
+                is_admin: false,
+            });
+        }
+        let tenant_id = app.store.tenant_by_key_hash(&hash).await?.ok_or_else(|| {
+            ApiError::unauthorized(
+                "invalid API key (the admin token acts for a tenant under /api/tenants/{tenant}/…)",
+            )
+        })?;
         let tenant = app
             .store
             .get_tenant(&tenant_id)
             .await?
             .ok_or_else(|| ApiError::unauthorized("invalid API key"))?;
+        app.known_keys.remember(hash, &tenant);
         Ok(Caller {
             tenant,
             is_admin: false,

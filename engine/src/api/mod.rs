@@ -11,6 +11,8 @@ mod tenants;
 mod views;
 mod webhooks;
 
+pub use auth::KnownKeys;
+
 use crate::App;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
