@@ -62,12 +62,12 @@ fn main() -> anyhow::Result<()> {
                 // Memory first, while the process is fresh.
                 scenarios::tenants(1_000).await?;
                 scenarios::http(20_000, None).await?;
-                scenarios::plugin_overhead()?;
+                scenarios::plugin_overhead().await?;
                 scenarios::reload().await?;
                 claims::run(20_000).await
             }
             Scenario::Http { events, backend } => scenarios::http(events, backend.as_deref()).await,
-            Scenario::Plugin => scenarios::plugin_overhead(),
+            Scenario::Plugin => scenarios::plugin_overhead().await,
             Scenario::Reload => scenarios::reload().await,
             Scenario::Tenants { tenants } => scenarios::tenants(tenants).await,
             Scenario::Claims { deliveries } => claims::run(deliveries).await,

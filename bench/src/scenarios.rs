@@ -16,9 +16,16 @@ fn trigger_body(data: &Value) -> Bytes {
     Bytes::from(json!({"type": "invoice.paid", "data": data}).to_string())
 }
 
+/// A ceiling run: requests per second, and CPU time per request (client and
+/// receiver together).
+struct Ceiling {
+    rate: f64,
+    cpu_per_request: Duration,
+}
+
 /// Requests per second a bare hyper client achieves against the receiver:
 /// the same 1 KiB JSON POSTs, the same concurrency.
-async fn ceiling(http: &Http, n: usize, body: Bytes) -> anyhow::Result<f64> {
+async fn ceiling(http: &Http, n: usize, body: Bytes) -> anyhow::Result<Ceiling> {
     let rx = Receiver::spawn().await?;
     let (started, cpu) = (Instant::now(), cpu_time());
     let url = rx.url.clone();
@@ -32,13 +39,10 @@ async fn ceiling(http: &Http, n: usize, body: Bytes) -> anyhow::Result<f64> {
     })
     .await?;
     let wall = started.elapsed().as_secs_f64();
-    if std::env::var_os("BENCH_DEBUG").is_some() {
-        eprintln!(
-            "ceiling: {:.2} cores busy",
-            (cpu_time() - cpu).as_secs_f64() / wall
-        );
-    }
-    Ok(n as f64 / wall)
+    Ok(Ceiling {
+        rate: n as f64 / wall,
+        cpu_per_request: (cpu_time() - cpu) / n as u32,
+    })
 }
 
 /// One trigger; its answer.
@@ -170,12 +174,16 @@ pub async fn http(events: usize, only: Option<&str>) -> anyhow::Result<()> {
     for _ in 0..3 {
         ceilings.push(ceiling(&http, events, delivery_body.clone()).await?);
     }
-    ceilings.sort_by(f64::total_cmp);
+    ceilings.sort_by(|a, b| a.rate.total_cmp(&b.rate));
     let gestiqcloud = crate::harness::plugin("gestiqcloud")?;
 
     println!(
-        "### Ceiling\n\nBare hyper client → receiver, 1 KiB JSON, {CONCURRENCY} in flight: **{:.0} requests/s** (median of {:.0}, {:.0}, {:.0}).\n",
-        ceilings[1], ceilings[0], ceilings[1], ceilings[2]
+        "### Ceiling\n\nBare hyper client → receiver, 1 KiB JSON, {CONCURRENCY} in flight: **{:.0} requests/s** (median of {:.0}, {:.0}, {:.0}), {:.1} µs of CPU per request (client and receiver).\n",
+        ceilings[1].rate,
+        ceilings[0].rate,
+        ceilings[1].rate,
+        ceilings[2].rate,
+        ceilings[1].cpu_per_request.as_secs_f64() * 1e6
     );
     println!("### Ingest, end to end, latency\n");
     println!(
@@ -234,7 +242,9 @@ pub async fn http(events: usize, only: Option<&str>) -> anyhow::Result<()> {
                 engine.webhook(&http, &rx.url, plugin).await?;
             }
             let n = events / fanout;
-            let near = ceiling(&http, n * fanout, delivery_body.clone()).await?;
+            let near = ceiling(&http, n * fanout, delivery_body.clone())
+                .await?
+                .rate;
             let (started, cpu) = (Instant::now(), cpu_time());
             if batched {
                 blast_batched(&http, &engine, n, &batch).await?;
@@ -292,7 +302,7 @@ fn latency_cells(sorted: &[Duration]) -> String {
 /// Microseconds per delivery spent shaping: the native default format, and
 /// the `gestiqcloud` plugin (filter + transform, reading the data), with a
 /// fresh instance per call and with warm instances (the engine's default).
-pub fn plugin_overhead() -> anyhow::Result<()> {
+pub async fn plugin_overhead() -> anyhow::Result<()> {
     use wasmhook::delivery::request::AttemptContext;
     use wasmhook::delivery::shape;
     use wasmhook::ids::{EventId, TenantId};
@@ -320,7 +330,17 @@ pub fn plugin_overhead() -> anyhow::Result<()> {
         plugin_config: json!({"source": "gestiqcloud", "version": "1.0"}),
         ..Webhook::new(tenant.clone(), "http://127.0.0.1/x", vec!["*".into()], 0)
     };
+    // What the target compares with: the CPU one HTTP request costs (bare
+    // client and receiver) on this machine, now.
+    let http = crate::harness::http();
+    let request = ceiling(&http, 20_000, Bytes::from(payload(1024).to_string()))
+        .await?
+        .cpu_per_request;
     println!("### Plugin overhead\n");
+    println!(
+        "One 1 KiB HTTP request (bare hyper client → receiver) cost {:.1} µs of CPU in this run.\n",
+        request.as_secs_f64() * 1e6
+    );
     println!(
         "| payload | native default format | plugin `gestiqcloud`, fresh instance per call | plugin `gestiqcloud`, warm instance (default) | warm plugin minus native |"
     );
