@@ -466,4 +466,34 @@ async fn redis_backend_keeps_the_contract() {
         .await
         .unwrap();
     retention(Arc::new(short)).await;
+
+    // Each engine keeps a tenant's webhooks in memory for fan-out; a change
+    // made through another engine is seen at the next trigger all the same.
+    let a = RedisStore::connect(&server.url(), "shared", 4, DAY)
+        .await
+        .unwrap();
+    let b = RedisStore::connect(&server.url(), "shared", 4, DAY)
+        .await
+        .unwrap();
+    let t = TenantId::from_trusted("fan");
+    let first = webhook(&t, &["*"]);
+    a.put_webhook(first.clone()).await.unwrap();
+    let fanned = |ingested: Ingested| match ingested {
+        Ingested::Created { deliveries, .. } => deliveries.len(),
+        _ => panic!("not created"),
+    };
+    let at = |id: &str| event(&t, id, "invoice.paid", None, id, 5_000);
+    assert_eq!(fanned(a.insert_event(at("s1")).await.unwrap()), 1);
+    let second = webhook(&t, &["invoice.*"]);
+    b.put_webhook(second.clone()).await.unwrap();
+    assert_eq!(fanned(a.insert_event(at("s2")).await.unwrap()), 2);
+    assert!(b.delete_webhook(&t, &first.id).await.unwrap());
+    assert_eq!(fanned(a.insert_event(at("s3")).await.unwrap()), 1);
+    b.put_webhook(Webhook {
+        active: false,
+        ..second
+    })
+    .await
+    .unwrap();
+    assert_eq!(fanned(a.insert_event(at("s4")).await.unwrap()), 0);
 }

@@ -22,6 +22,13 @@
 //!   the receiver sees the same delivery id twice.
 //! - Recording an attempt (attempt log, delivery, counters, schedule) is one
 //!   script. An attempt sent but not recorded (crash in between) is repeated.
+//! - Each engine keeps a tenant's webhooks (filters compiled) in memory for
+//!   fan-out, with the tenant's webhook version `whv:<tenant>`, a counter that
+//!   every webhook write increments in the same transaction. The trigger
+//!   script refuses a fan-out computed at another version; the engine then
+//!   reloads and tries again. A trigger therefore never fans out to a stale
+//!   set of webhooks, whichever engine changed them, and nothing depends on a
+//!   pub/sub message arriving.
 //! - Retention: finished deliveries and their attempts expire `retention`
 //!   after they finish, events when their last pending delivery finishes (or
 //!   at once if they fanned out to nothing), idempotency keys `retention`
@@ -42,7 +49,11 @@ use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// A tenant's webhooks for fan-out, and the webhook version they were read at.
+type Hooks = (i64, Arc<Vec<CachedHook>>);
 
 /// Something another engine sharing the Redis wants this one to know.
 #[derive(Debug, Clone, PartialEq)]
@@ -68,16 +79,20 @@ pub struct RedisStore {
     put_plugin: Script,
     finish: Script,
     create_tenant: Script,
+    hooks: Mutex<HashMap<TenantId, Hooks>>,
 }
 
 const INGEST: &str = r#"
 -- KEYS: idem(id), idem(header or id again), event, event deliveries, schedule, stats, types,
---       event's pending count, then (delivery, webhook index) pairs
--- ARGV: answer, event, ttl, due, tenant, type, now, n, then (delivery id, delivery json, webhook id) triples
+--       event's pending count, webhook version, then (delivery, webhook index) pairs
+-- ARGV: answer, event, ttl, due, tenant, type, now, n, webhook version the fan-out used,
+--       then (delivery id, delivery json, webhook id) triples
+-- Returns {1, ''} written, {0, first answer} a replay, {2, ''} fan-out from stale webhooks.
 for i = 1, 2 do
   local prev = redis.call('GET', KEYS[i])
   if prev then return {0, prev} end
 end
+if (redis.call('GET', KEYS[9]) or '0') ~= ARGV[9] then return {2, ''} end
 local ttl = ARGV[3]
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ttl)
 if KEYS[2] ~= KEYS[1] then redis.call('SET', KEYS[2], ARGV[1], 'EX', ttl) end
@@ -92,9 +107,9 @@ end
 redis.call('HINCRBY', KEYS[7], 'c:' .. ARGV[6], 1)
 redis.call('HSET', KEYS[7], 'l:' .. ARGV[6], ARGV[7])
 for i = 0, n - 1 do
-  local did, djson, wid = ARGV[9 + i * 3], ARGV[10 + i * 3], ARGV[11 + i * 3]
-  redis.call('SET', KEYS[9 + i * 2], djson)
-  redis.call('ZADD', KEYS[10 + i * 2], 0, did)
+  local did, djson, wid = ARGV[10 + i * 3], ARGV[11 + i * 3], ARGV[12 + i * 3]
+  redis.call('SET', KEYS[10 + i * 2], djson)
+  redis.call('ZADD', KEYS[11 + i * 2], 0, did)
   redis.call('RPUSH', KEYS[4], did)
   redis.call('ZADD', KEYS[5], ARGV[4], ARGV[5] .. '|' .. did)
   redis.call('HINCRBY', KEYS[6], wid .. ':total', 1)
@@ -204,6 +219,7 @@ impl RedisStore {
             put_plugin: Script::new(PUT_PLUGIN),
             finish: Script::new(FINISH),
             create_tenant: Script::new(CREATE_TENANT),
+            hooks: Mutex::default(),
         })
     }
 
@@ -267,8 +283,123 @@ impl RedisStore {
             }))
     }
 
-    async fn hooks(&self, tenant: &TenantId) -> Result<Vec<CachedHook>, StoreError> {
-        Ok(super::with_filters(self.list_webhooks(tenant).await?))
+    /// The tenant's webhooks for fan-out and their version: from memory, or
+    /// read (webhooks and version in one transaction) and remembered.
+    async fn hooks(&self, tenant: &TenantId) -> Result<Hooks, StoreError> {
+        if let Some(known) = self.hooks.lock().expect("hooks lock").get(tenant) {
+            return Ok(known.clone());
+        }
+        let (version, raw): (Option<i64>, Vec<String>) = redis::pipe()
+            .atomic()
+            .get(self.key(tenant, &format!("whv:{tenant}")))
+            .hvals(self.key(tenant, &format!("wh:{tenant}")))
+            .query_async(&mut self.conn())
+            .await?;
+        let mut all: Vec<Webhook> = raw.iter().map(|r| parse(r)).collect::<Result<_, _>>()?;
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        let known = (version.unwrap_or(0), Arc::new(super::with_filters(all)));
+        self.hooks
+            .lock()
+            .expect("hooks lock")
+            .insert(tenant.clone(), known.clone());
+        Ok(known)
+    }
+
+    /// One try of a trigger with the webhooks read at `version`: `None` if
+    /// they have changed since.
+    async fn try_ingest(
+        &self,
+        new: &NewEvent,
+        version: i64,
+        hooks: &[CachedHook],
+    ) -> Result<Option<Ingested>, StoreError> {
+        let t = new.tenant.clone();
+        let (targets, filtered) = super::fan_out(hooks, new)?;
+        let event = Event {
+            id: new.id.clone(),
+            tenant: t.clone(),
+            event_type: new.event_type.clone(),
+            data: new.data.clone(),
+            occurred_at_ms: new.occurred_at_ms,
+        };
+        let deliveries: Vec<Delivery> = targets
+            .iter()
+            .map(|w| super::new_delivery(&event, w, new.due_at_ms))
+            .collect();
+        let answer = IdempotentAnswer {
+            event_id: event.id.clone(),
+            event_type: event.event_type.clone(),
+            deliveries: deliveries.len() as u32,
+            fingerprint: new.fingerprint.clone(),
+            at_ms: new.occurred_at_ms,
+        };
+        let id_key = self.key(&t, &format!("idem:{t}:id:{}", event.id));
+        let header_key = match &new.idempotency_key {
+            Some(k) => self.key(&t, &format!("idem:{t}:key:{k}")),
+            None => id_key.clone(),
+        };
+        let mut call = self.ingest.prepare_invoke();
+        call.key(&id_key)
+            .key(&header_key)
+            .key(self.key(&t, &format!("ev:{t}:{}", event.id)))
+            .key(self.key(&t, &format!("evd:{t}:{}", event.id)))
+            .key(self.schedule_key(self.partition(&t)))
+            .key(self.key(&t, &format!("stats:{t}")))
+            .key(self.key(&t, &format!("types:{t}")))
+            .key(self.key(&t, &format!("evp:{t}:{}", event.id)))
+            .arg(json(&answer))
+            .arg(json(&event))
+            .arg(self.ttl_secs)
+            .arg(new.due_at_ms)
+            .arg(t.as_str())
+            .arg(&event.event_type)
+            .arg(event.occurred_at_ms)
+            .arg(deliveries.len())
+            .key(self.key(&t, &format!("whv:{t}")))
+            .arg(version);
+        for d in &deliveries {
+            call.key(self.key(&t, &format!("d:{}", d.id)))
+                .key(self.key(&t, &format!("whd:{}", d.webhook_id)))
+                .arg(d.id.as_str())
+                .arg(json(d))
+                .arg(d.webhook_id.as_str());
+        }
+        let (written, previous): (i64, String) = call.invoke_async(&mut self.conn()).await?;
+        match written {
+            1 => {
+                return Ok(Some(Ingested::Created {
+                    event,
+                    deliveries,
+                    webhooks: targets,
+                    filtered,
+                }));
+            }
+            2 => return Ok(None),
+            _ => {}
+        }
+        let prev: IdempotentAnswer = parse(&previous)?;
+        Ok(Some(if prev.fingerprint == new.fingerprint {
+            Ingested::Replayed(prev)
+        } else {
+            Ingested::KeyReused(prev)
+        }))
+    }
+
+    /// Changes a tenant's webhooks with `change`, bumping their version in
+    /// the same transaction; returns `change`'s answer.
+    async fn change_webhooks<T: redis::FromRedisValue>(
+        &self,
+        tenant: &TenantId,
+        change: impl FnOnce(&mut redis::Pipeline, String),
+    ) -> Result<T, StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        change(&mut pipe, self.key(tenant, &format!("wh:{tenant}")));
+        pipe.incr(self.key(tenant, &format!("whv:{tenant}")), 1)
+            .ignore();
+        let (answer,): (T,) = pipe.query_async(&mut self.conn()).await?;
+        self.hooks.lock().expect("hooks lock").remove(tenant);
+        Ok(answer)
     }
 
     async fn finish_script(
@@ -372,10 +503,11 @@ impl Store for RedisStore {
     }
 
     async fn put_webhook(&self, webhook: Webhook) -> Result<(), StoreError> {
-        let key = self.key(&webhook.tenant, &format!("wh:{}", webhook.tenant));
+        let record = json(&webhook);
         let _: i64 = self
-            .conn()
-            .hset(key, webhook.id.as_str(), json(&webhook))
+            .change_webhooks(&webhook.tenant, |pipe, key| {
+                pipe.hset(key, webhook.id.as_str(), record);
+            })
             .await?;
         Ok(())
     }
@@ -404,78 +536,26 @@ impl Store for RedisStore {
 
     async fn delete_webhook(&self, tenant: &TenantId, id: &WebhookId) -> Result<bool, StoreError> {
         let removed: i64 = self
-            .conn()
-            .hdel(self.key(tenant, &format!("wh:{tenant}")), id.as_str())
+            .change_webhooks(tenant, |pipe, key| {
+                pipe.hdel(key, id.as_str());
+            })
             .await?;
         Ok(removed > 0)
     }
 
     async fn insert_event(&self, new: NewEvent) -> Result<Ingested, StoreError> {
-        let t = new.tenant.clone();
-        let hooks = self.hooks(&t).await?;
-        let (targets, filtered) = super::fan_out(&hooks, &new)?;
-        let event = Event {
-            id: new.id.clone(),
-            tenant: t.clone(),
-            event_type: new.event_type.clone(),
-            data: new.data.clone(),
-            occurred_at_ms: new.occurred_at_ms,
-        };
-        let deliveries: Vec<Delivery> = targets
-            .iter()
-            .map(|w| super::new_delivery(&event, w, new.due_at_ms))
-            .collect();
-        let answer = IdempotentAnswer {
-            event_id: event.id.clone(),
-            event_type: event.event_type.clone(),
-            deliveries: deliveries.len() as u32,
-            fingerprint: new.fingerprint.clone(),
-            at_ms: new.occurred_at_ms,
-        };
-        let id_key = self.key(&t, &format!("idem:{t}:id:{}", event.id));
-        let header_key = match &new.idempotency_key {
-            Some(k) => self.key(&t, &format!("idem:{t}:key:{k}")),
-            None => id_key.clone(),
-        };
-        let mut call = self.ingest.prepare_invoke();
-        call.key(&id_key)
-            .key(&header_key)
-            .key(self.key(&t, &format!("ev:{t}:{}", event.id)))
-            .key(self.key(&t, &format!("evd:{t}:{}", event.id)))
-            .key(self.schedule_key(self.partition(&t)))
-            .key(self.key(&t, &format!("stats:{t}")))
-            .key(self.key(&t, &format!("types:{t}")))
-            .key(self.key(&t, &format!("evp:{t}:{}", event.id)))
-            .arg(json(&answer))
-            .arg(json(&event))
-            .arg(self.ttl_secs)
-            .arg(new.due_at_ms)
-            .arg(t.as_str())
-            .arg(&event.event_type)
-            .arg(event.occurred_at_ms)
-            .arg(deliveries.len());
-        for d in &deliveries {
-            call.key(self.key(&t, &format!("d:{}", d.id)))
-                .key(self.key(&t, &format!("whd:{}", d.webhook_id)))
-                .arg(d.id.as_str())
-                .arg(json(d))
-                .arg(d.webhook_id.as_str());
+        // Another engine may change the webhooks between our read and the
+        // script; a few tries always suffice unless they change nonstop.
+        for _ in 0..5 {
+            let (version, hooks) = self.hooks(&new.tenant).await?;
+            if let Some(done) = self.try_ingest(&new, version, &hooks).await? {
+                return Ok(done);
+            }
+            self.hooks.lock().expect("hooks lock").remove(&new.tenant);
         }
-        let (written, previous): (i64, String) = call.invoke_async(&mut self.conn()).await?;
-        if written == 1 {
-            return Ok(Ingested::Created {
-                event,
-                deliveries,
-                webhooks: targets,
-                filtered,
-            });
-        }
-        let prev: IdempotentAnswer = parse(&previous)?;
-        Ok(if prev.fingerprint == new.fingerprint {
-            Ingested::Replayed(prev)
-        } else {
-            Ingested::KeyReused(prev)
-        })
+        Err(StoreError::Commit(
+            "the tenant's webhooks kept changing during the trigger; nothing was written".into(),
+        ))
     }
 
     async fn get_event(
