@@ -470,9 +470,7 @@ impl PluginRuntime {
         webhook: &Webhook,
         ctx: &AttemptContext,
     ) -> Result<Shaped, PluginError> {
-        let started = thread_cpu_time();
         let result = self.call_inner(plugin, event, webhook, ctx);
-        plugin.note_duration(thread_cpu_time().saturating_sub(started));
         let outcome = match &result {
             Ok(Shaped::Deliver(_)) => "deliver",
             Ok(Shaped::Skip(_)) => "skip",
@@ -556,9 +554,13 @@ impl PluginRuntime {
             timestamp: ctx.timestamp,
             time: ctx.time.clone(),
         };
+        // Only the guest's run counts towards running inline: creating an
+        // instance is the host's one-off cost, not the plugin's speed.
+        let started = thread_cpu_time();
         let result =
             warm.instance
                 .call_handle(&mut warm.store, &wit_event, &wit_webhook, &wit_delivery);
+        plugin.note_duration(thread_cpu_time().saturating_sub(started));
         warm.store.data_mut().end_call();
         // After a trap (or a timeout) the store refuses further calls: drop it.
         let result = result.map_err(|e| self.trap(e))?;
