@@ -541,7 +541,7 @@ impl PluginRuntime {
         let wit_webhook = wit::Webhook {
             id: webhook.id.to_string(),
             url: webhook.url.clone(),
-            config: webhook.plugin_config.to_string(),
+            config: serde_json::to_string(&webhook.plugin_config).expect("JSON values serialise"),
             metadata: webhook
                 .metadata
                 .iter()
