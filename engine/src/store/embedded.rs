@@ -31,7 +31,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 type Json = &'static [u8];
@@ -122,8 +122,7 @@ impl<'t> Batch<'t> {
         Ok(self.hot.as_mut().expect("just opened"))
     }
 }
-use super::CachedHook;
-type WebhookCache = Mutex<HashMap<TenantId, Arc<Vec<CachedHook>>>>;
+use super::{CachedHook, WebhookCache};
 
 pub struct EmbeddedStore {
     db: Arc<Database>,
@@ -406,16 +405,11 @@ fn tenant_webhooks(
     cache: &WebhookCache,
     tenant: &TenantId,
 ) -> Result<Arc<Vec<CachedHook>>, StoreError> {
-    if let Some(hooks) = cache.lock().expect("cache lock").get(tenant) {
-        return Ok(hooks.clone());
+    if let Some((_, hooks)) = cache.get(tenant) {
+        return Ok(hooks);
     }
     let list: Vec<Webhook> = list_json(&table!(txn, WEBHOOKS), tenant.as_str())?;
-    let hooks = Arc::new(super::with_filters(list));
-    cache
-        .lock()
-        .expect("cache lock")
-        .insert(tenant.clone(), hooks.clone());
-    Ok(hooks)
+    Ok(cache.fill(tenant, 0, list).1)
 }
 
 fn ingest(hot: &mut Hot<'_>, cache: &WebhookCache, new: NewEvent) -> Result<Ingested, StoreError> {
@@ -640,7 +634,7 @@ impl Store for EmbeddedStore {
                     enc(&webhook).as_slice(),
                 )
                 .map_err(redb::Error::from)?;
-            cache.lock().expect("cache lock").remove(&webhook.tenant);
+            cache.forget(&webhook.tenant);
             Ok(())
         })
         .await
@@ -666,7 +660,7 @@ impl Store for EmbeddedStore {
                 .remove((tenant.as_str(), id.as_str()))
                 .map_err(redb::Error::from)?
                 .is_some();
-            cache.lock().expect("cache lock").remove(&tenant);
+            cache.forget(&tenant);
             Ok(removed)
         })
         .await

@@ -22,7 +22,8 @@ use crate::model::{
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 pub use self::redis::RedisStore;
 pub use embedded::EmbeddedStore;
@@ -69,9 +70,43 @@ pub fn fan_out(
     Ok((targets, filtered))
 }
 
+/// Each tenant's webhooks for fan-out, filters compiled, with the version
+/// they were read at. The embedded store fills and clears it inside its own
+/// write transactions (version 0); the Redis store checks the version inside
+/// the trigger script.
+#[derive(Default)]
+pub struct WebhookCache(Mutex<HashMap<TenantId, VersionedHooks>>);
+
+/// A tenant's webhooks for fan-out, and the version they were read at.
+pub type VersionedHooks = (i64, Arc<Vec<CachedHook>>);
+
+impl WebhookCache {
+    pub fn get(&self, tenant: &TenantId) -> Option<VersionedHooks> {
+        self.0
+            .lock()
+            .expect("webhook cache lock")
+            .get(tenant)
+            .cloned()
+    }
+
+    /// Compiles `hooks` and remembers them as the tenant's at `version`.
+    pub fn fill(&self, tenant: &TenantId, version: i64, hooks: Vec<Webhook>) -> VersionedHooks {
+        let known = (version, Arc::new(with_filters(hooks)));
+        self.0
+            .lock()
+            .expect("webhook cache lock")
+            .insert(tenant.clone(), known.clone());
+        known
+    }
+
+    pub fn forget(&self, tenant: &TenantId) {
+        self.0.lock().expect("webhook cache lock").remove(tenant);
+    }
+}
+
 /// Compiles the webhooks' payload filters (checked when written; one that no
 /// longer compiles matches nothing).
-pub fn with_filters(hooks: Vec<Webhook>) -> Vec<CachedHook> {
+fn with_filters(hooks: Vec<Webhook>) -> Vec<CachedHook> {
     hooks
         .into_iter()
         .map(|w| {

@@ -38,6 +38,7 @@
 
 use super::{
     CachedHook, IdempotentAnswer, Ingested, NewEvent, Page, PluginUpload, Store, StoreError,
+    VersionedHooks, WebhookCache,
 };
 use crate::ids::{DeliveryId, EventId, TenantId, WebhookId};
 use crate::model::{
@@ -49,11 +50,7 @@ use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-/// A tenant's webhooks for fan-out, and the webhook version they were read at.
-type Hooks = (i64, Arc<Vec<CachedHook>>);
 
 /// Something another engine sharing the Redis wants this one to know.
 #[derive(Debug, Clone, PartialEq)]
@@ -79,7 +76,14 @@ pub struct RedisStore {
     put_plugin: Script,
     finish: Script,
     create_tenant: Script,
-    hooks: Mutex<HashMap<TenantId, Hooks>>,
+    hooks: WebhookCache,
+}
+
+/// Stored webhook records, in id order (as the embedded store lists them).
+fn webhooks_by_id(raw: &[String]) -> Result<Vec<Webhook>, StoreError> {
+    let mut all: Vec<Webhook> = raw.iter().map(|r| parse(r)).collect::<Result<_, _>>()?;
+    all.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(all)
 }
 
 const INGEST: &str = r#"
@@ -219,7 +223,7 @@ impl RedisStore {
             put_plugin: Script::new(PUT_PLUGIN),
             finish: Script::new(FINISH),
             create_tenant: Script::new(CREATE_TENANT),
-            hooks: Mutex::default(),
+            hooks: WebhookCache::default(),
         })
     }
 
@@ -285,9 +289,9 @@ impl RedisStore {
 
     /// The tenant's webhooks for fan-out and their version: from memory, or
     /// read (webhooks and version in one transaction) and remembered.
-    async fn hooks(&self, tenant: &TenantId) -> Result<Hooks, StoreError> {
-        if let Some(known) = self.hooks.lock().expect("hooks lock").get(tenant) {
-            return Ok(known.clone());
+    async fn hooks(&self, tenant: &TenantId) -> Result<VersionedHooks, StoreError> {
+        if let Some(known) = self.hooks.get(tenant) {
+            return Ok(known);
         }
         let (version, raw): (Option<i64>, Vec<String>) = redis::pipe()
             .atomic()
@@ -295,14 +299,9 @@ impl RedisStore {
             .hvals(self.key(tenant, &format!("wh:{tenant}")))
             .query_async(&mut self.conn())
             .await?;
-        let mut all: Vec<Webhook> = raw.iter().map(|r| parse(r)).collect::<Result<_, _>>()?;
-        all.sort_by(|a, b| a.id.cmp(&b.id));
-        let known = (version.unwrap_or(0), Arc::new(super::with_filters(all)));
-        self.hooks
-            .lock()
-            .expect("hooks lock")
-            .insert(tenant.clone(), known.clone());
-        Ok(known)
+        Ok(self
+            .hooks
+            .fill(tenant, version.unwrap_or(0), webhooks_by_id(&raw)?))
     }
 
     /// One try of a trigger with the webhooks read at `version`: `None` if
@@ -398,7 +397,7 @@ impl RedisStore {
         pipe.incr(self.key(tenant, &format!("whv:{tenant}")), 1)
             .ignore();
         let (answer,): (T,) = pipe.query_async(&mut self.conn()).await?;
-        self.hooks.lock().expect("hooks lock").remove(tenant);
+        self.hooks.forget(tenant);
         Ok(answer)
     }
 
@@ -529,9 +528,7 @@ impl Store for RedisStore {
             .conn()
             .hvals(self.key(tenant, &format!("wh:{tenant}")))
             .await?;
-        let mut all: Vec<Webhook> = raw.iter().map(|r| parse(r)).collect::<Result<_, _>>()?;
-        all.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(all)
+        webhooks_by_id(&raw)
     }
 
     async fn delete_webhook(&self, tenant: &TenantId, id: &WebhookId) -> Result<bool, StoreError> {
@@ -551,7 +548,7 @@ impl Store for RedisStore {
             if let Some(done) = self.try_ingest(&new, version, &hooks).await? {
                 return Ok(done);
             }
-            self.hooks.lock().expect("hooks lock").remove(&new.tenant);
+            self.hooks.forget(&new.tenant);
         }
         Err(StoreError::Commit(
             "the tenant's webhooks kept changing during the trigger; nothing was written".into(),
