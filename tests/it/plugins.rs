@@ -5,13 +5,14 @@ use crate::harness::{TestEngine, TestReceiver, verify_standard};
 use axum::http::StatusCode;
 use serde_json::json;
 use serde_json::value::RawValue;
+use std::sync::Arc;
 use std::time::Duration;
 use wasmhook::delivery::request::{AttemptContext, Shaped};
 use wasmhook::delivery::{shape, sign};
 use wasmhook::ids::{EventId, TenantId};
 use wasmhook::metrics::PluginMetrics;
 use wasmhook::model::{Event, PluginVersion, Secret, Webhook};
-use wasmhook::plugin::{PluginConfig, PluginRuntime};
+use wasmhook::plugin::{LoadedPlugin, PluginConfig, PluginRuntime};
 use wasmhook_tests::plugins::STANDARD_WEBHOOKS;
 
 #[tokio::test]
@@ -111,22 +112,32 @@ async fn bad_uploads_are_refused_with_the_reason() {
     assert!(body["error"]["message"].as_str().unwrap().contains("nope"));
 }
 
+/// A runtime (CPU deadline `timeout`) with the component at `path` compiled
+/// and installed as tenant `t`'s plugin `name`, version 1.
+fn installed(
+    path: &str,
+    name: &str,
+    timeout: Duration,
+) -> (PluginRuntime, Arc<LoadedPlugin>, TenantId) {
+    let config = PluginConfig {
+        timeout,
+        ..PluginConfig::default()
+    };
+    let runtime = PluginRuntime::new(config, PluginMetrics::default()).unwrap();
+    let pre = runtime.compile(&std::fs::read(path).unwrap()).unwrap();
+    let tenant = TenantId::from_trusted("t");
+    let meta = PluginVersion::unstored(name, 1, "test");
+    let plugin = runtime.install(&tenant, &meta, pre);
+    (runtime, plugin, tenant)
+}
+
 #[test]
 fn standard_webhooks_plugin_matches_the_native_default_byte_for_byte() {
-    let runtime = PluginRuntime::new(
-        PluginConfig {
-            timeout: Duration::from_millis(500),
-            ..PluginConfig::default()
-        },
-        PluginMetrics::default(),
-    )
-    .unwrap();
-    let pre = runtime
-        .compile(&std::fs::read(STANDARD_WEBHOOKS).unwrap())
-        .unwrap();
-    let tenant = TenantId::from_trusted("t");
-    let meta = PluginVersion::unstored("standard-webhooks", 1, "test");
-    let plugin = runtime.install(&tenant, &meta, pre);
+    let (runtime, plugin, tenant) = installed(
+        STANDARD_WEBHOOKS,
+        "standard-webhooks",
+        Duration::from_millis(500),
+    );
     let webhook = Webhook {
         plugin: Some("standard-webhooks".into()),
         secret: Secret::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()),
@@ -218,20 +229,11 @@ fn idle_instances_and_loaded_versions_are_bounded() {
 
 #[test]
 fn only_versions_that_proved_quick_run_inline() {
-    let runtime = PluginRuntime::new(
-        PluginConfig {
-            timeout: Duration::from_millis(200),
-            ..PluginConfig::default()
-        },
-        PluginMetrics::default(),
-    )
-    .unwrap();
-    let pre = runtime
-        .compile(&std::fs::read(wasmhook_tests::plugins::CHAOS).unwrap())
-        .unwrap();
-    let tenant = TenantId::from_trusted("t");
-    let meta = PluginVersion::unstored("chaos", 1, "test");
-    let plugin = runtime.install(&tenant, &meta, pre);
+    let (runtime, plugin, tenant) = installed(
+        wasmhook_tests::plugins::CHAOS,
+        "chaos",
+        Duration::from_millis(200),
+    );
     let event = Event {
         id: EventId::from_trusted("evt_1"),
         tenant: tenant.clone(),
