@@ -23,25 +23,49 @@ struct Ceiling {
     cpu_per_request: Duration,
 }
 
+/// How long something took, and the CPU time this process spent meanwhile.
+struct Timed {
+    wall: f64,
+    cpu: Duration,
+}
+
+impl Timed {
+    /// CPU cores kept busy on average.
+    fn busy(&self) -> f64 {
+        self.cpu.as_secs_f64() / self.wall
+    }
+}
+
+async fn timed<T>(f: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<(T, Timed)> {
+    let (started, cpu) = (Instant::now(), cpu_time());
+    let out = f.await?;
+    let wall = started.elapsed().as_secs_f64();
+    Ok((
+        out,
+        Timed {
+            wall,
+            cpu: cpu_time() - cpu,
+        },
+    ))
+}
+
 /// Requests per second a bare hyper client achieves against the receiver:
 /// the same 1 KiB JSON POSTs, the same concurrency.
 async fn ceiling(http: &Http, n: usize, body: Bytes) -> anyhow::Result<Ceiling> {
     let rx = Receiver::spawn().await?;
-    let (started, cpu) = (Instant::now(), cpu_time());
     let url = rx.url.clone();
-    run_many(n, CONCURRENCY, |_| {
+    let (_, t) = timed(run_many(n, CONCURRENCY, |_| {
         let (http, url, body) = (http.clone(), url.clone(), body.clone());
         async move {
             let (status, _) = post(&http, &url, None, "application/json", body).await?;
             anyhow::ensure!(status.is_success());
             Ok(())
         }
-    })
+    }))
     .await?;
-    let wall = started.elapsed().as_secs_f64();
     Ok(Ceiling {
-        rate: n as f64 / wall,
-        cpu_per_request: (cpu_time() - cpu) / n as u32,
+        rate: n as f64 / t.wall,
+        cpu_per_request: t.cpu / n as u32,
     })
 }
 
@@ -102,6 +126,27 @@ async fn blast_batched(
         }
     })
     .await
+}
+
+/// A 1 KiB trigger's request body, alone and as a batch of [`BATCH`].
+struct Bodies {
+    single: Bytes,
+    batch: Bytes,
+}
+
+/// Triggers `n` events: one per request, or in batches.
+async fn triggers(
+    http: &Http,
+    engine: &Engine,
+    n: usize,
+    bodies: &Bodies,
+    batched: bool,
+) -> anyhow::Result<Vec<Duration>> {
+    if batched {
+        blast_batched(http, engine, n, &bodies.batch).await
+    } else {
+        blast(http, engine, n, &bodies.single).await
+    }
 }
 
 /// Triggers 1,000 events/s for `seconds` while `during` runs; returns the
@@ -165,7 +210,10 @@ async fn steady(
 pub async fn http(events: usize, only: Option<&str>) -> anyhow::Result<()> {
     let http = crate::harness::http();
     let body = trigger_body(&payload(1024));
-    let batch = batch_body(&payload(1024));
+    let bodies = Bodies {
+        single: body.clone(),
+        batch: batch_body(&payload(1024)),
+    };
     let delivery_body = Bytes::from(payload(1024).to_string());
     // The ceiling drifts between runs on a shared machine: take the median of
     // three for the headline, and measure it again right before each end to
@@ -200,15 +248,8 @@ pub async fn http(events: usize, only: Option<&str>) -> anyhow::Result<()> {
         // the same events in batches.
         for batched in [false, true] {
             let engine = Engine::start(backend, &http).await?;
-            let (started, cpu) = (Instant::now(), cpu_time());
-            let mut times = if batched {
-                blast_batched(&http, &engine, events, &batch).await?
-            } else {
-                blast(&http, &engine, events, &body).await?
-            };
-            let wall = started.elapsed().as_secs_f64();
-            let busy = (cpu_time() - cpu).as_secs_f64() / wall;
-            let rate = events as f64 / wall;
+            let (mut times, t) = timed(triggers(&http, &engine, events, &bodies, batched)).await?;
+            let (rate, busy) = (events as f64 / t.wall, t.busy());
             times.sort();
             let label = if batched {
                 format!(
@@ -245,17 +286,13 @@ pub async fn http(events: usize, only: Option<&str>) -> anyhow::Result<()> {
             let near = ceiling(&http, n * fanout, delivery_body.clone())
                 .await?
                 .rate;
-            let (started, cpu) = (Instant::now(), cpu_time());
-            if batched {
-                blast_batched(&http, &engine, n, &batch).await?;
-            } else {
-                blast(&http, &engine, n, &body).await?;
-            }
-            rx.wait_for((n * fanout) as u64, Duration::from_secs(300))
-                .await?;
-            let wall = started.elapsed().as_secs_f64();
-            let busy = (cpu_time() - cpu).as_secs_f64() / wall;
-            let rate = (n * fanout) as f64 / wall;
+            let (_, t) = timed(async {
+                triggers(&http, &engine, n, &bodies, batched).await?;
+                rx.wait_for((n * fanout) as u64, Duration::from_secs(300))
+                    .await
+            })
+            .await?;
+            let (rate, busy) = ((n * fanout) as f64 / t.wall, t.busy());
             println!(
                 "| end to end, fan-out {fanout}, {}{} | {b} | {rate:.0} deliveries/s | {near:.0} requests/s | {:.1} % | {busy:.2} | | | |",
                 plugin.map_or("default format".to_owned(), |p| format!("plugin `{p}`")),
