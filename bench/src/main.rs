@@ -42,6 +42,9 @@ enum Scenario {
     Tenants {
         #[arg(long, default_value_t = 1_000)]
         tenants: usize,
+        /// Only this backend (`embedded` or `redis`); both by default.
+        #[arg(long)]
+        backend: Option<String>,
     },
     /// Claims per second from the schedule (both backends).
     Claims {
@@ -60,7 +63,7 @@ fn main() -> anyhow::Result<()> {
         match cli.scenario {
             Scenario::All => {
                 // Memory first, while the process is fresh.
-                scenarios::tenants(1_000).await?;
+                scenarios::tenants(1_000, None).await?;
                 scenarios::http(20_000, None).await?;
                 scenarios::plugin_overhead().await?;
                 scenarios::reload().await?;
@@ -69,7 +72,9 @@ fn main() -> anyhow::Result<()> {
             Scenario::Http { events, backend } => scenarios::http(events, backend.as_deref()).await,
             Scenario::Plugin => scenarios::plugin_overhead().await,
             Scenario::Reload => scenarios::reload().await,
-            Scenario::Tenants { tenants } => scenarios::tenants(tenants).await,
+            Scenario::Tenants { tenants, backend } => {
+                scenarios::tenants(tenants, backend.as_deref()).await
+            }
             Scenario::Claims { deliveries } => claims::run(deliveries).await,
         }
     })

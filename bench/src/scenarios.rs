@@ -508,52 +508,61 @@ fn rss_kib() -> u64 {
 }
 
 /// Memory with `n` tenants, each with its own plugin and webhook, after each
-/// has delivered once (embedded store).
-pub async fn tenants(n: usize) -> anyhow::Result<()> {
+/// has delivered once, on each backend (or `only` one). The second backend's
+/// run reuses memory the first one freed, so a fresh process (`tenants
+/// --backend redis`) gives its true figure; `redis-server`'s own memory is
+/// not counted.
+pub async fn tenants(n: usize, only: Option<&str>) -> anyhow::Result<()> {
     let http = crate::harness::http();
-    let rx = Receiver::spawn().await?;
-    let engine = Engine::start(Backend::Embedded, &http).await?;
     let wasm = crate::harness::plugin("gestiqcloud")?;
-    let before = rss_kib();
-    let started = Instant::now();
-    for i in 0..n {
-        let tenant = crate::harness::post_json(
-            &http,
-            &format!("{}/api/tenants", engine.url),
-            crate::harness::ADMIN,
-            &json!({"id": format!("tenant-{i}"), "name": format!("Tenant {i}")}),
-        )
-        .await?;
-        let key = tenant["api_key"].as_str().unwrap_or_default().to_owned();
-        engine
-            .upload_as(&http, &key, "gestiqcloud", wasm.clone())
+    println!("### Memory with {n} tenants, each with its own plugin\n");
+    println!(
+        "| backend | tenants | RSS before | RSS after each delivered once | per tenant | set-up time |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- |");
+    for backend in [Backend::Embedded, Backend::Redis] {
+        if only.is_some_and(|o| o != backend.name()) {
+            continue;
+        }
+        let rx = Receiver::spawn().await?;
+        let engine = Engine::start(backend, &http).await?;
+        let before = rss_kib();
+        let started = Instant::now();
+        for i in 0..n {
+            let tenant = crate::harness::post_json(
+                &http,
+                &format!("{}/api/tenants", engine.url),
+                crate::harness::ADMIN,
+                &json!({"id": format!("tenant-{i}"), "name": format!("Tenant {i}")}),
+            )
             .await?;
-        engine
-            .webhook_as(&http, &key, &rx.url, Some("gestiqcloud"))
+            let key = tenant["api_key"].as_str().unwrap_or_default().to_owned();
+            engine
+                .upload_as(&http, &key, "gestiqcloud", wasm.clone())
+                .await?;
+            engine
+                .webhook_as(&http, &key, &rx.url, Some("gestiqcloud"))
+                .await?;
+            trigger(
+                http.clone(),
+                engine.url.clone(),
+                key,
+                trigger_body(&payload(1024)),
+            )
             .await?;
-        trigger(
-            http.clone(),
-            engine.url.clone(),
-            key,
-            trigger_body(&payload(1024)),
-        )
-        .await?;
+        }
+        rx.wait_for(n as u64, Duration::from_secs(600)).await?;
+        let after = rss_kib();
+        println!(
+            "| {} | {n} | {:.0} MiB | {:.0} MiB | {:.0} KiB | {:.0} s |",
+            backend.name(),
+            before as f64 / 1024.0,
+            after as f64 / 1024.0,
+            (after.saturating_sub(before)) as f64 / n as f64,
+            started.elapsed().as_secs_f64()
+        );
+        engine.stop().await?;
     }
-    rx.wait_for(n as u64, Duration::from_secs(600)).await?;
-    let after = rss_kib();
-    println!(
-        "### Memory with {n} tenants, each with its own plugin
-"
-    );
-    println!("| tenants | RSS before | RSS after each delivered once | per tenant | set-up time |");
-    println!("| --- | --- | --- | --- | --- |");
-    println!(
-        "| {n} | {:.0} MiB | {:.0} MiB | {:.0} KiB | {:.0} s |\n",
-        before as f64 / 1024.0,
-        after as f64 / 1024.0,
-        (after.saturating_sub(before)) as f64 / n as f64,
-        started.elapsed().as_secs_f64()
-    );
-    engine.stop().await?;
+    println!();
     Ok(())
 }
