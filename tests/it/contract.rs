@@ -421,6 +421,19 @@ async fn retention(store: Arc<dyn Store>) {
             .unwrap()
             .is_some()
     );
+    // A kept event still knows its deliveries, and its id still replays.
+    let of_waiting = store
+        .event_deliveries(&t, &EventId::from_trusted("waiting"))
+        .await
+        .unwrap();
+    assert_eq!(of_waiting.len(), 1);
+    assert_eq!(of_waiting[0].id, pending[0].id);
+    let mut waiting_again = event(&t, "waiting", "a", None, "f", now);
+    waiting_again.occurred_at_ms = now;
+    assert!(matches!(
+        store.insert_event(waiting_again).await.unwrap(),
+        Ingested::Replayed(_)
+    ));
     let page = Page {
         limit: 10,
         before: None,

@@ -1,55 +1,86 @@
 //! The schedule on the embedded store: a redb table keyed by `(due_ms,
-//! delivery_id)` (the sorted set) plus `delivery_id → due_ms` to find an entry
-//! again. The value marks leased entries, so that a restart (the process owns
-//! the database file exclusively) can make every lease of the previous run due
-//! at once instead of waiting for it to run out.
+//! delivery_id)` (the sorted set). A pending delivery's record says where
+//! its entry is: `next_attempt_at_ms` is always its key, so no second index
+//! is needed to find an entry again; a claim therefore moves both (a claimed
+//! delivery shows the end of its lease as its next attempt, like a fresh one
+//! handed straight to the worker). The value marks leased entries, so that a
+//! restart (the process owns the database file exclusively) can make every
+//! lease of the previous run due at once instead of waiting for it to run out.
 
 use super::Schedule;
 use crate::ids::{DeliveryId, TenantId};
-use crate::model::Delivery;
+use crate::model::{Delivery, DeliveryStatus};
 use crate::store::StoreError;
 use crate::store::embedded::{EmbeddedStore, Hot, SCHEDULE};
 use async_trait::async_trait;
 use redb::{ReadableDatabase, ReadableTable};
 
-/// Puts a delivery in the schedule at `due_ms`, moving it if it was there.
-pub(crate) fn schedule_at(
+/// The schedule entry `d` stands for, if any.
+pub(crate) fn slot(d: &Delivery) -> Option<u64> {
+    match (d.status, d.next_attempt_at_ms) {
+        (DeliveryStatus::Pending, Some(due)) => Some(due),
+        _ => None,
+    }
+}
+
+/// Moves a delivery's entry from where its old record put it (`from`) to
+/// where its new one does (`to`).
+pub(crate) fn reschedule(
     hot: &mut Hot<'_>,
     id: &str,
-    due_ms: u64,
+    from: Option<u64>,
+    to: Option<u64>,
     leased: bool,
 ) -> Result<(), redb::Error> {
-    unschedule(hot, id)?;
-    hot.schedule.insert((due_ms, id), leased)?;
-    hot.schedule_due.insert(id, due_ms)?;
+    if from == to && !leased {
+        return Ok(());
+    }
+    if let Some(old) = from {
+        hot.schedule.remove((old, id))?;
+    }
+    if let Some(due) = to {
+        hot.schedule.insert((due, id), leased)?;
+    }
     Ok(())
 }
 
-/// Takes a delivery out of the schedule, if it is there.
-pub(crate) fn unschedule(hot: &mut Hot<'_>, id: &str) -> Result<(), redb::Error> {
-    let old = hot.schedule_due.remove(id)?.map(|g| g.value());
-    if let Some(old) = old {
-        hot.schedule.remove((old, id))?;
+/// Leases the entries at `keys` until `until_ms`, updating each record;
+/// answers the deliveries leased (an entry without a record is dropped).
+fn lease(
+    hot: &mut Hot<'_>,
+    keys: Vec<(u64, String)>,
+    until_ms: u64,
+    leased: bool,
+) -> Result<Vec<Delivery>, StoreError> {
+    let mut out = Vec::with_capacity(keys.len());
+    for (due, id) in keys {
+        hot.schedule.remove((due, id.as_str()))?;
+        let found = hot.deliveries.get(id.as_str())?.map(|v| v.value().to_vec());
+        let Some(bytes) = found else { continue };
+        let mut d: Delivery = serde_json::from_slice(&bytes)?;
+        d.next_attempt_at_ms = Some(until_ms);
+        hot.schedule.insert((until_ms, id.as_str()), leased)?;
+        hot.deliveries
+            .insert(id.as_str(), serde_json::to_vec(&d)?.as_slice())?;
+        out.push(d);
     }
-    Ok(())
+    Ok(out)
 }
 
 /// Makes every lease left by a previous run due now.
-pub(crate) fn release_leases(hot: &mut Hot<'_>, now_ms: u64) -> Result<usize, redb::Error> {
-    let leased: Vec<String> = {
-        let mut ids = Vec::new();
+pub(crate) fn release_leases(hot: &mut Hot<'_>, now_ms: u64) -> Result<usize, StoreError> {
+    let leased: Vec<(u64, String)> = {
+        let mut keys = Vec::new();
         for item in hot.schedule.iter()? {
             let (key, leased) = item?;
             if leased.value() {
-                ids.push(key.value().1.to_owned());
+                let (due, id) = key.value();
+                keys.push((due, id.to_owned()));
             }
         }
-        ids
+        keys
     };
-    for id in &leased {
-        schedule_at(hot, id, now_ms, false)?;
-    }
-    Ok(leased.len())
+    Ok(lease(hot, leased, now_ms, false)?.len())
 }
 
 #[async_trait]
@@ -66,25 +97,20 @@ impl Schedule for EmbeddedStore {
             _ => return Ok(Vec::new()),
         }
         self.write_hot(move |hot| {
-            let due: Vec<String> = {
-                let mut ids = Vec::new();
+            let due: Vec<(u64, String)> = {
+                let mut keys = Vec::new();
                 for item in hot.schedule.range((0u64, "")..=(now_ms, "\u{7f}"))? {
-                    if ids.len() >= limit {
+                    if keys.len() >= limit {
                         break;
                     }
-                    ids.push(item?.0.value().1.to_owned());
+                    let (key, _) = item?;
+                    let (due, id) = key.value();
+                    keys.push((due, id.to_owned()));
                 }
-                ids
+                keys
             };
-            let mut claimed = Vec::with_capacity(due.len());
-            for id in due {
-                schedule_at(hot, &id, now_ms + lease_ms, true)?;
-                if let Some(d) = hot.deliveries.get(id.as_str())? {
-                    let d: Delivery = serde_json::from_slice(d.value())?;
-                    claimed.push((d.tenant, d.id));
-                }
-            }
-            Ok(claimed)
+            let leased = lease(hot, due, now_ms + lease_ms, true)?;
+            Ok(leased.into_iter().map(|d| (d.tenant, d.id)).collect())
         })
         .await
     }

@@ -22,7 +22,7 @@ use crate::model::{
     Attempt, Delivery, DeliveryStats, DeliveryStatus, Event, EventTypeSeen, PluginVersion, Tenant,
     Webhook,
 };
-use crate::schedule::embedded::{release_leases, schedule_at, unschedule};
+use crate::schedule::embedded::{release_leases, reschedule, slot};
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
 use serde::Serialize;
@@ -41,7 +41,9 @@ pub(crate) const WEBHOOKS: TableDefinition<(&str, &str), Json> = TableDefinition
 pub(crate) const EVENTS: TableDefinition<(&str, &str), Json> = TableDefinition::new("events");
 pub(crate) const IDEMPOTENCY: TableDefinition<(&str, &str), Json> =
     TableDefinition::new("idempotency");
-pub(crate) const EVENT_DELIVERIES: TableDefinition<(&str, &str, &str), ()> =
+/// The event→delivery index of records written before the index moved into
+/// the `id:` idempotency record; read for those, never written.
+const EVENT_DELIVERIES: TableDefinition<(&str, &str, &str), ()> =
     TableDefinition::new("event_deliveries");
 pub(crate) const DELIVERIES: TableDefinition<&str, Json> = TableDefinition::new("deliveries");
 pub(crate) const WEBHOOK_DELIVERIES: TableDefinition<(&str, &str), ()> =
@@ -51,7 +53,9 @@ pub(crate) const STATS: TableDefinition<(&str, &str), Json> = TableDefinition::n
 pub(crate) const EVENT_TYPES: TableDefinition<(&str, &str), Json> =
     TableDefinition::new("event_types");
 pub(crate) const SCHEDULE: TableDefinition<(u64, &str), bool> = TableDefinition::new("schedule");
-pub(crate) const SCHEDULE_DUE: TableDefinition<&str, u64> = TableDefinition::new("schedule_due");
+/// Where the schedule entry of a delivery was, before records said it
+/// themselves; deleted on open.
+const OLD_SCHEDULE_DUE: TableDefinition<&str, u64> = TableDefinition::new("schedule_due");
 pub(crate) const PLUGINS: TableDefinition<(&str, &str), u32> = TableDefinition::new("plugins");
 pub(crate) const PLUGIN_VERSIONS: TableDefinition<(&str, &str, u32), Json> =
     TableDefinition::new("plugin_versions");
@@ -73,13 +77,11 @@ pub(crate) struct Hot<'t> {
     pub events: Table<'t, Keyed2, Json>,
     pub idempotency: Table<'t, Keyed2, Json>,
     pub event_types: Table<'t, Keyed2, Json>,
-    pub event_deliveries: Table<'t, (&'static str, &'static str, &'static str), ()>,
     pub webhook_deliveries: Table<'t, Keyed2, ()>,
     pub deliveries: Table<'t, &'static str, Json>,
     pub attempts: Table<'t, (&'static str, u32), Json>,
     pub stats: Table<'t, Keyed2, Json>,
     pub schedule: Table<'t, (u64, &'static str), bool>,
-    pub schedule_due: Table<'t, &'static str, u64>,
 }
 
 impl<'t> Hot<'t> {
@@ -89,13 +91,11 @@ impl<'t> Hot<'t> {
             events: txn.open_table(EVENTS)?,
             idempotency: txn.open_table(IDEMPOTENCY)?,
             event_types: txn.open_table(EVENT_TYPES)?,
-            event_deliveries: txn.open_table(EVENT_DELIVERIES)?,
             webhook_deliveries: txn.open_table(WEBHOOK_DELIVERIES)?,
             deliveries: txn.open_table(DELIVERIES)?,
             attempts: txn.open_table(ATTEMPTS)?,
             stats: txn.open_table(STATS)?,
             schedule: txn.open_table(SCHEDULE)?,
-            schedule_due: txn.open_table(SCHEDULE_DUE)?,
         })
     }
 }
@@ -157,11 +157,12 @@ impl EmbeddedStore {
             txn.open_table(STATS).map_err(redb::Error::from)?;
             txn.open_table(EVENT_TYPES).map_err(redb::Error::from)?;
             txn.open_table(SCHEDULE).map_err(redb::Error::from)?;
-            txn.open_table(SCHEDULE_DUE).map_err(redb::Error::from)?;
             txn.open_table(PLUGINS).map_err(redb::Error::from)?;
             txn.open_table(PLUGIN_VERSIONS).map_err(redb::Error::from)?;
             txn.open_table(PLUGIN_BLOBS).map_err(redb::Error::from)?;
         }
+        txn.delete_table(OLD_SCHEDULE_DUE)
+            .map_err(redb::Error::from)?;
         let released = release_leases(&mut Hot::open(&txn)?, crate::clock::now_ms())?;
         txn.commit().map_err(redb::Error::from)?;
         if released > 0 {
@@ -261,7 +262,7 @@ fn write_loop(db: &Database, mut rx: mpsc::Receiver<Op>) {
                     hot: None,
                 };
                 let done: Vec<Done> = ops.into_iter().map(|op| op(Some(&mut batch))).collect();
-                let flushed = flush_stats(&mut batch);
+                let flushed = flush_pending(&mut batch);
                 drop(batch);
                 let committed = match flushed {
                     Ok(()) => txn.commit().map_err(|e| e.to_string()),
@@ -345,12 +346,18 @@ fn plugin_with_bytes(
     Ok(Some((meta, bytes)))
 }
 
+/// What the group transaction being built on the writer thread has changed
+/// in memory: delivery counters and event types seen, each read once, changed
+/// by every operation of the batch, and written once just before the commit
+/// (see `write_loop`).
+#[derive(Default)]
+struct Pending {
+    stats: HashMap<(String, String), DeliveryStats>,
+    event_types: HashMap<(String, String), EventTypeSeen>,
+}
+
 thread_local! {
-    /// Counters changed by the group transaction being built on the writer
-    /// thread: read once, changed in memory by every operation of the batch,
-    /// written once each just before the commit (see `write_loop`).
-    static PENDING_STATS: RefCell<HashMap<(String, String), DeliveryStats>> =
-        RefCell::default();
+    static PENDING: RefCell<Pending> = RefCell::default();
 }
 
 fn update_stats(
@@ -359,10 +366,10 @@ fn update_stats(
     webhook: &str,
     f: impl FnOnce(&mut DeliveryStats),
 ) -> Result<(), StoreError> {
-    PENDING_STATS.with(|pending| {
-        let mut pending = pending.borrow_mut();
+    PENDING.with(|pending| {
+        let stats = &mut pending.borrow_mut().stats;
         let key = (tenant.to_owned(), webhook.to_owned());
-        let stats = match pending.entry(key) {
+        let stats = match stats.entry(key) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(e) => {
                 let current: Option<DeliveryStats> = get_json(&hot.stats, (tenant, webhook))?;
@@ -374,30 +381,77 @@ fn update_stats(
     })
 }
 
-/// Writes the batch's changed counters; the last step before a commit.
-fn flush_stats(batch: &mut Batch<'_>) -> Result<(), StoreError> {
-    let pending = PENDING_STATS.with(|p| std::mem::take(&mut *p.borrow_mut()));
-    if pending.is_empty() {
+fn saw_event_type(hot: &Hot<'_>, tenant: &str, event: &Event) -> Result<(), StoreError> {
+    PENDING.with(|pending| {
+        let types = &mut pending.borrow_mut().event_types;
+        let key = (tenant.to_owned(), event.event_type.clone());
+        let seen = match types.entry(key) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                let current = get_json(&hot.event_types, (tenant, event.event_type.as_str()))?;
+                e.insert(current.unwrap_or(EventTypeSeen {
+                    event_type: event.event_type.clone(),
+                    count: 0,
+                    last_seen_ms: 0,
+                }))
+            }
+        };
+        seen.count += 1;
+        seen.last_seen_ms = seen.last_seen_ms.max(event.occurred_at_ms);
+        Ok(())
+    })
+}
+
+/// Writes what the batch changed in memory; the last step before a commit.
+fn flush_pending(batch: &mut Batch<'_>) -> Result<(), StoreError> {
+    let pending = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
+    if pending.stats.is_empty() && pending.event_types.is_empty() {
         return Ok(());
     }
-    let table = &mut batch.hot()?.stats;
-    for ((tenant, webhook), stats) in &pending {
-        table
+    let hot = batch.hot()?;
+    for ((tenant, webhook), stats) in &pending.stats {
+        hot.stats
             .insert((tenant.as_str(), webhook.as_str()), enc(stats).as_slice())
+            .map_err(redb::Error::from)?;
+    }
+    for ((tenant, event_type), seen) in &pending.event_types {
+        hot.event_types
+            .insert((tenant.as_str(), event_type.as_str()), enc(seen).as_slice())
             .map_err(redb::Error::from)?;
     }
     Ok(())
 }
 
-fn write_delivery(hot: &mut Hot<'_>, d: &Delivery) -> Result<(), StoreError> {
+/// Writes `d` (encoded: `bytes`), moving its schedule entry from `from`, the
+/// entry its stored record stood for.
+fn write_delivery(
+    hot: &mut Hot<'_>,
+    from: Option<u64>,
+    d: &Delivery,
+    bytes: &[u8],
+) -> Result<(), StoreError> {
     hot.deliveries
-        .insert(d.id.as_str(), enc(d).as_slice())
+        .insert(d.id.as_str(), bytes)
         .map_err(redb::Error::from)?;
-    match (d.status, d.next_attempt_at_ms) {
-        (DeliveryStatus::Pending, Some(due)) => schedule_at(hot, d.id.as_str(), due, false)?,
-        _ => unschedule(hot, d.id.as_str())?,
-    }
+    reschedule(hot, d.id.as_str(), from, slot(d), false)?;
     Ok(())
+}
+
+/// The part of a stored delivery an attempt's result is checked against
+/// (read without building the rest).
+#[derive(serde::Deserialize)]
+struct StoredState {
+    status: DeliveryStatus,
+    next_attempt_at_ms: Option<u64>,
+}
+
+impl StoredState {
+    fn slot(&self) -> Option<u64> {
+        match (self.status, self.next_attempt_at_ms) {
+            (DeliveryStatus::Pending, Some(due)) => Some(due),
+            _ => None,
+        }
+    }
 }
 
 fn tenant_webhooks(
@@ -412,72 +466,142 @@ fn tenant_webhooks(
     Ok(cache.fill(tenant, 0, list).1)
 }
 
-fn ingest(hot: &mut Hot<'_>, cache: &WebhookCache, new: NewEvent) -> Result<Ingested, StoreError> {
-    let tenant = new.tenant.as_str();
-    let id_key = format!("id:{}", new.id);
-    let header_key = new.idempotency_key.as_ref().map(|k| format!("key:{k}"));
-    {
-        for key in header_key.iter().chain(std::iter::once(&id_key)) {
-            if let Some(prev) =
-                get_json::<_, IdempotentAnswer>(&hot.idempotency, (tenant, key.as_str()))?
-            {
-                return Ok(if prev.fingerprint == new.fingerprint {
-                    Ingested::Replayed(prev)
-                } else {
-                    Ingested::KeyReused(prev)
-                });
-            }
+/// The key of the idempotency record every event has, under its id; it also
+/// lists the event's deliveries.
+fn id_key(event_id: &str) -> String {
+    format!("id:{event_id}")
+}
+
+/// A trigger as the writer needs it, built on the caller's thread so that the
+/// single writer only checks and inserts: the event record encoded, and the
+/// fan-out made with the webhooks cached at that moment. The writer uses that
+/// fan-out only if the cache still holds the same list (webhook writes clear
+/// it inside their own transactions); otherwise it fans out again.
+pub(crate) struct Trigger {
+    event: Event,
+    event_bytes: Vec<u8>,
+    idempotency_key: Option<String>,
+    fingerprint: String,
+    only_webhook: Option<WebhookId>,
+    due_at_ms: u64,
+    fanned: Option<FanOut>,
+}
+
+struct FanOut {
+    hooks: Arc<Vec<CachedHook>>,
+    targets: Vec<Arc<Webhook>>,
+    filtered: u32,
+    /// Each new delivery with its encoded record.
+    deliveries: Vec<(Delivery, Vec<u8>)>,
+}
+
+impl Trigger {
+    fn new(new: NewEvent, cache: &WebhookCache) -> Trigger {
+        let event = Event {
+            id: new.id,
+            tenant: new.tenant,
+            event_type: new.event_type,
+            data: new.data,
+            occurred_at_ms: new.occurred_at_ms,
+        };
+        let mut trigger = Trigger {
+            event_bytes: enc(&event),
+            event,
+            idempotency_key: new.idempotency_key,
+            fingerprint: new.fingerprint,
+            only_webhook: new.only_webhook,
+            due_at_ms: new.due_at_ms,
+            fanned: None,
+        };
+        // A fan-out that fails here fails again in the writer, which answers.
+        trigger.fanned = cache.get(&trigger.event.tenant).and_then(|(_, hooks)| {
+            let t = &trigger;
+            fan_out(hooks, &t.event, t.only_webhook.as_ref(), t.due_at_ms).ok()
+        });
+        trigger
+    }
+}
+
+fn fan_out(
+    hooks: Arc<Vec<CachedHook>>,
+    event: &Event,
+    only_webhook: Option<&WebhookId>,
+    due_at_ms: u64,
+) -> Result<FanOut, StoreError> {
+    let (targets, filtered) = super::fan_out(&hooks, &event.event_type, &event.data, only_webhook)?;
+    let deliveries = targets
+        .iter()
+        .map(|w| {
+            let d = super::new_delivery(event, w, due_at_ms);
+            let bytes = enc(&d);
+            (d, bytes)
+        })
+        .collect();
+    Ok(FanOut {
+        hooks,
+        targets,
+        filtered,
+        deliveries,
+    })
+}
+
+fn ingest(hot: &mut Hot<'_>, cache: &WebhookCache, t: Trigger) -> Result<Ingested, StoreError> {
+    let Trigger {
+        event,
+        event_bytes,
+        idempotency_key,
+        fingerprint,
+        only_webhook,
+        due_at_ms,
+        fanned,
+    } = t;
+    let tenant = event.tenant.as_str();
+    let id_key = id_key(event.id.as_str());
+    let header_key = idempotency_key.as_ref().map(|k| format!("key:{k}"));
+    for key in header_key.iter().chain(std::iter::once(&id_key)) {
+        if let Some(prev) =
+            get_json::<_, IdempotentAnswer>(&hot.idempotency, (tenant, key.as_str()))?
+        {
+            return Ok(if prev.fingerprint == fingerprint {
+                Ingested::Replayed(prev)
+            } else {
+                Ingested::KeyReused(prev)
+            });
         }
     }
 
-    let hooks = tenant_webhooks(hot.txn, cache, &new.tenant)?;
-    let (targets, filtered) = super::fan_out(&hooks, &new)?;
-    let event = Event {
-        id: new.id,
-        tenant: new.tenant.clone(),
-        event_type: new.event_type,
-        data: new.data,
-        occurred_at_ms: new.occurred_at_ms,
+    let hooks = tenant_webhooks(hot.txn, cache, &event.tenant)?;
+    let fanned = match fanned {
+        Some(f) if Arc::ptr_eq(&f.hooks, &hooks) => f,
+        _ => fan_out(hooks, &event, only_webhook.as_ref(), due_at_ms)?,
     };
-    let deliveries: Vec<Delivery> = targets
-        .iter()
-        .map(|w| super::new_delivery(&event, w, new.due_at_ms))
-        .collect();
-
     hot.events
-        .insert((tenant, event.id.as_str()), enc(&event).as_slice())
+        .insert((tenant, event.id.as_str()), event_bytes.as_slice())
         .map_err(redb::Error::from)?;
-    let answer = IdempotentAnswer {
+    let mut answer = IdempotentAnswer {
         event_id: event.id.clone(),
         event_type: event.event_type.clone(),
-        deliveries: deliveries.len() as u32,
-        fingerprint: new.fingerprint,
+        deliveries: fanned.deliveries.len() as u32,
+        fingerprint,
         at_ms: event.occurred_at_ms,
+        delivery_ids: Vec::new(),
     };
-    for key in header_key.iter().chain(std::iter::once(&id_key)) {
+    if let Some(key) = &header_key {
         hot.idempotency
             .insert((tenant, key.as_str()), enc(&answer).as_slice())
             .map_err(redb::Error::from)?;
     }
-    {
-        let types = &mut hot.event_types;
-        let mut seen: EventTypeSeen = get_json(&*types, (tenant, event.event_type.as_str()))?
-            .unwrap_or(EventTypeSeen {
-                event_type: event.event_type.clone(),
-                count: 0,
-                last_seen_ms: 0,
-            });
-        seen.count += 1;
-        seen.last_seen_ms = event.occurred_at_ms;
-        types
-            .insert((tenant, event.event_type.as_str()), enc(&seen).as_slice())
-            .map_err(redb::Error::from)?;
-    }
-    for d in &deliveries {
+    answer.delivery_ids = fanned
+        .deliveries
+        .iter()
+        .map(|(d, _)| d.id.clone())
+        .collect();
+    hot.idempotency
+        .insert((tenant, id_key.as_str()), enc(&answer).as_slice())
+        .map_err(redb::Error::from)?;
+    saw_event_type(hot, tenant, &event)?;
+    for (d, bytes) in &fanned.deliveries {
         let (id, hook) = (d.id.as_str(), d.webhook_id.as_str());
-        hot.event_deliveries
-            .insert((tenant, event.id.as_str(), id), ())
-            .map_err(redb::Error::from)?;
         hot.webhook_deliveries
             .insert((hook, id), ())
             .map_err(redb::Error::from)?;
@@ -486,22 +610,45 @@ fn ingest(hot: &mut Hot<'_>, cache: &WebhookCache, new: NewEvent) -> Result<Inge
             s.pending += 1;
         })?;
         hot.deliveries
-            .insert(id, enc(d).as_slice())
+            .insert(id, bytes.as_slice())
             .map_err(redb::Error::from)?;
         // A new id: never scheduled before, so nothing to take out first.
         hot.schedule
-            .insert((new.due_at_ms, id), true)
-            .map_err(redb::Error::from)?;
-        hot.schedule_due
-            .insert(id, new.due_at_ms)
+            .insert((due_at_ms, id), true)
             .map_err(redb::Error::from)?;
     }
     Ok(Ingested::Created {
         event,
-        deliveries,
-        webhooks: targets,
-        filtered,
+        deliveries: fanned.deliveries.into_iter().map(|(d, _)| d).collect(),
+        webhooks: fanned.targets,
+        filtered: fanned.filtered,
     })
+}
+
+/// The deliveries an event created: listed in its `id:` record (`idem`), or,
+/// for records written before that, in the old event→delivery index.
+fn delivery_ids(
+    idem: &impl ReadableTable<Keyed2, Json>,
+    old_index: &impl ReadableTable<(&'static str, &'static str, &'static str), ()>,
+    tenant: &str,
+    event_id: &str,
+) -> Result<Vec<String>, StoreError> {
+    let answer: Option<IdempotentAnswer> = get_json(idem, (tenant, id_key(event_id).as_str()))?;
+    if let Some(answer) = answer.filter(|a| !a.delivery_ids.is_empty()) {
+        return Ok(answer
+            .delivery_ids
+            .iter()
+            .map(|d| d.as_str().to_owned())
+            .collect());
+    }
+    let mut out = Vec::new();
+    for item in old_index
+        .range((tenant, event_id, "")..(tenant, event_id, MAX_ID))
+        .map_err(redb::Error::from)?
+    {
+        out.push(item.map_err(redb::Error::from)?.0.value().2.to_owned());
+    }
+    Ok(out)
 }
 
 /// When an engine-minted id (`dlv_<ulid>`) was created.
@@ -541,14 +688,21 @@ fn sweep(txn: &WriteTransaction, cutoff_ms: u64) -> Result<u64, StoreError> {
     }
     let old_events: Vec<(String, String)> = {
         let events = table!(txn, EVENTS);
-        let index = table!(txn, EVENT_DELIVERIES);
+        let (deliveries, idem) = (table!(txn, DELIVERIES), table!(txn, IDEMPOTENCY));
+        let old_index = table!(txn, EVENT_DELIVERIES);
         let mut out = Vec::new();
         for item in events.iter()? {
             let (k, v) = item?;
             let e: Event = dec(v.value())?;
             let (t, id) = k.value();
-            let still_pending = index.range((t, id, "")..(t, id, MAX_ID))?.next().is_some();
-            if e.occurred_at_ms < cutoff_ms && !still_pending {
+            if e.occurred_at_ms >= cutoff_ms {
+                continue;
+            }
+            let mut kept = false;
+            for d in delivery_ids(&idem, &old_index, t, id)? {
+                kept |= deliveries.get(d.as_str())?.is_some();
+            }
+            if !kept {
                 out.push((t.to_owned(), id.to_owned()));
             }
         }
@@ -559,13 +713,20 @@ fn sweep(txn: &WriteTransaction, cutoff_ms: u64) -> Result<u64, StoreError> {
         removed += 1;
     }
     let old_keys: Vec<(String, String)> = {
-        let idem = table!(txn, IDEMPOTENCY);
+        let (idem, events) = (table!(txn, IDEMPOTENCY), table!(txn, EVENTS));
         let mut out = Vec::new();
         for item in idem.iter()? {
             let (k, v) = item?;
             let answer: IdempotentAnswer = dec(v.value())?;
-            if answer.at_ms < cutoff_ms {
-                let (t, key) = k.value();
+            let (t, key) = k.value();
+            // The record under the event id lists its deliveries: it goes
+            // with the event.
+            let event_kept = key.starts_with("id:")
+                && events
+                    .get((t, answer.event_id.as_str()))
+                    .map_err(redb::Error::from)?
+                    .is_some();
+            if answer.at_ms < cutoff_ms && !event_kept {
                 out.push((t.to_owned(), key.to_owned()));
             }
         }
@@ -668,14 +829,25 @@ impl Store for EmbeddedStore {
 
     async fn insert_event(&self, event: NewEvent) -> Result<Ingested, StoreError> {
         let cache = self.webhooks.clone();
-        self.write_hot(move |hot| ingest(hot, &cache, event)).await
+        let trigger = Trigger::new(event, &cache);
+        self.write_hot(move |hot| ingest(hot, &cache, trigger))
+            .await
     }
 
     /// One transaction, and so one disk sync, for the whole batch.
     async fn insert_events(&self, events: Vec<NewEvent>) -> Result<Vec<Ingested>, StoreError> {
         let cache = self.webhooks.clone();
-        self.write_hot(move |hot| events.into_iter().map(|e| ingest(hot, &cache, e)).collect())
-            .await
+        let triggers: Vec<Trigger> = events
+            .into_iter()
+            .map(|e| Trigger::new(e, &cache))
+            .collect();
+        self.write_hot(move |hot| {
+            triggers
+                .into_iter()
+                .map(|t| ingest(hot, &cache, t))
+                .collect()
+        })
+        .await
     }
 
     async fn get_event(
@@ -692,16 +864,11 @@ impl Store for EmbeddedStore {
         id: &EventId,
     ) -> Result<Vec<Delivery>, StoreError> {
         self.read(|txn| {
-            let index = table!(txn, EVENT_DELIVERIES);
             let deliveries = table!(txn, DELIVERIES);
-            let (t, e) = (tenant.as_str(), id.as_str());
             let mut out = Vec::new();
-            for item in index
-                .range((t, e, "")..(t, e, MAX_ID))
-                .map_err(redb::Error::from)?
-            {
-                let (k, _) = item.map_err(redb::Error::from)?;
-                if let Some(d) = get_json(&deliveries, k.value().2)? {
+            let (idem, old_index) = (table!(txn, IDEMPOTENCY), table!(txn, EVENT_DELIVERIES));
+            for d in delivery_ids(&idem, &old_index, tenant.as_str(), id.as_str())? {
+                if let Some(d) = get_json(&deliveries, d.as_str())? {
                     out.push(d);
                 }
             }
@@ -777,14 +944,20 @@ impl Store for EmbeddedStore {
         delivery: Delivery,
         attempt: Option<Attempt>,
     ) -> Result<(), StoreError> {
+        // Encoded here, on the caller's thread: the writer only checks and inserts.
+        let bytes = enc(&delivery);
+        let attempt = attempt.map(|a| {
+            let encoded = enc(&a);
+            (a, encoded)
+        });
         self.write_hot(move |hot| {
-            let previous: Option<Delivery> = get_json(&hot.deliveries, delivery.id.as_str())?;
+            let previous: Option<StoredState> = get_json(&hot.deliveries, delivery.id.as_str())?;
             let Some(previous) = previous else {
                 return Err(StoreError::NotFound("delivery"));
             };
-            if let Some(a) = &attempt {
+            if let Some((a, encoded)) = &attempt {
                 hot.attempts
-                    .insert((a.delivery_id.as_str(), a.attempt), enc(a).as_slice())
+                    .insert((a.delivery_id.as_str(), a.attempt), encoded.as_slice())
                     .map_err(redb::Error::from)?;
             }
             update_stats(
@@ -796,13 +969,13 @@ impl Store for EmbeddedStore {
                         s.count(previous.status, -1);
                         s.count(delivery.status, 1);
                     }
-                    if let Some(a) = &attempt {
+                    if let Some((a, _)) = &attempt {
                         s.attempts += 1;
                         s.attempt_duration_ms_total += a.duration_ms;
                     }
                 },
             )?;
-            write_delivery(hot, &delivery)
+            write_delivery(hot, previous.slot(), &delivery, &bytes)
         })
         .await
     }
@@ -815,16 +988,16 @@ impl Store for EmbeddedStore {
     ) -> Result<Delivery, StoreError> {
         let (tenant, id) = (tenant.clone(), id.clone());
         self.write_hot(move |hot| {
-            let mut d: Delivery = get_json::<_, Delivery>(&hot.deliveries, id.as_str())?
+            let previous: Delivery = get_json::<_, Delivery>(&hot.deliveries, id.as_str())?
                 .filter(|d| d.tenant == tenant)
                 .ok_or(StoreError::NotFound("delivery"))?;
-            let previous = d.status;
+            let mut d = previous.clone();
             d.reopen(now_ms);
             update_stats(hot, d.tenant.as_str(), d.webhook_id.as_str(), |s| {
-                s.count(previous, -1);
+                s.count(previous.status, -1);
                 s.count(DeliveryStatus::Pending, 1);
             })?;
-            write_delivery(hot, &d)?;
+            write_delivery(hot, slot(&previous), &d, &enc(&d))?;
             Ok(d)
         })
         .await
@@ -948,5 +1121,83 @@ impl Store for EmbeddedStore {
             }
             Ok(out)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schedule::Schedule;
+
+    /// A database written before the event→delivery index moved into the
+    /// `id:` record and before records named their schedule entry: the
+    /// delivery is still found from its event, a lease of the previous run
+    /// comes due on open, and finishing it empties the schedule.
+    #[tokio::test]
+    async fn reads_records_of_the_earlier_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            EmbeddedStore::open(dir.path(), std::time::Duration::from_secs(86_400)).unwrap();
+        let tenant = TenantId::from_trusted("old");
+        let event = Event {
+            id: EventId::from_trusted("e1"),
+            tenant: tenant.clone(),
+            event_type: "invoice.paid".into(),
+            data: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+            occurred_at_ms: 1_000,
+        };
+        let hook = Webhook::new(tenant.clone(), "https://example.com/", vec!["*".into()], 0);
+        let mut old = super::super::new_delivery(&event, &hook, 1_000);
+        let id = old.id.clone();
+        // Claimed by the previous run: its entry moved to the lease's end,
+        // its record did not.
+        old.next_attempt_at_ms = Some(1_000);
+        let (e, d) = (event.clone(), old.clone());
+        store
+            .write(move |txn| {
+                let (t, eid, did) = (e.tenant.as_str(), e.id.as_str(), d.id.as_str());
+                table!(txn, EVENTS).insert((t, eid), enc(&e).as_slice())?;
+                let answer = IdempotentAnswer {
+                    event_id: e.id.clone(),
+                    event_type: e.event_type.clone(),
+                    deliveries: 1,
+                    fingerprint: "f".into(),
+                    at_ms: 1_000,
+                    delivery_ids: Vec::new(),
+                };
+                table!(txn, IDEMPOTENCY).insert((t, "id:e1"), enc(&answer).as_slice())?;
+                table!(txn, EVENT_DELIVERIES).insert((t, eid, did), ())?;
+                table!(txn, DELIVERIES).insert(did, enc(&d).as_slice())?;
+                table!(txn, SCHEDULE).insert((9_000_000_000_000, did), true)?;
+                table!(txn, OLD_SCHEDULE_DUE).insert(did, 9_000_000_000_000)?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let found = store.event_deliveries(&tenant, &event.id).await.unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].id, id);
+        drop(store);
+
+        let store =
+            EmbeddedStore::open(dir.path(), std::time::Duration::from_secs(86_400)).unwrap();
+        let now = crate::clock::now_ms();
+        assert!(store.next_due_ms().await.unwrap().unwrap() <= now);
+        let claimed = store.claim_due(now, 10, 30_000).await.unwrap();
+        assert_eq!(claimed, vec![(tenant.clone(), id.clone())]);
+        let leased = store.get_delivery(&tenant, &id).await.unwrap().unwrap();
+        assert_eq!(slot(&leased), Some(now + 30_000));
+        assert_eq!(store.next_due_ms().await.unwrap(), Some(now + 30_000));
+
+        let mut done = leased;
+        done.status = DeliveryStatus::Succeeded;
+        done.next_attempt_at_ms = None;
+        store.finish_attempt(done, None).await.unwrap();
+        assert_eq!(store.next_due_ms().await.unwrap(), None);
+        let txn = store.db().begin_read().unwrap();
+        assert!(matches!(
+            txn.open_table(OLD_SCHEDULE_DUE),
+            Err(redb::TableError::TableDoesNotExist(_))
+        ));
     }
 }

@@ -38,24 +38,26 @@ pub type CachedHook = (Arc<Webhook>, Option<crate::filter::Filter>);
 /// only if a filter needs it.
 pub fn fan_out(
     hooks: &[CachedHook],
-    new: &NewEvent,
+    event_type: &str,
+    data: &RawValue,
+    only_webhook: Option<&WebhookId>,
 ) -> Result<(Vec<Arc<Webhook>>, u32), serde_json::Error> {
     let mut parsed: Option<serde_json::Value> = None;
     let mut filtered = 0u32;
     let mut targets = Vec::new();
     for (w, filter) in hooks {
-        let subscribed = match &new.only_webhook {
+        let subscribed = match only_webhook {
             Some(only) => &w.id == only,
-            None => w.active && w.subscribes_to(&new.event_type),
+            None => w.active && w.subscribes_to(event_type),
         };
         if !subscribed {
             continue;
         }
-        let pass = match (filter, &new.only_webhook) {
+        let pass = match (filter, only_webhook) {
             (Some(f), None) => {
                 let data = match &parsed {
                     Some(v) => v,
-                    None => parsed.insert(serde_json::from_str(new.data.get())?),
+                    None => parsed.insert(serde_json::from_str(data.get())?),
                 };
                 f.matches(data)
             }
@@ -208,6 +210,11 @@ pub struct IdempotentAnswer {
     /// When the first trigger was accepted (for retention).
     #[serde(default)]
     pub at_ms: u64,
+    /// The deliveries it created, where the backend keeps them here (the
+    /// embedded store's record under the event id is its event→delivery
+    /// index; empty elsewhere).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub delivery_ids: Vec<DeliveryId>,
 }
 
 #[derive(Debug)]

@@ -30,9 +30,11 @@
 //!   set of webhooks, whichever engine changed them, and nothing depends on a
 //!   pub/sub message arriving.
 //! - Retention: finished deliveries and their attempts expire `retention`
-//!   after they finish, events when their last pending delivery finishes (or
-//!   at once if they fanned out to nothing), idempotency keys `retention`
-//!   after the trigger. Pending deliveries and their events never expire.
+//!   after they finish; an event, its delivery list and the idempotency
+//!   record under its id `retention` after its last pending delivery
+//!   finishes (at once if it fanned out to nothing); `Idempotency-Key`
+//!   records `retention` after the trigger. Pending deliveries and their
+//!   events never expire.
 //!   [`Store::sweep`] trims each webhook's delivery index by id (ids sort by
 //!   time).
 
@@ -98,16 +100,18 @@ for i = 1, 2 do
 end
 if (redis.call('GET', KEYS[9]) or '0') ~= ARGV[9] then return {2, ''} end
 local ttl = ARGV[3]
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ttl)
-if KEYS[2] ~= KEYS[1] then redis.call('SET', KEYS[2], ARGV[1], 'EX', ttl) end
 local n = tonumber(ARGV[8])
 if n > 0 then
-  -- The event stays while any of its deliveries is pending.
+  -- The event, its delivery list and the answer under its id stay while
+  -- any of its deliveries is pending (FINISH sets their expiry).
+  redis.call('SET', KEYS[1], ARGV[1])
   redis.call('SET', KEYS[3], ARGV[2])
   redis.call('SET', KEYS[8], n)
 else
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ttl)
   redis.call('SET', KEYS[3], ARGV[2], 'EX', ttl)
 end
+if KEYS[2] ~= KEYS[1] then redis.call('SET', KEYS[2], ARGV[1], 'EX', ttl) end
 redis.call('HINCRBY', KEYS[7], 'c:' .. ARGV[6], 1)
 redis.call('HSET', KEYS[7], 'l:' .. ARGV[6], ARGV[7])
 for i = 0, n - 1 do
@@ -119,7 +123,6 @@ for i = 0, n - 1 do
   redis.call('HINCRBY', KEYS[6], wid .. ':total', 1)
   redis.call('HINCRBY', KEYS[6], wid .. ':pending', 1)
 end
-if n > 0 then redis.call('EXPIRE', KEYS[4], ttl) end
 return {1, ''}
 "#;
 
@@ -141,7 +144,8 @@ return due
 "#;
 
 const FINISH: &str = r#"
--- KEYS: delivery, attempts, schedule, stats, event, event's pending count
+-- KEYS: delivery, attempts, schedule, stats, event, event's pending count,
+--       event's delivery list, answer under the event id
 -- ARGV: delivery json, attempt json or '', status, webhook id, member, next due or '', ttl, duration ms
 local prev = redis.call('GET', KEYS[1])
 if not prev then return redis.error_reply('delivery not found') end
@@ -164,7 +168,7 @@ if new == 'pending' then
   redis.call('ZADD', KEYS[3], ARGV[6], ARGV[5])
   if old ~= 'pending' then
     redis.call('INCR', KEYS[6])
-    redis.call('PERSIST', KEYS[5])
+    for i = 5, 8 do if i ~= 6 then redis.call('PERSIST', KEYS[i]) end end
   end
 else
   redis.call('SET', KEYS[1], ARGV[1], 'EX', ttl)
@@ -172,7 +176,7 @@ else
   redis.call('ZREM', KEYS[3], ARGV[5])
   if old == 'pending' and redis.call('DECR', KEYS[6]) <= 0 then
     redis.call('DEL', KEYS[6])
-    redis.call('EXPIRE', KEYS[5], ttl)
+    for i = 5, 8 do if i ~= 6 then redis.call('EXPIRE', KEYS[i], ttl) end end
   end
 end
 return 1
@@ -313,7 +317,8 @@ impl RedisStore {
         hooks: &[CachedHook],
     ) -> Result<Option<Ingested>, StoreError> {
         let t = new.tenant.clone();
-        let (targets, filtered) = super::fan_out(hooks, new)?;
+        let (targets, filtered) =
+            super::fan_out(hooks, &new.event_type, &new.data, new.only_webhook.as_ref())?;
         let event = Event {
             id: new.id.clone(),
             tenant: t.clone(),
@@ -331,6 +336,7 @@ impl RedisStore {
             deliveries: deliveries.len() as u32,
             fingerprint: new.fingerprint.clone(),
             at_ms: new.occurred_at_ms,
+            delivery_ids: Vec::new(),
         };
         let id_key = self.key(&t, &format!("idem:{t}:id:{}", event.id));
         let header_key = match &new.idempotency_key {
@@ -423,6 +429,8 @@ impl RedisStore {
             .key(self.key(t, &format!("stats:{t}")))
             .key(self.key(t, &format!("ev:{t}:{}", d.event_id)))
             .key(self.key(t, &format!("evp:{t}:{}", d.event_id)))
+            .key(self.key(t, &format!("evd:{t}:{}", d.event_id)))
+            .key(self.key(t, &format!("idem:{t}:id:{}", d.event_id)))
             .arg(json(d))
             .arg(attempt.map(json).unwrap_or_default())
             .arg(status.as_str().unwrap_or_default())
