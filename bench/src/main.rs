@@ -33,6 +33,9 @@ enum Scenario {
         /// Only this backend (`embedded` or `redis`); both by default.
         #[arg(long)]
         backend: Option<String>,
+        /// Only the rows whose label contains this (e.g. `fan-out 10, default`).
+        #[arg(long)]
+        rows: Option<String>,
     },
     /// Microseconds a plugin adds per delivery (1 KiB and 64 KiB payloads).
     Plugin,
@@ -64,12 +67,16 @@ fn main() -> anyhow::Result<()> {
             Scenario::All => {
                 // Memory first, while the process is fresh.
                 scenarios::tenants(1_000, None).await?;
-                scenarios::http(20_000, None).await?;
+                scenarios::http(20_000, None, None).await?;
                 scenarios::plugin_overhead().await?;
                 scenarios::reload().await?;
                 claims::run(20_000).await
             }
-            Scenario::Http { events, backend } => scenarios::http(events, backend.as_deref()).await,
+            Scenario::Http {
+                events,
+                backend,
+                rows,
+            } => scenarios::http(events, backend.as_deref(), rows.as_deref()).await,
             Scenario::Plugin => scenarios::plugin_overhead().await,
             Scenario::Reload => scenarios::reload().await,
             Scenario::Tenants { tenants, backend } => {
