@@ -24,22 +24,21 @@ pub(crate) fn slot(d: &Delivery) -> Option<u64> {
 }
 
 /// Moves a delivery's entry from where its old record put it (`from`) to
-/// where its new one does (`to`).
+/// where its new one does (`to`), not leased.
 pub(crate) fn reschedule(
     hot: &mut Hot<'_>,
     id: &str,
     from: Option<u64>,
     to: Option<u64>,
-    leased: bool,
 ) -> Result<(), redb::Error> {
-    if from == to && !leased {
+    if from == to {
         return Ok(());
     }
     if let Some(old) = from {
         hot.schedule.remove((old, id))?;
     }
     if let Some(due) = to {
-        hot.schedule.insert((due, id), leased)?;
+        hot.schedule.insert((due, id), false)?;
     }
     Ok(())
 }

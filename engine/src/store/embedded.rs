@@ -8,10 +8,15 @@
 //! triggers costs one disk sync, not one each. Reads use redb's MVCC read
 //! transactions and never wait for the writer.
 //!
-//! Records are JSON. A closure that fails leaves whatever it already wrote in
+//! Records are JSON, encoded on the caller's thread where they can be (a
+//! trigger's event and deliveries, an attempt's result), so that the one
+//! writer only checks and inserts. A delivery's record names its schedule
+//! entry (see [`crate::schedule::embedded`]), and the idempotency record
+//! under an event's id lists the event's deliveries (kept as long as the
+//! event). A closure that fails leaves whatever it already wrote in
 //! the shared transaction, so closures check before they write. Delivery
-//! counters are changed in memory by the closures of a batch and written
-//! once per counter just before the commit. The tables that triggers,
+//! counters and event types seen are changed in memory by the closures of a
+//! batch and written once each just before the commit. The tables that triggers,
 //! attempts and claims write ([`Hot`]) are opened once per batch and stay
 //! open while such writes follow each other; any other write closes them
 //! first.
@@ -433,7 +438,7 @@ fn write_delivery(
     hot.deliveries
         .insert(d.id.as_str(), bytes)
         .map_err(redb::Error::from)?;
-    reschedule(hot, d.id.as_str(), from, slot(d), false)?;
+    reschedule(hot, d.id.as_str(), from, slot(d))?;
     Ok(())
 }
 
