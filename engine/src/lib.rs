@@ -134,14 +134,20 @@ pub async fn run(
         .await?;
     let _ = stop_tx.send(true);
     worker.await?;
-    drop(app);
+    drop((app, deliverer));
     // The store closes when its last user lets go; wait for that so the next
     // run (or a test restarting the engine) can open the file again.
+    let released = || closed.as_ref().is_none_or(|c| c.strong_count() == 0);
     for _ in 0..500 {
-        if closed.as_ref().is_none_or(|c| c.strong_count() == 0) {
+        if released() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if !released() {
+        // Something still holds the store (an attempt that outlived the
+        // drain, or a bug): its file stays locked until the process exits.
+        anyhow::bail!("stopped, but the store is still in use after 5 s");
     }
     tracing::info!("wasmhook stopped");
     Ok(())
