@@ -17,7 +17,12 @@ use redb::{ReadableDatabase, ReadableTable};
 
 /// The schedule entry `d` stands for, if any.
 pub(crate) fn slot(d: &Delivery) -> Option<u64> {
-    match (d.status, d.next_attempt_at_ms) {
+    slot_of(d.status, d.next_attempt_at_ms)
+}
+
+/// The schedule entry of a delivery in `status` whose next attempt is `next`.
+pub(crate) fn slot_of(status: DeliveryStatus, next: Option<u64>) -> Option<u64> {
+    match (status, next) {
         (DeliveryStatus::Pending, Some(due)) => Some(due),
         _ => None,
     }

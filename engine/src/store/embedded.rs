@@ -27,7 +27,7 @@ use crate::model::{
     Attempt, Delivery, DeliveryStats, DeliveryStatus, Event, EventTypeSeen, PluginVersion, Tenant,
     Webhook,
 };
-use crate::schedule::embedded::{release_leases, reschedule, slot};
+use crate::schedule::embedded::{release_leases, reschedule, slot, slot_of};
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
 use serde::Serialize;
@@ -452,10 +452,7 @@ struct StoredState {
 
 impl StoredState {
     fn slot(&self) -> Option<u64> {
-        match (self.status, self.next_attempt_at_ms) {
-            (DeliveryStatus::Pending, Some(due)) => Some(due),
-            _ => None,
-        }
+        slot_of(self.status, self.next_attempt_at_ms)
     }
 }
 
