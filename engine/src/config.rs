@@ -18,6 +18,10 @@ pub struct RawConfig {
     pub listen: String,
     /// Where the embedded store keeps its file.
     pub data_dir: PathBuf,
+    /// Memory the embedded store keeps of its file's pages (MiB). Recently
+    /// written pages are what triggers and attempts read again; the rest
+    /// comes from the operating system's page cache.
+    pub store_cache_mb: usize,
     /// Operator token for `/api/tenants…`; without one the admin API is refused.
     pub admin_token: Option<String>,
     /// CIDRs that may be delivered to although they are private (e.g. `127.0.0.0/8`).
@@ -63,6 +67,7 @@ impl Default for RawConfig {
         RawConfig {
             listen: "127.0.0.1:8080".into(),
             data_dir: PathBuf::from("wasmhook-data"),
+            store_cache_mb: 64,
             admin_token: None,
             allow_private_targets: Vec::new(),
             max_body_bytes: 1 << 20,
@@ -89,6 +94,7 @@ impl Default for RawConfig {
 pub struct Settings {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
+    pub store_cache_bytes: usize,
     pub admin_token: Option<String>,
     pub allow_private_targets: Vec<IpNet>,
     pub max_body_bytes: usize,
@@ -169,6 +175,9 @@ impl RawConfig {
         {
             return Err(invalid("admin_token", "must be at least 16 characters"));
         }
+        if !(1..=65_536).contains(&self.store_cache_mb) {
+            return Err(invalid("store_cache_mb", "must be 1 to 65536"));
+        }
         if self.delivery_concurrency == 0 {
             return Err(invalid("delivery_concurrency", "must be at least 1"));
         }
@@ -225,6 +234,7 @@ impl RawConfig {
         Ok(Settings {
             listen,
             data_dir: self.data_dir.clone(),
+            store_cache_bytes: self.store_cache_mb << 20,
             admin_token: self.admin_token,
             allow_private_targets,
             max_body_bytes: self.max_body_bytes,
@@ -337,5 +347,9 @@ mod tests {
         assert!(err.to_string().contains("allow_private_targets"), "{err}");
         let err = Settings::load_from(None, env(&[("WASMHOOK_ADMIN_TOKEN", "short")])).unwrap_err();
         assert!(err.to_string().contains("admin_token"), "{err}");
+        let err = Settings::load_from(None, env(&[("WASMHOOK_STORE_CACHE_MB", "0")])).unwrap_err();
+        assert!(err.to_string().starts_with("store_cache_mb:"), "{err}");
+        let s = Settings::load_from(None, env(&[("WASMHOOK_STORE_CACHE_MB", "16")])).unwrap();
+        assert_eq!(s.store_cache_bytes, 16 << 20);
     }
 }

@@ -79,7 +79,12 @@ pub async fn run(
             }
             None => {
                 let embedded = Arc::new(
-                    EmbeddedStore::open(&settings.data_dir, settings.retention).map_err(|e| {
+                    EmbeddedStore::open(
+                        &settings.data_dir,
+                        settings.retention,
+                        settings.store_cache_bytes,
+                    )
+                    .map_err(|e| {
                         anyhow::anyhow!(
                             "cannot open the store in {}: {e}",
                             settings.data_dir.display()

@@ -457,11 +457,11 @@ const DAY: Duration = Duration::from_secs(86_400);
 #[tokio::test]
 async fn embedded_backend_keeps_the_contract() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(EmbeddedStore::open(dir.path(), DAY).unwrap());
+    let store = Arc::new(EmbeddedStore::open(dir.path(), DAY, 1 << 20).unwrap());
     contract(store.clone(), store).await;
     let dir = tempfile::tempdir().unwrap();
     retention(Arc::new(
-        EmbeddedStore::open(dir.path(), Duration::from_secs(1)).unwrap(),
+        EmbeddedStore::open(dir.path(), Duration::from_secs(1), 1 << 20).unwrap(),
     ))
     .await;
 }

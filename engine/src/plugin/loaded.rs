@@ -7,15 +7,17 @@ use super::bindings::PluginPre;
 use super::host::{HostState, LogGate};
 use super::instances::{Budget, Idle};
 use crate::ids::TenantId;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// A call using more CPU than this marks its version as slow for good: its
 /// calls then always run on a blocking thread.
 const INLINE_MAX: Duration = Duration::from_millis(1);
-/// Quick calls a version needs before its calls may run inline.
+/// Quick calls in a row a version needs before its calls may run inline.
 const INLINE_AFTER: u32 = 16;
+/// Slow calls after which a version never runs inline again.
+const SLOW_FOR_GOOD: u32 = 3;
 
 /// Calls and failures of one plugin version on this engine since it started.
 #[derive(Default)]
@@ -46,10 +48,11 @@ pub struct LoadedPlugin {
     /// dry runs): it counts nothing.
     pub(super) counts: Option<Arc<CallCounts>>,
     pub(super) last_used_ms: AtomicU64,
-    /// Calls that finished within [`INLINE_MAX`] (saturating at `INLINE_AFTER`).
+    /// Calls in a row that finished within [`INLINE_MAX`] (saturating at
+    /// `INLINE_AFTER`).
     quick_calls: AtomicU32,
-    /// Some call took longer than [`INLINE_MAX`] (or timed out).
-    slow: AtomicBool,
+    /// Calls that took longer than [`INLINE_MAX`] (or timed out).
+    slow_calls: AtomicU32,
 }
 
 impl LoadedPlugin {
@@ -76,7 +79,7 @@ impl LoadedPlugin {
             counts,
             last_used_ms: AtomicU64::new(now_ms),
             quick_calls: AtomicU32::new(0),
-            slow: AtomicBool::new(false),
+            slow_calls: AtomicU32::new(0),
         }
     }
 
@@ -85,20 +88,23 @@ impl LoadedPlugin {
         format!("{}@{}", self.name, self.version)
     }
 
-    /// True when this version's calls may run on an async worker thread:
-    /// its first [`INLINE_AFTER`] calls ran on blocking threads and each took
-    /// under [`INLINE_MAX`], and none ever took longer. A version that turns
-    /// slow later can hold a worker once, for at most the CPU deadline;
-    /// after that its calls go back to blocking threads for good.
+    /// True when this version's calls may run on an async worker thread: its
+    /// last [`INLINE_AFTER`] calls each took under [`INLINE_MAX`], and fewer
+    /// than [`SLOW_FOR_GOOD`] ever took longer. A slow call sends the version
+    /// back to blocking threads until it has made that many quick calls there
+    /// again, so one stall (a page-fault storm on a busy machine, say) does
+    /// not pin it there; a version that turns slow can hold a worker at most
+    /// [`SLOW_FOR_GOOD`] times, each for at most the CPU deadline.
     pub fn runs_inline(&self) -> bool {
-        !self.slow.load(Ordering::Relaxed)
+        self.slow_calls.load(Ordering::Relaxed) < SLOW_FOR_GOOD
             && self.quick_calls.load(Ordering::Relaxed) >= INLINE_AFTER
     }
 
     /// Records what a call cost (thread CPU time, see [`thread_cpu_time`]).
     pub(super) fn note_duration(&self, took: Duration) {
         if took > INLINE_MAX {
-            self.slow.store(true, Ordering::Relaxed);
+            self.slow_calls.fetch_add(1, Ordering::Relaxed);
+            self.quick_calls.store(0, Ordering::Relaxed);
         } else if self.quick_calls.load(Ordering::Relaxed) < INLINE_AFTER {
             self.quick_calls.fetch_add(1, Ordering::Relaxed);
         }

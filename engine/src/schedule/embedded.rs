@@ -17,12 +17,7 @@ use redb::{ReadableDatabase, ReadableTable};
 
 /// The schedule entry `d` stands for, if any.
 pub(crate) fn slot(d: &Delivery) -> Option<u64> {
-    slot_of(d.status, d.next_attempt_at_ms)
-}
-
-/// The schedule entry of a delivery in `status` whose next attempt is `next`.
-pub(crate) fn slot_of(status: DeliveryStatus, next: Option<u64>) -> Option<u64> {
-    match (status, next) {
+    match (d.status, d.next_attempt_at_ms) {
         (DeliveryStatus::Pending, Some(due)) => Some(due),
         _ => None,
     }
@@ -61,11 +56,11 @@ fn lease(
         hot.schedule.remove((due, id.as_str()))?;
         let found = hot.deliveries.get(id.as_str())?.map(|v| v.value().to_vec());
         let Some(bytes) = found else { continue };
-        let mut d: Delivery = serde_json::from_slice(&bytes)?;
+        let mut d: Delivery = crate::store::record::decode(&bytes)?;
         d.next_attempt_at_ms = Some(until_ms);
         hot.schedule.insert((until_ms, id.as_str()), leased)?;
         hot.deliveries
-            .insert(id.as_str(), serde_json::to_vec(&d)?.as_slice())?;
+            .insert(id.as_str(), crate::store::record::compact(&d).as_slice())?;
         out.push(d);
     }
     Ok(out)

@@ -8,7 +8,8 @@
 //! triggers costs one disk sync, not one each. Reads use redb's MVCC read
 //! transactions and never wait for the writer.
 //!
-//! Records are JSON, encoded on the caller's thread where they can be (a
+//! Records are JSON, but deliveries and attempts are compact binary
+//! ([`super::record`]); they are encoded on the caller's thread where they can be (a
 //! trigger's event and deliveries, an attempt's result), so that the one
 //! writer only checks and inserts. A delivery's record names its schedule
 //! entry (see [`crate::schedule::embedded`]), and the idempotency record
@@ -27,10 +28,9 @@ use crate::model::{
     Attempt, Delivery, DeliveryStats, DeliveryStatus, Event, EventTypeSeen, PluginVersion, Tenant,
     Webhook,
 };
-use crate::schedule::embedded::{release_leases, reschedule, slot, slot_of};
+use crate::schedule::embedded::{release_leases, reschedule, slot};
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -140,11 +140,19 @@ pub struct EmbeddedStore {
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) `wasmhook.redb` in `dir`, and makes leases left by a
+    /// Opens (or creates) `wasmhook.redb` in `dir`, keeping up to
+    /// `cache_bytes` of its pages in memory, and makes leases left by a
     /// previous run due now.
-    pub fn open(dir: &Path, retention: std::time::Duration) -> Result<Self, StoreError> {
+    pub fn open(
+        dir: &Path,
+        retention: std::time::Duration,
+        cache_bytes: usize,
+    ) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Storage(redb::Error::Io(e)))?;
-        let db = Database::create(dir.join("wasmhook.redb")).map_err(redb::Error::from)?;
+        let db = Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(dir.join("wasmhook.redb"))
+            .map_err(redb::Error::from)?;
         let txn = db.begin_write().map_err(redb::Error::from)?;
         {
             // Create every table so that readers never meet a missing one.
@@ -291,13 +299,7 @@ fn write_loop(db: &Database, mut rx: mpsc::Receiver<Op>) {
     }
 }
 
-fn enc<T: Serialize>(value: &T) -> Vec<u8> {
-    serde_json::to_vec(value).expect("records serialise")
-}
-
-fn dec<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
-    Ok(serde_json::from_slice(bytes)?)
-}
+use super::record::{compact, decode as dec, json as enc};
 
 macro_rules! table {
     ($txn:expr, $def:expr) => {
@@ -442,20 +444,6 @@ fn write_delivery(
     Ok(())
 }
 
-/// The part of a stored delivery an attempt's result is checked against
-/// (read without building the rest).
-#[derive(serde::Deserialize)]
-struct StoredState {
-    status: DeliveryStatus,
-    next_attempt_at_ms: Option<u64>,
-}
-
-impl StoredState {
-    fn slot(&self) -> Option<u64> {
-        slot_of(self.status, self.next_attempt_at_ms)
-    }
-}
-
 fn tenant_webhooks(
     txn: &WriteTransaction,
     cache: &WebhookCache,
@@ -535,7 +523,7 @@ fn fan_out(
         .iter()
         .map(|w| {
             let d = super::new_delivery(event, w, due_at_ms);
-            let bytes = enc(&d);
+            let bytes = compact(&d);
             (d, bytes)
         })
         .collect();
@@ -947,13 +935,13 @@ impl Store for EmbeddedStore {
         attempt: Option<Attempt>,
     ) -> Result<(), StoreError> {
         // Encoded here, on the caller's thread: the writer only checks and inserts.
-        let bytes = enc(&delivery);
+        let bytes = compact(&delivery);
         let attempt = attempt.map(|a| {
-            let encoded = enc(&a);
+            let encoded = compact(&a);
             (a, encoded)
         });
         self.write_hot(move |hot| {
-            let previous: Option<StoredState> = get_json(&hot.deliveries, delivery.id.as_str())?;
+            let previous: Option<Delivery> = get_json(&hot.deliveries, delivery.id.as_str())?;
             let Some(previous) = previous else {
                 return Err(StoreError::NotFound("delivery"));
             };
@@ -977,7 +965,7 @@ impl Store for EmbeddedStore {
                     }
                 },
             )?;
-            write_delivery(hot, previous.slot(), &delivery, &bytes)
+            write_delivery(hot, slot(&previous), &delivery, &bytes)
         })
         .await
     }
@@ -999,7 +987,7 @@ impl Store for EmbeddedStore {
                 s.count(previous.status, -1);
                 s.count(DeliveryStatus::Pending, 1);
             })?;
-            write_delivery(hot, slot(&previous), &d, &enc(&d))?;
+            write_delivery(hot, slot(&previous), &d, &compact(&d))?;
             Ok(d)
         })
         .await
@@ -1139,7 +1127,8 @@ mod tests {
     async fn reads_records_of_the_earlier_layout() {
         let dir = tempfile::tempdir().unwrap();
         let store =
-            EmbeddedStore::open(dir.path(), std::time::Duration::from_secs(86_400)).unwrap();
+            EmbeddedStore::open(dir.path(), std::time::Duration::from_secs(86_400), 1 << 20)
+                .unwrap();
         let tenant = TenantId::from_trusted("old");
         let event = Event {
             id: EventId::from_trusted("e1"),
@@ -1182,7 +1171,8 @@ mod tests {
         drop(store);
 
         let store =
-            EmbeddedStore::open(dir.path(), std::time::Duration::from_secs(86_400)).unwrap();
+            EmbeddedStore::open(dir.path(), std::time::Duration::from_secs(86_400), 1 << 20)
+                .unwrap();
         let now = crate::clock::now_ms();
         assert!(store.next_due_ms().await.unwrap().unwrap() <= now);
         let claimed = store.claim_due(now, 10, 30_000).await.unwrap();

@@ -12,6 +12,7 @@
 //! - Counters (`DeliveryStats`) change in the same write as the status they count.
 
 pub mod embedded;
+pub(crate) mod record;
 pub mod redis;
 
 use crate::ids::{DeliveryId, EventId, TenantId, WebhookId};
