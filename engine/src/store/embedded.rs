@@ -9,8 +9,8 @@
 //! transactions and never wait for the writer.
 //!
 //! Records are JSON, but deliveries and attempts are compact binary
-//! ([`super::record`]); they are encoded on the caller's thread where they can be (a
-//! trigger's event and deliveries, an attempt's result), so that the one
+//! ([`super::record`]). They are encoded on the caller's thread where they
+//! can be (a trigger's event and deliveries, an attempt's result), so that the one
 //! writer only checks and inserts. A delivery's record names its schedule
 //! entry (see [`crate::schedule::embedded`]), and the idempotency record
 //! under an event's id lists the event's deliveries (kept as long as the
@@ -22,6 +22,7 @@
 //! open while such writes follow each other; any other write closes them
 //! first.
 
+use super::record::{compact, decode as dec, json as enc};
 use super::{IdempotentAnswer, Ingested, NewEvent, Page, PluginUpload, Store, StoreError};
 use crate::ids::{DeliveryId, EventId, TenantId, WebhookId};
 use crate::model::{
@@ -298,8 +299,6 @@ fn write_loop(db: &Database, mut rx: mpsc::Receiver<Op>) {
         }
     }
 }
-
-use super::record::{compact, decode as dec, json as enc};
 
 macro_rules! table {
     ($txn:expr, $def:expr) => {
@@ -1191,5 +1190,11 @@ mod tests {
             txn.open_table(OLD_SCHEDULE_DUE),
             Err(redb::TableError::TableDoesNotExist(_))
         ));
+        // The JSON record it started as is now written in the compact form.
+        let stored = txn.open_table(DELIVERIES).unwrap();
+        let bytes = stored.get(id.as_str()).unwrap().unwrap().value().to_vec();
+        assert_ne!(bytes[0], b'{', "rewritten compact");
+        let back: Delivery = dec(&bytes).unwrap();
+        assert_eq!(back.status, DeliveryStatus::Succeeded);
     }
 }
