@@ -109,11 +109,11 @@ pub async fn run(n: usize) -> anyhow::Result<()> {
     println!("| --- | --- | --- | --- | --- |");
     for claimers in [1, 4] {
         let dir = tempfile::tempdir()?;
-        let defaults = wasmhook::config::RawConfig::default();
+        let defaults = wasmhook::config::RawConfig::default().validate()?;
         let embedded = Arc::new(EmbeddedStore::open(
             dir.path(),
             Duration::from_secs(86_400),
-            defaults.store_cache_mb << 20,
+            defaults.store_cache_bytes,
         )?);
         fill(embedded.clone(), n).await?;
         let (rate, dup) = claim_all(embedded.clone(), n, claimers).await?;

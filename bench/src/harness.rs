@@ -60,14 +60,12 @@ impl Receiver {
                         hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                             let state = state.clone();
                             async move {
-                                let id = state.arrivals.as_ref().and_then(|_| {
-                                    req.headers()
-                                        .get("webhook-id")
-                                        .and_then(|v| v.to_str().ok())
-                                        .map(str::to_owned)
+                                let arrived = state.arrivals.as_ref().and_then(|arrivals| {
+                                    let id = req.headers().get("webhook-id")?.to_str().ok()?;
+                                    Some((arrivals, id.to_owned()))
                                 });
                                 let _ = req.into_body().collect().await;
-                                if let (Some(id), Some(arrivals)) = (id, &state.arrivals) {
+                                if let Some((arrivals, id)) = arrived {
                                     arrivals.lock().unwrap().insert(id, Instant::now());
                                 }
                                 state.count.fetch_add(1, Ordering::Relaxed);

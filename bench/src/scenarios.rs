@@ -318,7 +318,8 @@ pub async fn http(events: usize, only: Option<&str>, rows: Option<&str>) -> anyh
             // Warm-up, outside the measured window: a fresh process's first
             // deliveries pay for first-touch memory (connections, buffers,
             // the store's page cache), which a running engine has behind it.
-            let warm = (n / WARM_UP_SHARE).max(BATCH);
+            // Whole batches, so that exactly `warm` events go out either way.
+            let warm = (n / WARM_UP_SHARE).max(BATCH).next_multiple_of(BATCH);
             triggers(&http, &engine, warm, &bodies, batched).await?;
             let warmed = (warm * fanout) as u64;
             rx.wait_for(warmed, Duration::from_secs(300)).await?;

@@ -349,7 +349,7 @@ impl Deliverer {
                     .await
                     .map_err(|e| e.to_string())?;
                 attempt.plugin = Some(plugin.label());
-                // A version whose calls have all been quick runs on this
+                // A version whose recent calls were all quick runs on this
                 // worker (a thread hop costs more than the call); anything
                 // else runs on a blocking thread (see `LoadedPlugin::runs_inline`).
                 if plugin.runs_inline() {

@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// A call using more CPU than this marks its version as slow for good: its
-/// calls then always run on a blocking thread.
+/// A call using more CPU than this is slow: it sends its version's calls
+/// back to blocking threads (see [`LoadedPlugin::runs_inline`]).
 const INLINE_MAX: Duration = Duration::from_millis(1);
 /// Quick calls in a row a version needs before its calls may run inline.
 const INLINE_AFTER: u32 = 16;
