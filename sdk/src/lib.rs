@@ -46,6 +46,8 @@ use std::cell::OnceCell;
 use std::collections::BTreeMap;
 use std::fmt;
 
+use serde_json::value::RawValue;
+
 pub use serde_json::{self, Value, json};
 
 pub mod js;
@@ -119,7 +121,7 @@ impl<T> ResultExt<T> for Option<T> {
 }
 
 /// The event being delivered.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Event {
     pub id: String,
     pub event_type: String,
@@ -130,9 +132,30 @@ pub struct Event {
     /// The `data` JSON exactly as the application sent it.
     pub raw_data: String,
     parsed: OnceCell<Value>,
-    raw: OnceCell<Box<serde_json::value::RawValue>>,
+    raw: OnceCell<Box<RawValue>>,
     /// Top-level keys and where their values sit in `raw_data`.
     fields: OnceCell<Vec<(String, std::ops::Range<usize>)>>,
+    /// True only for the event the engine handed to this call: its data is
+    /// one well-formed JSON value without surrounding whitespace (the
+    /// engine checked it when the event was accepted; see `wit/plugin.wit`),
+    /// so [`Event::raw`] need not check it again. A plugin only ever sees
+    /// that event behind `&`, so `raw_data` cannot change under the flag;
+    /// clones and events made with [`Event::new`] are checked.
+    checked_by_host: bool,
+}
+
+/// A clone is checked again when needed: its `raw_data` may be changed.
+impl Clone for Event {
+    fn clone(&self) -> Self {
+        Event::new(
+            self.id.clone(),
+            self.event_type.clone(),
+            self.tenant.clone(),
+            self.occurred_at_ms,
+            self.occurred_at.clone(),
+            self.raw_data.clone(),
+        )
+    }
 }
 
 impl Event {
@@ -154,24 +177,34 @@ impl Event {
             parsed: OnceCell::new(),
             raw: OnceCell::new(),
             fields: OnceCell::new(),
+            checked_by_host: false,
         }
     }
 
     /// The data as a raw JSON value, to embed in a body *without* parsing it
     /// into a [`Value`] (the cheapest way to forward it byte for byte):
     /// `#[derive(Serialize)] struct Body<'a> { data: &'a RawValue, … }`.
-    pub fn raw(&self) -> Result<&serde_json::value::RawValue> {
+    /// The data the engine passes in is not scanned again here.
+    pub fn raw(&self) -> Result<&RawValue> {
         if let Some(r) = self.raw.get() {
             return Ok(r);
         }
-        let r = serde_json::value::RawValue::from_string(self.raw_data.clone())
-            .context("event data")?;
+        let r = if self.checked_by_host {
+            // SAFETY: the engine passes a single well-formed JSON value with
+            // no surrounding whitespace (the `data` field's contract in
+            // `wit/plugin.wit`), and `raw_data` cannot have changed since
+            // (see `checked_by_host`).
+            unsafe { RawValue::from_string_unchecked(self.raw_data.clone()) }
+        } else {
+            RawValue::from_string(self.raw_data.clone()).context("event data")?
+        };
         Ok(self.raw.get_or_init(|| r))
     }
 
     /// One top-level field of the data, parsed on its own: the other fields
     /// are skimmed, not built, so this is much cheaper than [`Event::data`]
-    /// when a plugin needs only a few fields.
+    /// when a plugin needs only a few fields. The data is skimmed once,
+    /// however many fields are read.
     pub fn field(&self, name: &str) -> Result<Option<Value>> {
         if let Some(v) = self.parsed.get() {
             return Ok(v.get(name).cloned());
@@ -180,8 +213,7 @@ impl Event {
             Some(f) => f,
             None => {
                 let base = self.raw_data.as_ptr() as usize;
-                let raw: std::collections::BTreeMap<String, &serde_json::value::RawValue> =
-                    serde_json::from_str(&self.raw_data).context("event data")?;
+                let TopLevel(raw) = serde_json::from_str(&self.raw_data).context("event data")?;
                 let map: Vec<(String, std::ops::Range<usize>)> = raw
                     .into_iter()
                     .map(|(k, v)| {
@@ -192,7 +224,8 @@ impl Event {
                 self.fields.get_or_init(|| map)
             }
         };
-        match fields.iter().find(|(k, _)| k == name) {
+        // The last of repeated keys wins, as in `data()`.
+        match fields.iter().rev().find(|(k, _)| k == name) {
             Some((_, range)) => Ok(Some(serde_json::from_str(&self.raw_data[range.clone()])?)),
             None => Ok(None),
         }
@@ -205,6 +238,32 @@ impl Event {
         }
         let v: Value = serde_json::from_str(&self.raw_data).context("event data")?;
         Ok(self.parsed.get_or_init(|| v))
+    }
+}
+
+/// An object's top-level members, values skimmed (checked, not built).
+struct TopLevel<'a>(Vec<(String, &'a RawValue)>);
+
+impl<'de> serde::Deserialize<'de> for TopLevel<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Members;
+        impl<'de> serde::de::Visitor<'de> for Members {
+            type Value = TopLevel<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Self::Value, A::Error> {
+                let mut out = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some(member) = map.next_entry()? {
+                    out.push(member);
+                }
+                Ok(TopLevel(out))
+            }
+        }
+        d.deserialize_map(Members)
     }
 }
 
@@ -481,14 +540,17 @@ pub fn __handle<P: Plugin>(
     delivery: wit::Delivery,
 ) -> std::result::Result<wit::Decision, wit::PluginError> {
     let input = Input {
-        event: Event::new(
-            event.id,
-            event.event_type,
-            event.tenant,
-            event.occurred_at_ms,
-            event.occurred_at,
-            event.data,
-        ),
+        event: Event {
+            checked_by_host: true,
+            ..Event::new(
+                event.id,
+                event.event_type,
+                event.tenant,
+                event.occurred_at_ms,
+                event.occurred_at,
+                event.data,
+            )
+        },
         webhook: Webhook {
             id: webhook.id,
             url: webhook.url,
@@ -583,6 +645,28 @@ mod tests {
         // After a full parse, field reads from it.
         e.data().unwrap();
         assert_eq!(e.field("id2").unwrap(), Some(Value::Null));
+    }
+
+    #[test]
+    fn repeated_keys_read_the_last_like_data_does() {
+        let mut input = Input::test("a", json!({}));
+        input.event.raw_data = r#"{"k": 1, "other": [], "k": 2}"#.into();
+        assert_eq!(input.event.field("k").unwrap(), Some(json!(2)));
+        assert_eq!(input.event.data().unwrap()["k"], json!(2));
+    }
+
+    #[test]
+    fn only_the_engines_own_event_skips_the_check() {
+        let from_host = Event {
+            checked_by_host: true,
+            ..Input::test("a", json!({"n": 1})).event
+        };
+        assert_eq!(from_host.raw().unwrap().get(), r#"{"n":1}"#);
+        // A clone may be changed, so it is checked again.
+        let mut copy = from_host.clone();
+        copy.raw_data = "{oops".into();
+        assert!(copy.raw().unwrap_err().0.starts_with("event data"));
+        assert!(copy.field("n").is_err());
     }
 
     #[test]
