@@ -355,7 +355,15 @@ async fn dry_run_shows_current_and_candidate_side_by_side() {
     assert_eq!(candidate["event"], first["event_id"]);
 
     // Given events, candidate in JSON: the same component changes nothing;
-    // events the webhook does not subscribe to are not run.
+    // events the webhook does not subscribe to are not run, nor are those a
+    // webhook's payload filter stops (as at fan-out).
+    engine
+        .webhook(
+            &key,
+            &receiver.url,
+            json!({"plugin": "fmt", "events": ["invoice.*"], "filter": {"n": {"$gte": 2}}}),
+        )
+        .await;
     let same =
         base64::engine::general_purpose::STANDARD.encode(std::fs::read(STANDARD_WEBHOOKS).unwrap());
     let request = json!({"component": same, "events": [
@@ -365,8 +373,12 @@ async fn dry_run_shows_current_and_candidate_side_by_side() {
     let (status, body) = dry_run(request.to_string().into_bytes(), "application/json").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
-        (body["runs"].as_u64(), body["changed"].as_u64()),
-        (Some(1), Some(0)),
+        (
+            body["runs"].as_u64(),
+            body["changed"].as_u64(),
+            body["filtered"].as_u64()
+        ),
+        (Some(1), Some(0), Some(1)),
         "{body}"
     );
 

@@ -241,8 +241,10 @@ const DRY_RUN_DEFAULT: usize = 10;
 const DRY_RUN_MAX: usize = 100;
 
 /// Runs a candidate component and the current version side by side over
-/// recent (or given) events, for every webhook using the plugin. Delivers
-/// nothing and stores nothing.
+/// recent (or given) events, for every webhook using the plugin that would
+/// get the event (subscribed, and its payload filter passes; the pairs a
+/// filter stops are counted in `filtered`). Delivers nothing and stores
+/// nothing.
 pub async fn dry_run(
     caller: Caller,
     State(app): State<Arc<App>>,
@@ -308,14 +310,33 @@ pub async fn dry_run(
 
     let current_version = current.as_ref().map(|p| p.version);
     let runtime = app.plugins.clone();
-    let results = tokio::task::spawn_blocking(move || {
+    let (results, filtered) = tokio::task::spawn_blocking(move || {
         let now = now_ms();
         let mut out = Vec::new();
+        // As at fan-out: a webhook's payload filter is checked before its plugin runs.
+        let webhooks: Vec<_> = webhooks
+            .into_iter()
+            .map(|w| {
+                let filter = crate::store::compiled_filter(&w);
+                (w, filter)
+            })
+            .collect();
+        let mut filtered = 0usize;
         for (i, event) in events.iter().enumerate() {
-            for webhook in webhooks
+            let mut data: Option<Value> = None;
+            for (webhook, filter) in webhooks
                 .iter()
-                .filter(|w| w.subscribes_to(&event.event_type))
+                .filter(|(w, _)| w.subscribes_to(&event.event_type))
             {
+                if let Some(filter) = filter {
+                    let data = data.get_or_insert_with(|| {
+                        serde_json::from_str(event.data.get()).unwrap_or(Value::Null)
+                    });
+                    if !filter.matches(data) {
+                        filtered += 1;
+                        continue;
+                    }
+                }
                 let ctx = AttemptContext::new(&format!("dlv_dryrun{i}"), 1, now);
                 let current_view = current
                     .as_ref()
@@ -336,7 +357,7 @@ pub async fn dry_run(
                 }));
             }
         }
-        out
+        (out, filtered)
     })
     .await
     .map_err(ApiError::internal)?;
@@ -350,6 +371,7 @@ pub async fn dry_run(
         "current_version": current_version,
         "runs": results.len(),
         "changed": changed,
+        "filtered": filtered,
         "results": results,
     })))
 }
