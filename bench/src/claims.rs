@@ -16,7 +16,10 @@ const FAN_OUT: usize = 10;
 const BATCH: usize = 256;
 const LEASE_MS: u64 = 600_000;
 
-/// Fills the schedule with `n` deliveries due now (events fanned out to 10 webhooks).
+/// Fills the schedule with `n` deliveries due now (events fanned out to 10
+/// webhooks), each as a retry: its first attempt recorded as failed with the
+/// next one due at once, so that every delivery has its own entry as
+/// retries do (a trigger's fresh deliveries share their event's lease).
 async fn fill(store: Arc<dyn Store>, n: usize) -> anyhow::Result<()> {
     let t = TenantId::from_trusted("bench");
     store
@@ -45,7 +48,7 @@ async fn fill(store: Arc<dyn Store>, n: usize) -> anyhow::Result<()> {
     for i in 0..store_events {
         let (store, t, data) = (store.clone(), t.clone(), data.clone());
         inserts.spawn(async move {
-            store
+            let created = store
                 .insert_event(NewEvent {
                     id: EventId::from_trusted(format!("e{i}")),
                     tenant: t,
@@ -55,17 +58,25 @@ async fn fill(store: Arc<dyn Store>, n: usize) -> anyhow::Result<()> {
                     idempotency_key: None,
                     fingerprint: i.to_string(),
                     only_webhook: None,
-                    due_at_ms: 1,
+                    due_at_ms: wasmhook::clock::now_ms() + LEASE_MS,
                 })
-                .await
+                .await?;
+            let Ingested::Created { deliveries, .. } = created else {
+                anyhow::bail!("event not created");
+            };
+            for mut d in deliveries {
+                d.attempts = 1;
+                d.next_attempt_at_ms = Some(1);
+                store.finish_attempt(d, None).await?;
+            }
+            anyhow::Ok(())
         });
         while inserts.len() >= 64 {
-            let r = inserts.join_next().await.expect("tasks")??;
-            anyhow::ensure!(matches!(r, Ingested::Created { .. }));
+            inserts.join_next().await.expect("tasks")??;
         }
     }
     while let Some(r) = inserts.join_next().await {
-        anyhow::ensure!(matches!(r??, Ingested::Created { .. }));
+        r??;
     }
     Ok(())
 }

@@ -157,7 +157,8 @@ impl Deliverer {
             .schedule
             .claim_due(now_ms(), free, self.lease.as_millis() as u64)
             .await?;
-        let full = ids.len() == free;
+        // An event lease claimed as one entry may bring several deliveries.
+        let full = ids.len() >= free;
         for (tenant, id) in ids {
             self.clone().spawn(Job::Claimed(tenant, id)).await;
         }

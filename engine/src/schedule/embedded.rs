@@ -1,19 +1,38 @@
 //! The schedule on the embedded store: a redb table keyed by `(due_ms,
 //! delivery_id)` (the sorted set). A pending delivery's record says where
-//! its entry is: `next_attempt_at_ms` is always its key, so no second index
+//! its entry is: `next_attempt_at_ms` is always its key (or its event's
+//! lease's, below), so no second index
 //! is needed to find an entry again; a claim therefore moves both (a claimed
 //! delivery shows the end of its lease as its next attempt, like a fresh one
 //! handed straight to the worker). The value marks leased entries, so that a
 //! restart (the process owns the database file exclusively) can make every
 //! lease of the previous run due at once instead of waiting for it to run out.
+//!
+//! **Event leases.** A trigger hands its fresh deliveries to this process
+//! leased, and writes one entry for all of them, under the key
+//! `evt/{tenant}/{event id}` at the lease's end, instead of one per
+//! delivery. A delivery is *covered* by that entry while its record is
+//! pending with the entry's time as its next attempt; it leaves when its
+//! first attempt is recorded (or it is retried by hand). The writer thread
+//! remembers, in memory, which of an event's deliveries have not left yet,
+//! and removes the entry when the last one leaves, so a normal run never reads it
+//! again. When an event lease comes due anyway (a restart, a full delivery
+//! queue, an attempt that outlived its lease, or that memory lost with a failed
+//! commit or a restart), claiming it leases each delivery still covered on
+//! its own, exactly as if each had had its own entry; one that left is
+//! skipped. That memory may be lost at any time without losing a
+//! delivery: its only job is to save that late read. What may happen twice:
+//! an attempt, as with any lease that runs out.
 
 use super::Schedule;
 use crate::ids::{DeliveryId, TenantId};
 use crate::model::{Delivery, DeliveryStatus};
-use crate::store::StoreError;
 use crate::store::embedded::{EmbeddedStore, Hot, SCHEDULE};
+use crate::store::{IdempotentAnswer, StoreError};
 use async_trait::async_trait;
 use redb::{ReadableDatabase, ReadableTable};
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
 
 /// The schedule entry `d` stands for, if any.
 pub(crate) fn slot(d: &Delivery) -> Option<u64> {
@@ -25,7 +44,7 @@ pub(crate) fn slot(d: &Delivery) -> Option<u64> {
 
 /// Moves a delivery's entry from where its old record put it (`from`) to
 /// where its new one does (`to`), not leased.
-pub(crate) fn reschedule(
+fn reschedule(
     hot: &mut Hot<'_>,
     id: &str,
     from: Option<u64>,
@@ -43,8 +62,89 @@ pub(crate) fn reschedule(
     Ok(())
 }
 
+const EVENT_LEASE: &str = "evt/";
+
+/// The key of the entry leasing all of a fresh event's deliveries.
+pub(crate) fn event_lease_key(tenant: &str, event_id: &str) -> String {
+    format!("{EVENT_LEASE}{tenant}/{event_id}")
+}
+
+/// Tenant and event id of an event lease's key (ids never hold a `/`).
+fn event_of(key: &str) -> Option<(&str, &str)> {
+    key.strip_prefix(EVENT_LEASE)?.split_once('/')
+}
+
+thread_local! {
+    /// Per event lease `(due, key)`: the deliveries it still covers that
+    /// have not left it yet. Only the store's writer thread uses it.
+    static COVERED: RefCell<HashMap<(u64, String), HashSet<String>>> = RefCell::default();
+}
+
+/// Writes the lease entry for an event's fresh deliveries, `members`.
+pub(crate) fn lease_event<'a>(
+    hot: &mut Hot<'_>,
+    tenant: &str,
+    event_id: &str,
+    due: u64,
+    members: impl Iterator<Item = &'a str>,
+) -> Result<(), redb::Error> {
+    let key = event_lease_key(tenant, event_id);
+    hot.schedule.insert((due, key.as_str()), true)?;
+    let members = members.map(str::to_owned).collect();
+    COVERED.with(|c| c.borrow_mut().insert((due, key), members));
+    Ok(())
+}
+
+/// Forgets what the writer remembers of event leases (after a failed commit): those event leases are
+/// read again when they come due.
+pub(crate) fn forget_event_leases() {
+    COVERED.with(|c| c.borrow_mut().clear());
+}
+
+/// Whether `d` is covered by an event lease due at `due`.
+fn covered(d: &Delivery, due: u64) -> bool {
+    slot(d) == Some(due)
+}
+
+/// Moves a delivery from its stored record `previous` to `next` in the
+/// schedule: its own entry, and, when it leaves the event lease that covered
+/// it, that lease (removed when its last delivery leaves).
+pub(crate) fn moved(
+    hot: &mut Hot<'_>,
+    previous: &Delivery,
+    next: &Delivery,
+) -> Result<(), redb::Error> {
+    reschedule(hot, next.id.as_str(), slot(previous), slot(next))?;
+    let Some(due) = slot(previous) else {
+        return Ok(());
+    };
+    if covered(next, due) {
+        return Ok(());
+    }
+    let key = (
+        due,
+        event_lease_key(previous.tenant.as_str(), previous.event_id.as_str()),
+    );
+    let last = COVERED.with(|c| {
+        let mut covered = c.borrow_mut();
+        let Some(members) = covered.get_mut(&key) else {
+            return false;
+        };
+        // Each delivery leaves once, even if a later retry lands on `due`.
+        members.remove(previous.id.as_str()) && members.is_empty() && {
+            covered.remove(&key);
+            true
+        }
+    });
+    if last {
+        hot.schedule.remove((key.0, key.1.as_str()))?;
+    }
+    Ok(())
+}
+
 /// Leases the entries at `keys` until `until_ms`, updating each record;
-/// answers the deliveries leased (an entry without a record is dropped).
+/// answers the deliveries leased (an entry without a record is dropped). An
+/// event lease's entry leases each delivery it still covers.
 fn lease(
     hot: &mut Hot<'_>,
     keys: Vec<(u64, String)>,
@@ -54,16 +154,54 @@ fn lease(
     let mut out = Vec::with_capacity(keys.len());
     for (due, id) in keys {
         hot.schedule.remove((due, id.as_str()))?;
-        let found = hot.deliveries.get(id.as_str())?.map(|v| v.value().to_vec());
+        let Some((tenant, event_id)) = event_of(&id) else {
+            out.extend(lease_one(hot, &id, None, until_ms, leased)?);
+            continue;
+        };
+        COVERED.with(|c| c.borrow_mut().remove(&(due, id.clone())));
+        let found = hot
+            .idempotency
+            .get((tenant, crate::store::embedded::id_key(event_id).as_str()))?
+            .map(|v| v.value().to_vec());
         let Some(bytes) = found else { continue };
-        let mut d: Delivery = crate::store::record::decode(&bytes)?;
-        d.next_attempt_at_ms = Some(until_ms);
-        hot.schedule.insert((until_ms, id.as_str()), leased)?;
-        hot.deliveries
-            .insert(id.as_str(), crate::store::record::compact(&d).as_slice())?;
-        out.push(d);
+        let answer: IdempotentAnswer = crate::store::record::decode(&bytes)?;
+        for member in &answer.delivery_ids {
+            out.extend(lease_one(
+                hot,
+                member.as_str(),
+                Some(due),
+                until_ms,
+                leased,
+            )?);
+        }
     }
     Ok(out)
+}
+
+/// Leases one delivery (if `covered_at` is given, only if an event lease at
+/// that time still covers it).
+fn lease_one(
+    hot: &mut Hot<'_>,
+    id: &str,
+    covered_at: Option<u64>,
+    until_ms: u64,
+    leased: bool,
+) -> Result<Option<Delivery>, StoreError> {
+    let found = hot.deliveries.get(id)?.map(|v| v.value().to_vec());
+    let Some(bytes) = found else { return Ok(None) };
+    let mut d: Delivery = crate::store::record::decode(&bytes)?;
+    if let Some(due) = covered_at {
+        if !covered(&d, due) {
+            return Ok(None);
+        }
+        // Its own entry, if a retry happened to fall on the same millisecond.
+        hot.schedule.remove((due, id))?;
+    }
+    d.next_attempt_at_ms = Some(until_ms);
+    hot.schedule.insert((until_ms, id), leased)?;
+    hot.deliveries
+        .insert(id, crate::store::record::compact(&d).as_slice())?;
+    Ok(Some(d))
 }
 
 /// Makes every lease left by a previous run due now.

@@ -12,9 +12,9 @@
 //! ([`super::record`]). They are encoded on the caller's thread where they
 //! can be (a trigger's event and deliveries, an attempt's result), so that the one
 //! writer only checks and inserts. A delivery's record names its schedule
-//! entry (see [`crate::schedule::embedded`]), and the idempotency record
-//! under an event's id lists the event's deliveries (kept as long as the
-//! event). A closure that fails leaves whatever it already wrote in
+//! entry, and a trigger leases all its fresh deliveries with one entry (see
+//! [`crate::schedule::embedded`]); the idempotency record under an event's
+//! id lists the event's deliveries (kept as long as the event). A closure that fails leaves whatever it already wrote in
 //! the shared transaction, so closures check before they write. Delivery
 //! counters and event types seen are changed in memory by the closures of a
 //! batch and written once each just before the commit. The tables that triggers,
@@ -29,7 +29,7 @@ use crate::model::{
     Attempt, Delivery, DeliveryStats, DeliveryStatus, Event, EventTypeSeen, PluginVersion, Tenant,
     Webhook,
 };
-use crate::schedule::embedded::{release_leases, reschedule, slot};
+use crate::schedule::embedded::{forget_event_leases, lease_event, moved, release_leases};
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
 use serde::de::DeserializeOwned;
@@ -285,6 +285,7 @@ fn write_loop(db: &Database, mut rx: mpsc::Receiver<Op>) {
                 };
                 if let Err(e) = &committed {
                     tracing::error!(error = %e, "store commit failed");
+                    forget_event_leases();
                 }
                 for d in done {
                     d(committed.clone());
@@ -428,18 +429,18 @@ fn flush_pending(batch: &mut Batch<'_>) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Writes `d` (encoded: `bytes`), moving its schedule entry from `from`, the
-/// entry its stored record stood for.
+/// Writes `d` (encoded: `bytes`) over its stored record `previous`, moving
+/// it in the schedule.
 fn write_delivery(
     hot: &mut Hot<'_>,
-    from: Option<u64>,
+    previous: &Delivery,
     d: &Delivery,
     bytes: &[u8],
 ) -> Result<(), StoreError> {
     hot.deliveries
         .insert(d.id.as_str(), bytes)
         .map_err(redb::Error::from)?;
-    reschedule(hot, d.id.as_str(), from, slot(d))?;
+    moved(hot, previous, d)?;
     Ok(())
 }
 
@@ -457,7 +458,7 @@ fn tenant_webhooks(
 
 /// The key of the idempotency record every event has, under its id; it also
 /// lists the event's deliveries.
-fn id_key(event_id: &str) -> String {
+pub(crate) fn id_key(event_id: &str) -> String {
     format!("id:{event_id}")
 }
 
@@ -601,10 +602,11 @@ fn ingest(hot: &mut Hot<'_>, cache: &WebhookCache, t: Trigger) -> Result<Ingeste
         hot.deliveries
             .insert(id, bytes.as_slice())
             .map_err(redb::Error::from)?;
-        // A new id: never scheduled before, so nothing to take out first.
-        hot.schedule
-            .insert((due_at_ms, id), true)
-            .map_err(redb::Error::from)?;
+    }
+    if !fanned.deliveries.is_empty() {
+        // One leased entry for all of them (see `crate::schedule::embedded`).
+        let members = fanned.deliveries.iter().map(|(d, _)| d.id.as_str());
+        lease_event(hot, tenant, event.id.as_str(), due_at_ms, members)?;
     }
     Ok(Ingested::Created {
         event,
@@ -964,7 +966,7 @@ impl Store for EmbeddedStore {
                     }
                 },
             )?;
-            write_delivery(hot, slot(&previous), &delivery, &bytes)
+            write_delivery(hot, &previous, &delivery, &bytes)
         })
         .await
     }
@@ -986,7 +988,7 @@ impl Store for EmbeddedStore {
                 s.count(previous.status, -1);
                 s.count(DeliveryStatus::Pending, 1);
             })?;
-            write_delivery(hot, slot(&previous), &d, &compact(&d))?;
+            write_delivery(hot, &previous, &d, &compact(&d))?;
             Ok(d)
         })
         .await
@@ -1117,6 +1119,125 @@ impl Store for EmbeddedStore {
 mod tests {
     use super::*;
     use crate::schedule::Schedule;
+    use crate::schedule::embedded::slot;
+
+    fn schedule_keys(store: &EmbeddedStore) -> Vec<(u64, String)> {
+        let txn = store.db().begin_read().unwrap();
+        let table = txn.open_table(SCHEDULE).unwrap();
+        table
+            .iter()
+            .unwrap()
+            .map(|item| {
+                let (k, _) = item.unwrap();
+                let (due, id) = k.value();
+                (due, id.to_owned())
+            })
+            .collect()
+    }
+
+    async fn trigger(
+        store: &EmbeddedStore,
+        tenant: &TenantId,
+        id: &str,
+        due: u64,
+    ) -> Vec<Delivery> {
+        let new = NewEvent {
+            id: EventId::from_trusted(id),
+            tenant: tenant.clone(),
+            event_type: "invoice.paid".into(),
+            data: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+            occurred_at_ms: 1_000,
+            idempotency_key: None,
+            fingerprint: id.into(),
+            only_webhook: None,
+            due_at_ms: due,
+        };
+        match store.insert_event(new).await.unwrap() {
+            Ingested::Created { deliveries, .. } => deliveries,
+            _ => panic!("not created"),
+        }
+    }
+
+    async fn succeed(store: &EmbeddedStore, d: &Delivery) {
+        let mut done = d.clone();
+        done.status = DeliveryStatus::Succeeded;
+        done.next_attempt_at_ms = None;
+        done.attempts = 1;
+        store.finish_attempt(done, None).await.unwrap();
+    }
+
+    /// A trigger leases its deliveries with one schedule entry, removed with
+    /// the last one's first attempt; one still in flight when the process
+    /// stops is due at the next start on its own, and a lease that comes due
+    /// is claimed delivery by delivery.
+    #[tokio::test]
+    async fn one_lease_entry_covers_a_fresh_events_deliveries() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || {
+            EmbeddedStore::open(dir.path(), std::time::Duration::from_secs(86_400), 1 << 20)
+                .unwrap()
+        };
+        let store = open();
+        let tenant = TenantId::from_trusted("t1");
+        for i in 0..3 {
+            let hook = Webhook::new(
+                tenant.clone(),
+                format!("https://example.com/{i}"),
+                vec!["*".into()],
+                0,
+            );
+            store.put_webhook(hook).await.unwrap();
+        }
+        let later = crate::clock::now_ms() + 60_000;
+
+        let first = trigger(&store, &tenant, "e1", later).await;
+        assert_eq!(first.len(), 3);
+        assert_eq!(schedule_keys(&store), vec![(later, "evt/t1/e1".to_owned())]);
+        succeed(&store, &first[0]).await;
+        succeed(&store, &first[1]).await;
+        assert_eq!(
+            schedule_keys(&store).len(),
+            1,
+            "one delivery is still covered"
+        );
+        succeed(&store, &first[2]).await;
+        assert_eq!(schedule_keys(&store), vec![]);
+
+        // Two of e2's deliveries are in flight when the process stops.
+        let second = trigger(&store, &tenant, "e2", later).await;
+        succeed(&store, &second[0]).await;
+        drop(store);
+        let store = open();
+        let now = crate::clock::now_ms();
+        let mut claimed = store.claim_due(now + 1, 10, 30_000).await.unwrap();
+        claimed.sort();
+        let mut expected: Vec<_> = second[1..]
+            .iter()
+            .map(|d| (tenant.clone(), d.id.clone()))
+            .collect();
+        expected.sort();
+        assert_eq!(claimed, expected);
+        for d in &second[1..] {
+            let leased = store.get_delivery(&tenant, &d.id).await.unwrap().unwrap();
+            assert_eq!(slot(&leased), Some(now + 1 + 30_000));
+            succeed(&store, &leased).await;
+        }
+        assert_eq!(schedule_keys(&store), vec![]);
+
+        // A lease that runs out (say the delivery queue was full): each
+        // delivery it still covers is claimed; one retried by hand is not.
+        let now = crate::clock::now_ms();
+        let third = trigger(&store, &tenant, "e3", now).await;
+        let retried = store
+            .retry_delivery(&tenant, &third[0].id, now + 500_000)
+            .await
+            .unwrap();
+        assert_eq!(slot(&retried), Some(now + 500_000));
+        let claimed = store.claim_due(now + 1, 10, 30_000).await.unwrap();
+        assert_eq!(claimed.len(), 2, "{claimed:?}");
+        assert!(claimed.iter().all(|(_, id)| id != &third[0].id));
+        assert_eq!(schedule_keys(&store).len(), 3, "two leases and the retry");
+    }
 
     /// A database written before the event→delivery index moved into the
     /// `id:` record and before records named their schedule entry: the
