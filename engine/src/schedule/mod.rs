@@ -18,8 +18,11 @@ use async_trait::async_trait;
 
 #[async_trait]
 pub trait Schedule: Send + Sync + 'static {
-    /// Takes up to `limit` deliveries due at or before `now_ms`, earliest first,
-    /// leasing each until `now_ms + lease_ms`.
+    /// Takes up to `limit` entries due at or before `now_ms`, earliest first,
+    /// leasing each delivery until `now_ms + lease_ms`. An entry is one
+    /// delivery, except on the embedded store, where a trigger's fresh
+    /// deliveries share one entry: claiming it takes every delivery it still
+    /// covers, so the answer may hold more than `limit` deliveries.
     async fn claim_due(
         &self,
         now_ms: u64,
