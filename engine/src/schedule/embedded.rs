@@ -1,10 +1,10 @@
 //! The schedule on the embedded store: a redb table keyed by `(due_ms,
 //! delivery_id)` (the sorted set). A pending delivery's record says where
-//! its entry is: `next_attempt_at_ms` is always its key (or its event's
-//! lease's, below), so no second index
-//! is needed to find an entry again; a claim therefore moves both (a claimed
-//! delivery shows the end of its lease as its next attempt, like a fresh one
-//! handed straight to the worker). The value marks leased entries, so that a
+//! its entry is: `next_attempt_at_ms` is always its key (or, for a fresh
+//! delivery, its event lease's key, below), so no second index is needed to
+//! find an entry again; a claim therefore moves both (a claimed delivery
+//! shows the end of its lease as its next attempt, like a fresh one handed
+//! straight to the worker). The value marks leased entries, so that a
 //! restart (the process owns the database file exclusively) can make every
 //! lease of the previous run due at once instead of waiting for it to run out.
 //!
@@ -15,14 +15,14 @@
 //! pending with the entry's time as its next attempt; it leaves when its
 //! first attempt is recorded (or it is retried by hand). The writer thread
 //! remembers, in memory, which of an event's deliveries have not left yet,
-//! and removes the entry when the last one leaves, so a normal run never reads it
-//! again. When an event lease comes due anyway (a restart, a full delivery
-//! queue, an attempt that outlived its lease, or that memory lost with a failed
-//! commit or a restart), claiming it leases each delivery still covered on
-//! its own, exactly as if each had had its own entry; one that left is
-//! skipped. That memory may be lost at any time without losing a
-//! delivery: its only job is to save that late read. What may happen twice:
-//! an attempt, as with any lease that runs out.
+//! and removes the entry when the last one leaves, so a normal run never
+//! reads it again. When an event lease comes due anyway (a restart, a full
+//! delivery queue, an attempt that outlived its lease, or that memory lost
+//! with a failed commit), claiming it leases each delivery it still covers
+//! on its own, exactly as if each had had its own entry; one that left is
+//! skipped. That memory may be lost at any time without losing a delivery:
+//! its only job is to save that late read. What may happen twice: an
+//! attempt, as with any lease that runs out.
 
 use super::Schedule;
 use crate::ids::{DeliveryId, TenantId};
@@ -95,8 +95,8 @@ pub(crate) fn lease_event<'a>(
     Ok(())
 }
 
-/// Forgets what the writer remembers of event leases (after a failed commit): those event leases are
-/// read again when they come due.
+/// Forgets what the writer remembers of event leases (after a failed
+/// commit): those leases are read again when they come due.
 pub(crate) fn forget_event_leases() {
     COVERED.with(|c| c.borrow_mut().clear());
 }
