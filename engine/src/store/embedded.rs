@@ -14,8 +14,9 @@
 //! writer only checks and inserts. A delivery's record names its schedule
 //! entry, and a trigger leases all its fresh deliveries with one entry (see
 //! [`crate::schedule::embedded`]); the idempotency record under an event's
-//! id lists the event's deliveries (kept as long as the event). A closure that fails leaves whatever it already wrote in
-//! the shared transaction, so closures check before they write. Delivery
+//! id lists the event's deliveries (kept as long as the event). A closure
+//! that fails leaves whatever it already wrote in the shared transaction, so
+//! closures check before they write. Delivery
 //! counters and event types seen are changed in memory by the closures of a
 //! batch and written once each just before the commit. The tables that triggers,
 //! attempts and claims write ([`Hot`]) are opened once per batch and stay
