@@ -29,7 +29,7 @@ use crate::store::{PluginUpload, Store, StoreError};
 use bindings::{PluginPre, wasmhook::plugin::types as wit};
 use host::HostState;
 use instances::{Budget, Warm};
-use loaded::thread_cpu_time;
+use loaded::CallTimer;
 pub use loaded::{CallCounts, LoadedPlugin};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -556,11 +556,11 @@ impl PluginRuntime {
         };
         // Only the guest's run counts towards running inline: creating an
         // instance is the host's one-off cost, not the plugin's speed.
-        let started = thread_cpu_time();
+        let timer = CallTimer::start();
         let result =
             warm.instance
                 .call_handle(&mut warm.store, &wit_event, &wit_webhook, &wit_delivery);
-        plugin.note_duration(thread_cpu_time().saturating_sub(started));
+        plugin.note_duration(timer.took());
         warm.store.data_mut().end_call();
         // After a trap (or a timeout) the store refuses further calls: drop it.
         let result = result.map_err(|e| self.trap(e))?;
