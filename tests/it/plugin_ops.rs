@@ -3,7 +3,7 @@
 //! that uploads can never smuggle a precompiled artifact in), dry runs.
 
 use crate::harness::{ADMIN, TestEngine, TestReceiver, verify_standard};
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use base64::Engine as _;
 use serde_json::{Value, json};
 use std::path::Path;
@@ -322,7 +322,7 @@ async fn dry_run_shows_current_and_candidate_side_by_side() {
     let (status, body) = dry_run(chaos.clone(), "application/wasm").await;
     assert_eq!(status, 422, "no webhook uses it yet: {body}");
 
-    engine
+    let hook = engine
         .webhook(
             &key,
             &receiver.url,
@@ -356,7 +356,17 @@ async fn dry_run_shows_current_and_candidate_side_by_side() {
 
     // Given events, candidate in JSON: the same component changes nothing;
     // events the webhook does not subscribe to are not run, nor are those a
-    // webhook's payload filter stops (as at fan-out).
+    // webhook's payload filter stops (as at fan-out). A disabled webhook
+    // still shows what it would get.
+    let (status, _) = engine
+        .call(
+            Method::PATCH,
+            &format!("/api/webhooks/{}", hook["id"].as_str().unwrap()),
+            &key,
+            Some(json!({"active": false})),
+        )
+        .await;
+    assert_eq!(status, 200);
     engine
         .webhook(
             &key,

@@ -313,30 +313,22 @@ pub async fn dry_run(
     let (results, filtered) = tokio::task::spawn_blocking(move || {
         let now = now_ms();
         let mut out = Vec::new();
-        // As at fan-out: a webhook's payload filter is checked before its plugin runs.
-        let webhooks: Vec<_> = webhooks
-            .into_iter()
-            .map(|w| {
-                let filter = crate::store::compiled_filter(&w);
-                (w, filter)
-            })
-            .collect();
-        let mut filtered = 0usize;
+        // Fan-out decides which webhooks get each event (subscription and
+        // payload filter), as for a real trigger; a dry run also shows the
+        // disabled ones.
+        let hooks = crate::store::with_filters(
+            webhooks
+                .into_iter()
+                .map(|w| Webhook { active: true, ..w })
+                .collect(),
+        );
+        let mut filtered = 0u32;
         for (i, event) in events.iter().enumerate() {
-            let mut data: Option<Value> = None;
-            for (webhook, filter) in webhooks
-                .iter()
-                .filter(|(w, _)| w.subscribes_to(&event.event_type))
-            {
-                if let Some(filter) = filter {
-                    let data = data.get_or_insert_with(|| {
-                        serde_json::from_str(event.data.get()).unwrap_or(Value::Null)
-                    });
-                    if !filter.matches(data) {
-                        filtered += 1;
-                        continue;
-                    }
-                }
+            let (targets, stopped) =
+                crate::store::fan_out(&hooks, &event.event_type, &event.data, None)
+                    .map_err(ApiError::internal)?;
+            filtered += stopped;
+            for webhook in &targets {
                 let ctx = AttemptContext::new(&format!("dlv_dryrun{i}"), 1, now);
                 let current_view = current
                     .as_ref()
@@ -357,10 +349,10 @@ pub async fn dry_run(
                 }));
             }
         }
-        (out, filtered)
+        Ok::<_, ApiError>((out, filtered))
     })
     .await
-    .map_err(ApiError::internal)?;
+    .map_err(ApiError::internal)??;
     let changed = results
         .iter()
         .filter(|r| r["changed"] == json!(true))

@@ -65,7 +65,7 @@ fn reschedule(
 const EVENT_LEASE: &str = "evt/";
 
 /// The key of the entry leasing all of a fresh event's deliveries.
-pub(crate) fn event_lease_key(tenant: &str, event_id: &str) -> String {
+fn event_lease_key(tenant: &str, event_id: &str) -> String {
     format!("{EVENT_LEASE}{tenant}/{event_id}")
 }
 
@@ -114,8 +114,9 @@ pub(crate) fn moved(
     previous: &Delivery,
     next: &Delivery,
 ) -> Result<(), redb::Error> {
-    reschedule(hot, next.id.as_str(), slot(previous), slot(next))?;
-    let Some(due) = slot(previous) else {
+    let from = slot(previous);
+    reschedule(hot, next.id.as_str(), from, slot(next))?;
+    let Some(due) = from else {
         return Ok(());
     };
     if covered(next, due) {

@@ -109,28 +109,22 @@ impl WebhookCache {
 
 /// Compiles the webhooks' payload filters (checked when written; one that no
 /// longer compiles matches nothing).
-fn with_filters(hooks: Vec<Webhook>) -> Vec<CachedHook> {
+pub(crate) fn with_filters(hooks: Vec<Webhook>) -> Vec<CachedHook> {
     hooks
         .into_iter()
         .map(|w| {
-            let filter = compiled_filter(&w);
+            let filter = w
+                .filter
+                .as_ref()
+                .map(crate::filter::Filter::compile)
+                .transpose()
+                .unwrap_or_else(|e| {
+                    tracing::error!(webhook = %w.id, error = %e, "stored payload filter does not compile");
+                    Some(crate::filter::Filter::never())
+                });
             (Arc::new(w), filter)
         })
         .collect()
-}
-
-/// `webhook`'s payload filter, compiled (checked when written; one that no
-/// longer compiles matches nothing).
-pub fn compiled_filter(webhook: &Webhook) -> Option<crate::filter::Filter> {
-    webhook
-        .filter
-        .as_ref()
-        .map(crate::filter::Filter::compile)
-        .transpose()
-        .unwrap_or_else(|e| {
-            tracing::error!(webhook = %webhook.id, error = %e, "stored payload filter does not compile");
-            Some(crate::filter::Filter::never())
-        })
 }
 
 /// A new pending delivery of `event` to `webhook`, due at `due_at_ms`.
