@@ -32,6 +32,9 @@ pub struct RawConfig {
     pub max_plugin_bytes: usize,
     /// Deliveries in flight at once.
     pub delivery_concurrency: usize,
+    /// Attempts in flight at once to one origin (scheme, host and port);
+    /// the others wait their turn (see `delivery::origins`).
+    pub origin_concurrency: usize,
     /// How long a claimed delivery stays leased before another claim may take
     /// it. Attempts are cut off a second before their lease ends, so a webhook
     /// timeout longer than this is shortened.
@@ -73,6 +76,7 @@ impl Default for RawConfig {
             max_body_bytes: 1 << 20,
             max_plugin_bytes: 32 << 20,
             delivery_concurrency: 512,
+            origin_concurrency: 64,
             lease_ms: 120_000,
             plugin_timeout_ms: 50,
             plugin_memory_bytes: 64 << 20,
@@ -100,6 +104,7 @@ pub struct Settings {
     pub max_body_bytes: usize,
     pub max_plugin_bytes: usize,
     pub delivery_concurrency: usize,
+    pub origin_concurrency: usize,
     pub lease: Duration,
     pub plugins: PluginConfig,
     pub plugins_dir: Option<PathBuf>,
@@ -181,6 +186,9 @@ impl RawConfig {
         if self.delivery_concurrency == 0 {
             return Err(invalid("delivery_concurrency", "must be at least 1"));
         }
+        if self.origin_concurrency == 0 {
+            return Err(invalid("origin_concurrency", "must be at least 1"));
+        }
         if self.lease_ms < 2_000 {
             return Err(invalid("lease_ms", "must be at least 2000"));
         }
@@ -240,6 +248,7 @@ impl RawConfig {
             max_body_bytes: self.max_body_bytes,
             max_plugin_bytes: self.max_plugin_bytes,
             delivery_concurrency: self.delivery_concurrency,
+            origin_concurrency: self.origin_concurrency,
             lease: Duration::from_millis(self.lease_ms),
             plugins: PluginConfig {
                 timeout: Duration::from_millis(self.plugin_timeout_ms),

@@ -108,6 +108,7 @@ pub async fn run(
         metrics.clone(),
         settings.lease,
         settings.delivery_concurrency,
+        settings.origin_concurrency,
     ));
     let app = Arc::new(App {
         settings,

@@ -42,6 +42,7 @@ pub struct Metrics {
     pub deliveries_finished: Family<OutcomeLabel, Counter>,
     pub attempt_seconds: Histogram,
     pub in_flight: Gauge,
+    pub origin_waits: Counter,
 }
 
 impl Default for Metrics {
@@ -55,6 +56,7 @@ impl Default for Metrics {
         let deliveries_finished = Family::<OutcomeLabel, Counter>::default();
         let attempt_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         let in_flight = Gauge::default();
+        let origin_waits = Counter::default();
         let plugins = PluginMetrics::default();
         registry.register(
             "plugin_calls",
@@ -112,6 +114,11 @@ impl Default for Metrics {
             "Deliveries being attempted now",
             in_flight.clone(),
         );
+        registry.register(
+            "origin_waits",
+            "Attempts that waited for a slot to their origin (origin_concurrency)",
+            origin_waits.clone(),
+        );
         Metrics {
             registry,
             plugins,
@@ -123,6 +130,7 @@ impl Default for Metrics {
             deliveries_finished,
             attempt_seconds,
             in_flight,
+            origin_waits,
         }
     }
 }

@@ -1,10 +1,13 @@
 //! The README walkthrough, fan-out, wildcards, idempotent and batch
-//! triggers, payload fidelity.
+//! triggers, payload fidelity, the per-origin limit.
 
-use crate::harness::{TestEngine, TestReceiver, verify_standard};
+use crate::harness::{ADMIN, TestEngine, TestReceiver, verify_standard};
 use axum::http::StatusCode;
 use serde_json::json;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
+use wasmhook::config::Settings;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -356,4 +359,90 @@ async fn payload_filters_decide_before_any_plugin() {
             .contains("$between"),
         "{body}"
     );
+}
+
+/// A receiver that takes `delay` to answer and notes the most requests it
+/// ever had in flight at once, and how many it answered.
+async fn slow_receiver(delay: Duration) -> (String, Arc<(AtomicUsize, AtomicUsize, AtomicUsize)>) {
+    // (in flight now, most in flight at once, answered)
+    let counts = Arc::new((
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+    ));
+    let c = counts.clone();
+    let app = axum::Router::new().fallback(move || {
+        let c = c.clone();
+        async move {
+            let now = c.0.fetch_add(1, Ordering::SeqCst) + 1;
+            c.1.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(delay).await;
+            c.0.fetch_sub(1, Ordering::SeqCst);
+            c.2.fetch_add(1, Ordering::SeqCst);
+            "ok"
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, counts)
+}
+
+#[tokio::test]
+async fn one_origin_gets_at_most_origin_concurrency_attempts_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = Settings::for_tests(dir.path().to_path_buf(), ADMIN);
+    settings.origin_concurrency = 2;
+    let engine = TestEngine::spawn_with(settings).await;
+    let key = engine.tenant("acme").await;
+    let (slow, counts) = slow_receiver(Duration::from_millis(300)).await;
+    // Three webhooks on one origin (different paths), two events: six deliveries.
+    for path in ["a", "b", "c"] {
+        engine
+            .webhook(
+                &key,
+                &format!("{slow}/{path}"),
+                json!({"events": ["order.created"]}),
+            )
+            .await;
+    }
+    let other = TestReceiver::spawn().await;
+    engine
+        .webhook(&key, &other.url, json!({"events": ["ping"]}))
+        .await;
+    for i in 0..2 {
+        engine.trigger(&key, "order.created", json!({"n": i})).await;
+    }
+    // Another origin is not held up behind the busy one.
+    let sent = tokio::time::Instant::now();
+    engine.trigger(&key, "ping", json!({})).await;
+    other.wait_for(1, WAIT).await;
+    assert!(
+        sent.elapsed() < Duration::from_millis(300),
+        "the other origin waited {:?}",
+        sent.elapsed()
+    );
+
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while counts.2.load(Ordering::SeqCst) < 6 {
+        assert!(tokio::time::Instant::now() < deadline, "not all delivered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(counts.1.load(Ordering::SeqCst), 2, "most in flight at once");
+    let metrics = engine
+        .http
+        .get(format!("{}/metrics", engine.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let waits: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("wasmhook_origin_waits_total "))
+        .expect("origin waits are counted")
+        .parse()
+        .unwrap();
+    assert!(waits >= 4, "{waits} attempts waited");
 }

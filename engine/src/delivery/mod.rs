@@ -10,6 +10,7 @@
 //! (see [`crate::schedule`]).
 
 pub mod client;
+pub mod origins;
 pub mod request;
 pub mod shape;
 pub mod sign;
@@ -26,6 +27,7 @@ use crate::schedule::policy::{next_delay, parse_retry_after};
 use crate::store::Store;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use client::{HttpClient, SendError};
+use origins::Origins;
 use request::{AttemptContext, Shaped};
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,6 +54,7 @@ pub struct Deliverer {
     schedule: Arc<dyn Schedule>,
     plugins: Arc<PluginRuntime>,
     client: HttpClient,
+    origins: Origins,
     metrics: Arc<Metrics>,
     lease: Duration,
     permits: Arc<Semaphore>,
@@ -71,6 +74,7 @@ impl Deliverer {
         metrics: Arc<Metrics>,
         lease: Duration,
         concurrency: usize,
+        origin_concurrency: usize,
     ) -> Self {
         let (fresh_tx, fresh_rx) = mpsc::channel(65_536);
         Deliverer {
@@ -78,6 +82,7 @@ impl Deliverer {
             schedule,
             plugins,
             client,
+            origins: Origins::new(origin_concurrency),
             metrics,
             lease,
             permits: Arc::new(Semaphore::new(concurrency)),
@@ -116,6 +121,7 @@ impl Deliverer {
         // due time, a wake-up, or at least every MAX_IDLE), never once per
         // fresh delivery: those come straight from the trigger API.
         let mut next_look = tokio::time::Instant::now();
+        let mut jobs = Vec::with_capacity(CLAIM_BATCH);
         loop {
             if tokio::time::Instant::now() >= next_look {
                 let wait = match self.claim_due().await {
@@ -135,7 +141,13 @@ impl Deliverer {
             }
             tokio::select! {
                 _ = shutdown.changed() => break,
-                Some(job) = fresh.recv() => self.clone().spawn(job).await,
+                // Every job waiting is taken at once: one turn of this loop
+                // (and of its timer) per burst, not per delivery.
+                1.. = fresh.recv_many(&mut jobs, CLAIM_BATCH) => {
+                    for job in jobs.drain(..) {
+                        self.clone().spawn(job).await;
+                    }
+                }
                 _ = self.wake.notified() => next_look = tokio::time::Instant::now(),
                 _ = tokio::time::sleep_until(next_look) => {}
             }
@@ -209,6 +221,23 @@ impl Deliverer {
             (_, None) => return self.give_up(delivery, "event no longer exists").await,
         };
 
+        let uri: hyper::Uri = webhook
+            .url
+            .parse()
+            .expect("webhook URLs are checked on write");
+        // An attempt never outlives its lease, or another engine could claim
+        // the delivery while this one is still sending it: waiting for a slot
+        // to the origin and the exchange itself both fit in it.
+        let budget = self.lease.saturating_sub(Duration::from_secs(1));
+        let timeout = Duration::from_millis(webhook.timeout_ms).min(budget);
+        let slot = self
+            .origins
+            .acquire(&uri, tokio::time::Instant::now() + (budget - timeout))
+            .await;
+        if matches!(&slot, Ok(s) if s.waited) {
+            self.metrics.origin_waits.inc();
+        }
+
         let started_at_ms = now_ms();
         let ctx = AttemptContext::new(delivery.id.as_str(), delivery.attempts + 1, started_at_ms);
         let mut attempt = Attempt {
@@ -222,53 +251,26 @@ impl Deliverer {
             plugin: None,
             outcome: AttemptOutcome::NetworkError,
         };
-        let mut retry_after = None;
-
-        match self.shape(&event, &webhook, &ctx, &mut attempt).await {
-            Err(error) => {
-                attempt.outcome = AttemptOutcome::PluginError;
-                attempt.error = Some(error);
+        let retry_after = match slot {
+            Err(busy) => {
+                attempt.outcome = AttemptOutcome::Timeout;
+                attempt.error = Some(busy.to_string());
+                None
             }
-            Ok(Shaped::Skip(reason)) => {
-                attempt.outcome = AttemptOutcome::Skipped;
-                delivery.reason = Some(reason);
+            // The slot is given back as soon as the exchange ends, before
+            // the attempt is recorded.
+            Ok(_slot) => {
+                self.shape_and_send(
+                    &event,
+                    &webhook,
+                    &ctx,
+                    (&uri, timeout),
+                    &mut delivery,
+                    &mut attempt,
+                )
+                .await
             }
-            Ok(Shaped::Deliver(req)) => {
-                let (headers, body) = build(&webhook, req, &ctx, started_at_ms);
-                let uri: hyper::Uri = webhook
-                    .url
-                    .parse()
-                    .expect("webhook URLs are checked on write");
-                // An attempt never outlives its lease, or another engine could
-                // claim the delivery while this one is still sending it.
-                let timeout = Duration::from_millis(webhook.timeout_ms)
-                    .min(self.lease.saturating_sub(Duration::from_secs(1)));
-                match self.client.post(&uri, headers, body, timeout).await {
-                    Ok((answer, took)) => {
-                        attempt.duration_ms = took.as_millis() as u64;
-                        attempt.status_code = Some(answer.status);
-                        attempt.response_body = Some(answer.body);
-                        attempt.outcome = if (200..300).contains(&answer.status) {
-                            AttemptOutcome::Succeeded
-                        } else {
-                            AttemptOutcome::HttpError
-                        };
-                        retry_after = answer
-                            .retry_after
-                            .and_then(|v| parse_retry_after(&v, std::time::SystemTime::now()));
-                        self.metrics.attempt_seconds.observe(took.as_secs_f64());
-                    }
-                    Err((e, took)) => {
-                        attempt.duration_ms = took.as_millis() as u64;
-                        attempt.outcome = match e {
-                            SendError::Timeout(_) => AttemptOutcome::Timeout,
-                            _ => AttemptOutcome::NetworkError,
-                        };
-                        attempt.error = Some(e.to_string());
-                    }
-                }
-            }
-        }
+        };
 
         let now = now_ms();
         delivery.attempts = attempt.attempt;
@@ -331,6 +333,58 @@ impl Deliverer {
             self.disable(&webhook, "receiver answered 410 Gone").await?;
         }
         Ok(())
+    }
+
+    /// Shapes the request (natively or with the plugin), sends it and
+    /// notes the answer on `attempt`; returns the receiver's `Retry-After`.
+    async fn shape_and_send(
+        &self,
+        event: &Event,
+        webhook: &Webhook,
+        ctx: &AttemptContext,
+        (uri, timeout): (&hyper::Uri, Duration),
+        delivery: &mut Delivery,
+        attempt: &mut Attempt,
+    ) -> Option<Duration> {
+        let mut retry_after = None;
+        match self.shape(event, webhook, ctx, attempt).await {
+            Err(error) => {
+                attempt.outcome = AttemptOutcome::PluginError;
+                attempt.error = Some(error);
+            }
+            Ok(Shaped::Skip(reason)) => {
+                attempt.outcome = AttemptOutcome::Skipped;
+                delivery.reason = Some(reason);
+            }
+            Ok(Shaped::Deliver(req)) => {
+                let (headers, body) = build(webhook, req, ctx, attempt.started_at_ms);
+                match self.client.post(uri, headers, body, timeout).await {
+                    Ok((answer, took)) => {
+                        attempt.duration_ms = took.as_millis() as u64;
+                        attempt.status_code = Some(answer.status);
+                        attempt.response_body = Some(answer.body);
+                        attempt.outcome = if (200..300).contains(&answer.status) {
+                            AttemptOutcome::Succeeded
+                        } else {
+                            AttemptOutcome::HttpError
+                        };
+                        retry_after = answer
+                            .retry_after
+                            .and_then(|v| parse_retry_after(&v, std::time::SystemTime::now()));
+                        self.metrics.attempt_seconds.observe(took.as_secs_f64());
+                    }
+                    Err((e, took)) => {
+                        attempt.duration_ms = took.as_millis() as u64;
+                        attempt.outcome = match e {
+                            SendError::Timeout(_) => AttemptOutcome::Timeout,
+                            _ => AttemptOutcome::NetworkError,
+                        };
+                        attempt.error = Some(e.to_string());
+                    }
+                }
+            }
+        }
+        retry_after
     }
 
     /// Shapes the request, natively or with the webhook's plugin.

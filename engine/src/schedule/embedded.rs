@@ -75,9 +75,9 @@ fn event_of(key: &str) -> Option<(&str, &str)> {
 }
 
 thread_local! {
-    /// Per event lease `(due, key)`: the deliveries it still covers that
-    /// have not left it yet. Only the store's writer thread uses it.
-    static COVERED: RefCell<HashMap<(u64, String), HashSet<String>>> = RefCell::default();
+    /// Per event lease (by key): its time, and the deliveries it still covers
+    /// that have not left it yet. Only the store's writer thread uses it.
+    static COVERED: RefCell<HashMap<String, (u64, HashSet<String>)>> = RefCell::default();
 }
 
 /// Writes the lease entry for an event's fresh deliveries, `members`.
@@ -91,7 +91,7 @@ pub(crate) fn lease_event<'a>(
     let key = event_lease_key(tenant, event_id);
     hot.schedule.insert((due, key.as_str()), true)?;
     let members = members.map(str::to_owned).collect();
-    COVERED.with(|c| c.borrow_mut().insert((due, key), members));
+    COVERED.with(|c| c.borrow_mut().insert(key, (due, members)));
     Ok(())
 }
 
@@ -101,44 +101,48 @@ pub(crate) fn forget_event_leases() {
     COVERED.with(|c| c.borrow_mut().clear());
 }
 
-/// Whether `d` is covered by an event lease due at `due`.
-fn covered(d: &Delivery, due: u64) -> bool {
-    slot(d) == Some(due)
+/// The schedule slot of `d`'s stored record, if the writer knows it without
+/// reading: a delivery still covered by its event's lease is stored exactly
+/// as the trigger wrote it, pending at the lease's time.
+pub(crate) fn known_fresh_slot(d: &Delivery) -> Option<u64> {
+    let key = event_lease_key(d.tenant.as_str(), d.event_id.as_str());
+    COVERED.with(|c| {
+        let covered = c.borrow();
+        let (due, members) = covered.get(&key)?;
+        members.contains(d.id.as_str()).then_some(*due)
+    })
 }
 
-/// Moves a delivery from its stored record `previous` to `next` in the
-/// schedule: its own entry, and, when it leaves the event lease that covered
-/// it, that lease (removed when its last delivery leaves).
+/// Moves a delivery in the schedule from `from`, the slot of its stored
+/// record, to where its new record `next` puts it: its own entry, and, when
+/// it leaves the event lease that covered it, that lease (removed when its
+/// last delivery leaves).
 pub(crate) fn moved(
     hot: &mut Hot<'_>,
-    previous: &Delivery,
+    from: Option<u64>,
     next: &Delivery,
 ) -> Result<(), redb::Error> {
-    let from = slot(previous);
     reschedule(hot, next.id.as_str(), from, slot(next))?;
     let Some(due) = from else {
         return Ok(());
     };
-    if covered(next, due) {
+    if slot(next) == Some(due) {
         return Ok(());
     }
-    let key = (
-        due,
-        event_lease_key(previous.tenant.as_str(), previous.event_id.as_str()),
-    );
+    let key = event_lease_key(next.tenant.as_str(), next.event_id.as_str());
     let last = COVERED.with(|c| {
         let mut covered = c.borrow_mut();
-        let Some(members) = covered.get_mut(&key) else {
+        let Some((at, members)) = covered.get_mut(&key) else {
             return false;
         };
         // Each delivery leaves once, even if a later retry lands on `due`.
-        members.remove(previous.id.as_str()) && members.is_empty() && {
+        *at == due && members.remove(next.id.as_str()) && members.is_empty() && {
             covered.remove(&key);
             true
         }
     });
     if last {
-        hot.schedule.remove((key.0, key.1.as_str()))?;
+        hot.schedule.remove((due, key.as_str()))?;
     }
     Ok(())
 }
@@ -159,7 +163,7 @@ fn lease(
             out.extend(lease_one(hot, &id, None, until_ms, leased)?);
             continue;
         };
-        COVERED.with(|c| c.borrow_mut().remove(&(due, id.clone())));
+        COVERED.with(|c| c.borrow_mut().remove(&id));
         let found = hot
             .idempotency
             .get((tenant, crate::store::embedded::id_key(event_id).as_str()))?
@@ -192,7 +196,7 @@ fn lease_one(
     let Some(bytes) = found else { return Ok(None) };
     let mut d: Delivery = crate::store::record::decode(&bytes)?;
     if let Some(due) = covered_at {
-        if !covered(&d, due) {
+        if slot(&d) != Some(due) {
             return Ok(None);
         }
         // Its own entry, if a retry happened to fall on the same millisecond.

@@ -30,7 +30,9 @@ use crate::model::{
     Attempt, Delivery, DeliveryStats, DeliveryStatus, Event, EventTypeSeen, PluginVersion, Tenant,
     Webhook,
 };
-use crate::schedule::embedded::{forget_event_leases, lease_event, moved, release_leases};
+use crate::schedule::embedded::{
+    forget_event_leases, known_fresh_slot, lease_event, moved, release_leases, slot,
+};
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
 use serde::de::DeserializeOwned;
@@ -360,7 +362,8 @@ fn plugin_with_bytes(
 /// (see `write_loop`).
 #[derive(Default)]
 struct Pending {
-    stats: HashMap<(String, String), DeliveryStats>,
+    /// Per tenant, per webhook.
+    stats: HashMap<String, HashMap<String, DeliveryStats>>,
     event_types: HashMap<(String, String), EventTypeSeen>,
 }
 
@@ -376,12 +379,18 @@ fn update_stats(
 ) -> Result<(), StoreError> {
     PENDING.with(|pending| {
         let stats = &mut pending.borrow_mut().stats;
-        let key = (tenant.to_owned(), webhook.to_owned());
-        let stats = match stats.entry(key) {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => {
+        // Looked up by reference first: most calls find the webhook's counters.
+        let tenant_stats = match stats.get_mut(tenant) {
+            Some(t) => t,
+            None => stats.entry(tenant.to_owned()).or_default(),
+        };
+        let stats = match tenant_stats.get_mut(webhook) {
+            Some(s) => s,
+            None => {
                 let current: Option<DeliveryStats> = get_json(&hot.stats, (tenant, webhook))?;
-                e.insert(current.unwrap_or_default())
+                tenant_stats
+                    .entry(webhook.to_owned())
+                    .or_insert(current.unwrap_or_default())
             }
         };
         f(stats);
@@ -417,10 +426,12 @@ fn flush_pending(batch: &mut Batch<'_>) -> Result<(), StoreError> {
         return Ok(());
     }
     let hot = batch.hot()?;
-    for ((tenant, webhook), stats) in &pending.stats {
-        hot.stats
-            .insert((tenant.as_str(), webhook.as_str()), enc(stats).as_slice())
-            .map_err(redb::Error::from)?;
+    for (tenant, webhooks) in &pending.stats {
+        for (webhook, stats) in webhooks {
+            hot.stats
+                .insert((tenant.as_str(), webhook.as_str()), enc(stats).as_slice())
+                .map_err(redb::Error::from)?;
+        }
     }
     for ((tenant, event_type), seen) in &pending.event_types {
         hot.event_types
@@ -430,18 +441,18 @@ fn flush_pending(batch: &mut Batch<'_>) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Writes `d` (encoded: `bytes`) over its stored record `previous`, moving
-/// it in the schedule.
+/// Writes `d` (encoded: `bytes`) over its stored record, whose schedule
+/// slot was `from`, moving it in the schedule.
 fn write_delivery(
     hot: &mut Hot<'_>,
-    previous: &Delivery,
+    from: Option<u64>,
     d: &Delivery,
     bytes: &[u8],
 ) -> Result<(), StoreError> {
     hot.deliveries
         .insert(d.id.as_str(), bytes)
         .map_err(redb::Error::from)?;
-    moved(hot, previous, d)?;
+    moved(hot, from, d)?;
     Ok(())
 }
 
@@ -943,9 +954,16 @@ impl Store for EmbeddedStore {
             (a, encoded)
         });
         self.write_hot(move |hot| {
-            let previous: Option<Delivery> = get_json(&hot.deliveries, delivery.id.as_str())?;
-            let Some(previous) = previous else {
-                return Err(StoreError::NotFound("delivery"));
+            // A first attempt's delivery is usually still as the trigger wrote
+            // it, which the writer knows without reading it back.
+            let (previous_status, from) = match known_fresh_slot(&delivery) {
+                Some(due) => (DeliveryStatus::Pending, Some(due)),
+                None => {
+                    let previous: Option<Delivery> =
+                        get_json(&hot.deliveries, delivery.id.as_str())?;
+                    let previous = previous.ok_or(StoreError::NotFound("delivery"))?;
+                    (previous.status, slot(&previous))
+                }
             };
             if let Some((a, encoded)) = &attempt {
                 hot.attempts
@@ -957,8 +975,8 @@ impl Store for EmbeddedStore {
                 delivery.tenant.as_str(),
                 delivery.webhook_id.as_str(),
                 |s| {
-                    if previous.status != delivery.status {
-                        s.count(previous.status, -1);
+                    if previous_status != delivery.status {
+                        s.count(previous_status, -1);
                         s.count(delivery.status, 1);
                     }
                     if let Some((a, _)) = &attempt {
@@ -967,7 +985,7 @@ impl Store for EmbeddedStore {
                     }
                 },
             )?;
-            write_delivery(hot, &previous, &delivery, &bytes)
+            write_delivery(hot, from, &delivery, &bytes)
         })
         .await
     }
@@ -989,7 +1007,7 @@ impl Store for EmbeddedStore {
                 s.count(previous.status, -1);
                 s.count(DeliveryStatus::Pending, 1);
             })?;
-            write_delivery(hot, &previous, &d, &compact(&d))?;
+            write_delivery(hot, slot(&previous), &d, &compact(&d))?;
             Ok(d)
         })
         .await
