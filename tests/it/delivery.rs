@@ -429,15 +429,7 @@ async fn one_origin_gets_at_most_origin_concurrency_attempts_at_once() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(counts.1.load(Ordering::SeqCst), 2, "most in flight at once");
-    let metrics = engine
-        .http
-        .get(format!("{}/metrics", engine.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = engine.metrics().await;
     let waits: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("wasmhook_origin_waits_total "))

@@ -13,19 +13,6 @@ use wasmhook_tests::plugins::{CHAOS, STANDARD_WEBHOOKS};
 
 const WAIT: Duration = Duration::from_secs(90);
 
-async fn metrics(engine: &TestEngine) -> String {
-    let url = format!("{}/metrics", engine.url);
-    engine
-        .http
-        .get(url)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 /// Polls the tenant's stats until nothing is pending.
 async fn settled(engine: &TestEngine, key: &str) -> Value {
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -273,7 +260,7 @@ async fn compiled_plugins_are_cached_on_disk_and_never_accepted_as_uploads() {
     let engine = TestEngine::spawn_in(&data_dir).await;
     engine.trigger(&key, "a.b", json!({})).await;
     receiver.wait_for(1, WAIT).await;
-    let text = metrics(&engine).await;
+    let text = engine.metrics().await;
     assert!(
         text.contains("wasmhook_plugin_loads_total{source=\"disk\"} 1"),
         "{text}"

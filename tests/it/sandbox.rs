@@ -99,15 +99,7 @@ async fn misbehaving_plugins_fail_only_their_own_attempts() {
     );
     assert_eq!(v1["failures"], 7, "{plugin}");
     assert_eq!(v1["calls"], 7, "{plugin}");
-    let metrics = engine
-        .http
-        .get(format!("{}/metrics", engine.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = engine.metrics().await;
     for line in [
         "wasmhook_plugin_calls_total{outcome=\"timeout\"} 1",
         "wasmhook_plugin_calls_total{outcome=\"invalid\"} 3",

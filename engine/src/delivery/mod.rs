@@ -5,7 +5,9 @@
 //! Two ways in: fresh deliveries are handed over by the trigger API right
 //! after they are durable (already leased to this process, so they go out at
 //! once), and a dispatcher claims whatever the schedule says is due (retries,
-//! manual retries, and leases that ran out). A delivery is attempted by one
+//! manual retries, and leases that ran out). An attempt first takes a slot to
+//! its webhook's origin ([`origins`]), holds it while shaping and sending, and
+//! records its result after giving it back. A delivery is attempted by one
 //! task at a time in this process; across a crash it may be attempted twice
 //! (see [`crate::schedule`]).
 

@@ -21,8 +21,10 @@
 //! with a failed commit), claiming it leases each delivery it still covers
 //! on its own, exactly as if each had had its own entry; one that left is
 //! skipped. That memory may be lost at any time without losing a delivery:
-//! its only job is to save that late read. What may happen twice: an
-//! attempt, as with any lease that runs out.
+//! it only saves reads (that late one, and, when a covered delivery's first
+//! attempt is recorded, reading back its record, which the writer knows is
+//! as the trigger wrote it). What may happen twice: an attempt, as with any
+//! lease that runs out.
 
 use super::Schedule;
 use crate::ids::{DeliveryId, TenantId};

@@ -1221,6 +1221,13 @@ mod tests {
         );
         succeed(&store, &first[2]).await;
         assert_eq!(schedule_keys(&store), vec![]);
+        // Counted from what the writer knew, without reading the records back.
+        let stats = store.tenant_stats(&tenant).await.unwrap();
+        assert_eq!((stats.total, stats.pending, stats.succeeded), (3, 0, 3));
+        for d in &first {
+            let stored = store.get_delivery(&tenant, &d.id).await.unwrap().unwrap();
+            assert_eq!(stored.status, DeliveryStatus::Succeeded);
+        }
 
         // Two of e2's deliveries are in flight when the process stops.
         let second = trigger(&store, &tenant, "e2", later).await;
@@ -1256,6 +1263,8 @@ mod tests {
         assert_eq!(claimed.len(), 2, "{claimed:?}");
         assert!(claimed.iter().all(|(_, id)| id != &third[0].id));
         assert_eq!(schedule_keys(&store).len(), 3, "two leases and the retry");
+        let stats = store.tenant_stats(&tenant).await.unwrap();
+        assert_eq!((stats.total, stats.pending, stats.succeeded), (9, 3, 6));
     }
 
     /// A database written before the event→delivery index moved into the
