@@ -438,3 +438,56 @@ async fn one_origin_gets_at_most_origin_concurrency_attempts_at_once() {
         .unwrap();
     assert!(waits >= 4, "{waits} attempts waited");
 }
+
+/// With no time left in the lease to wait for a slot, the attempt is not
+/// sent: it is recorded as a timeout naming the origin (not the path), and
+/// the delivery goes out on its retry.
+#[tokio::test]
+async fn a_delivery_that_gets_no_slot_in_its_lease_is_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = Settings::for_tests(dir.path().to_path_buf(), ADMIN);
+    settings.origin_concurrency = 1;
+    // Lease 2 s, webhook timeout 1 s: the attempt may not wait at all.
+    settings.lease = Duration::from_millis(2_000);
+    let engine = TestEngine::spawn_with(settings).await;
+    let key = engine.tenant("acme").await;
+    let (slow, counts) = slow_receiver(Duration::from_millis(600)).await;
+    let spec = json!({
+        "timeout_ms": 1000,
+        "retry_policy": {"strategy": "fixed", "retries": 3, "delay_ms": 1000, "jitter": false}
+    });
+    let first = engine
+        .webhook(&key, &format!("{slow}/a"), spec.clone())
+        .await;
+    let second = engine
+        .webhook(&key, &format!("{slow}/secret-b"), spec)
+        .await;
+    let event = engine.trigger(&key, "order.created", json!({})).await;
+    assert_eq!(event["deliveries"], 2);
+
+    let mut waited = None;
+    for hook in [&first, &second] {
+        let hook = hook["id"].as_str().unwrap();
+        let (_, list) = engine
+            .get(&format!("/api/webhooks/{hook}/deliveries"), &key)
+            .await;
+        let id = list["data"][0]["id"].as_str().unwrap().to_owned();
+        let d = engine
+            .wait_delivery(&key, hook, &id, WAIT, |d| d["status"] == "succeeded")
+            .await;
+        if d["attempts"] == 2 {
+            waited = Some(d);
+        }
+    }
+    let d = waited.expect("one of the two found the origin busy");
+    let log = &d["attempt_log"];
+    assert_eq!(log[0]["outcome"], "timeout", "{d}");
+    let error = log[0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("http://127.0.0.1:") && error.contains("origin_concurrency limit (1)"),
+        "{error}"
+    );
+    assert!(!error.contains("secret-b"), "{error}");
+    assert_eq!(log[1]["outcome"], "succeeded", "{d}");
+    assert_eq!(counts.2.load(Ordering::SeqCst), 2, "each sent once");
+}

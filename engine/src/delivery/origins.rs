@@ -38,7 +38,7 @@ pub struct Slot {
 /// No slot came free in time.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "not sent: the {in_flight} attempts already in flight to {origin} did not finish within {waited_ms} ms (origin_concurrency)"
+    "not sent: attempts in flight to {origin} stayed at the origin_concurrency limit ({in_flight}) for {waited_ms} ms"
 )]
 pub struct Busy {
     pub origin: String,
@@ -172,7 +172,7 @@ mod tests {
         };
         assert!((200..2000).contains(&busy.waited_ms), "{}", busy.waited_ms);
         let text = busy.to_string();
-        assert!(text.contains("http://a.test:80") && text.contains("2 attempts"));
+        assert!(text.contains("http://a.test:80") && text.contains("limit (2)"));
         assert!(!text.contains("secret-path"), "{text}");
         drop((b, c));
     }
