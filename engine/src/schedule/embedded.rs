@@ -104,8 +104,9 @@ pub(crate) fn forget_event_leases() {
 }
 
 /// The schedule slot of `d`'s stored record, if the writer knows it without
-/// reading: a delivery still covered by its event's lease is stored exactly
-/// as the trigger wrote it, pending at the lease's time.
+/// reading: a delivery still covered by its event's lease is stored pending
+/// at the lease's time (as the trigger wrote it, or as a retry that fell on
+/// that same millisecond left it), which is all an attempt's result needs.
 pub(crate) fn known_fresh_slot(d: &Delivery) -> Option<u64> {
     let key = event_lease_key(d.tenant.as_str(), d.event_id.as_str());
     COVERED.with(|c| {
