@@ -29,8 +29,8 @@
 use super::Schedule;
 use crate::ids::{DeliveryId, TenantId};
 use crate::model::{Delivery, DeliveryStatus};
-use crate::store::embedded::{EmbeddedStore, Hot, SCHEDULE};
-use crate::store::{IdempotentAnswer, StoreError};
+use crate::store::StoreError;
+use crate::store::embedded::{EmbeddedStore, Hot, SCHEDULE, listed_deliveries};
 use async_trait::async_trait;
 use redb::{ReadableDatabase, ReadableTable};
 use std::cell::RefCell;
@@ -76,10 +76,15 @@ fn event_of(key: &str) -> Option<(&str, &str)> {
     key.strip_prefix(EVENT_LEASE)?.split_once('/')
 }
 
+/// What the writer remembers of one event lease: its time, and the
+/// deliveries it still covers that have not left it yet.
+type Covered = (u64, HashSet<String>);
+
 thread_local! {
-    /// Per event lease (by key): its time, and the deliveries it still covers
-    /// that have not left it yet. Only the store's writer thread uses it.
-    static COVERED: RefCell<HashMap<String, (u64, HashSet<String>)>> = RefCell::default();
+    /// Per tenant, per event id: its lease, if it still covers deliveries.
+    /// Looked up by reference, so that recording an attempt formats no key.
+    /// Only the store's writer thread uses it.
+    static COVERED: RefCell<HashMap<String, HashMap<String, Covered>>> = RefCell::default();
 }
 
 /// Writes the lease entry for an event's fresh deliveries, `members`.
@@ -90,11 +95,25 @@ pub(crate) fn lease_event<'a>(
     due: u64,
     members: impl Iterator<Item = &'a str>,
 ) -> Result<(), redb::Error> {
-    let key = event_lease_key(tenant, event_id);
-    hot.schedule.insert((due, key.as_str()), true)?;
+    hot.schedule
+        .insert((due, event_lease_key(tenant, event_id).as_str()), true)?;
     let members = members.map(str::to_owned).collect();
-    COVERED.with(|c| c.borrow_mut().insert(key, (due, members)));
+    COVERED.with(|c| {
+        c.borrow_mut()
+            .entry(tenant.to_owned())
+            .or_default()
+            .insert(event_id.to_owned(), (due, members))
+    });
     Ok(())
+}
+
+/// Forgets what the writer remembers of one event lease (it was claimed).
+fn forget_event_lease(tenant: &str, event_id: &str) {
+    COVERED.with(|c| {
+        if let Some(events) = c.borrow_mut().get_mut(tenant) {
+            events.remove(event_id);
+        }
+    });
 }
 
 /// Forgets what the writer remembers of event leases (after a failed
@@ -108,10 +127,9 @@ pub(crate) fn forget_event_leases() {
 /// at the lease's time (as the trigger wrote it, or as a retry that fell on
 /// that same millisecond left it), which is all an attempt's result needs.
 pub(crate) fn known_fresh_slot(d: &Delivery) -> Option<u64> {
-    let key = event_lease_key(d.tenant.as_str(), d.event_id.as_str());
     COVERED.with(|c| {
         let covered = c.borrow();
-        let (due, members) = covered.get(&key)?;
+        let (due, members) = covered.get(d.tenant.as_str())?.get(d.event_id.as_str())?;
         members.contains(d.id.as_str()).then_some(*due)
     })
 }
@@ -125,27 +143,30 @@ pub(crate) fn moved(
     from: Option<u64>,
     next: &Delivery,
 ) -> Result<(), redb::Error> {
-    reschedule(hot, next.id.as_str(), from, slot(next))?;
-    let Some(due) = from else {
+    let to = slot(next);
+    reschedule(hot, next.id.as_str(), from, to)?;
+    let Some(due) = from.filter(|&due| to != Some(due)) else {
         return Ok(());
     };
-    if slot(next) == Some(due) {
-        return Ok(());
-    }
-    let key = event_lease_key(next.tenant.as_str(), next.event_id.as_str());
+    let (tenant, event_id) = (next.tenant.as_str(), next.event_id.as_str());
     let last = COVERED.with(|c| {
         let mut covered = c.borrow_mut();
-        let Some((at, members)) = covered.get_mut(&key) else {
+        let Some(events) = covered.get_mut(tenant) else {
+            return false;
+        };
+        let Some((at, members)) = events.get_mut(event_id) else {
             return false;
         };
         // Each delivery leaves once, even if a later retry lands on `due`.
-        *at == due && members.remove(next.id.as_str()) && members.is_empty() && {
-            covered.remove(&key);
-            true
+        let last = *at == due && members.remove(next.id.as_str()) && members.is_empty();
+        if last {
+            events.remove(event_id);
         }
+        last
     });
     if last {
-        hot.schedule.remove((due, key.as_str()))?;
+        hot.schedule
+            .remove((due, event_lease_key(tenant, event_id).as_str()))?;
     }
     Ok(())
 }
@@ -166,14 +187,8 @@ fn lease(
             out.extend(lease_one(hot, &id, None, until_ms, leased)?);
             continue;
         };
-        COVERED.with(|c| c.borrow_mut().remove(&id));
-        let found = hot
-            .idempotency
-            .get((tenant, crate::store::embedded::id_key(event_id).as_str()))?
-            .map(|v| v.value().to_vec());
-        let Some(bytes) = found else { continue };
-        let answer: IdempotentAnswer = crate::store::record::decode(&bytes)?;
-        for member in &answer.delivery_ids {
+        forget_event_lease(tenant, event_id);
+        for member in listed_deliveries(&hot.idempotency, tenant, event_id)? {
             out.extend(lease_one(
                 hot,
                 member.as_str(),

@@ -470,7 +470,7 @@ fn tenant_webhooks(
 
 /// The key of the idempotency record every event has, under its id; it also
 /// lists the event's deliveries.
-pub(crate) fn id_key(event_id: &str) -> String {
+fn id_key(event_id: &str) -> String {
     format!("id:{event_id}")
 }
 
@@ -628,6 +628,17 @@ fn ingest(hot: &mut Hot<'_>, cache: &WebhookCache, t: Trigger) -> Result<Ingeste
     })
 }
 
+/// The deliveries an event's `id:` record (`idem`) lists: those it created,
+/// unless the record was written before it listed them (then none).
+pub(crate) fn listed_deliveries(
+    idem: &impl ReadableTable<Keyed2, Json>,
+    tenant: &str,
+    event_id: &str,
+) -> Result<Vec<DeliveryId>, StoreError> {
+    let answer: Option<IdempotentAnswer> = get_json(idem, (tenant, id_key(event_id).as_str()))?;
+    Ok(answer.map(|a| a.delivery_ids).unwrap_or_default())
+}
+
 /// The deliveries an event created: listed in its `id:` record (`idem`), or,
 /// for records written before that, in the old event→delivery index.
 fn delivery_ids(
@@ -636,13 +647,9 @@ fn delivery_ids(
     tenant: &str,
     event_id: &str,
 ) -> Result<Vec<String>, StoreError> {
-    let answer: Option<IdempotentAnswer> = get_json(idem, (tenant, id_key(event_id).as_str()))?;
-    if let Some(answer) = answer.filter(|a| !a.delivery_ids.is_empty()) {
-        return Ok(answer
-            .delivery_ids
-            .iter()
-            .map(|d| d.as_str().to_owned())
-            .collect());
+    let listed = listed_deliveries(idem, tenant, event_id)?;
+    if !listed.is_empty() {
+        return Ok(listed.into_iter().map(|d| d.as_str().to_owned()).collect());
     }
     let mut out = Vec::new();
     for item in old_index
