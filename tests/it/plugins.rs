@@ -252,29 +252,40 @@ fn only_versions_that_proved_quick_run_inline() {
     }
     assert!(plugin.runs_inline(), "quick calls earn inline runs");
     // A slow call sends the version back to blocking threads until it has
-    // made 16 quick calls in a row again; the third slow call is for good.
-    for strike in 1..=3 {
+    // made 16 quick calls in a row again.
+    let slow = |webhook: &mut Webhook| {
         webhook.plugin_config = json!({"mode": "loop"});
-        let err = runtime.call(&plugin, &event, &webhook, &ctx).unwrap_err();
+        let err = runtime.call(&plugin, &event, webhook, &ctx).unwrap_err();
         assert!(err.to_string().contains("time limit"), "{err}");
+        webhook.plugin_config = json!({"mode": "ok"});
+    };
+    for strike in 1..=2 {
+        slow(&mut webhook);
         assert!(
             !plugin.runs_inline(),
             "a slow call (strike {strike}) ends inline runs"
         );
-        webhook.plugin_config = json!({"mode": "ok"});
         for _ in 0..15 {
             runtime.call(&plugin, &event, &webhook, &ctx).unwrap();
         }
         assert!(!plugin.runs_inline(), "15 quick calls are not enough");
         runtime.call(&plugin, &event, &webhook, &ctx).unwrap();
-        assert_eq!(
+        assert!(
             plugin.runs_inline(),
-            strike < 3,
             "after strike {strike} and 16 quick calls"
         );
+    }
+    // Calls at the time limit run up a stall debt: past three of them (the
+    // burst; 20 s of debt each at 200 ms) quick calls do not bring it back
+    // until the debt is paid down.
+    for _ in 0..4 {
+        slow(&mut webhook);
     }
     for _ in 0..32 {
         runtime.call(&plugin, &event, &webhook, &ctx).unwrap();
     }
-    assert!(!plugin.runs_inline(), "three slow calls are for good");
+    assert!(
+        !plugin.runs_inline(),
+        "six calls at the time limit in a row stay off the workers"
+    );
 }

@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 const INLINE_MAX: Duration = Duration::from_millis(1);
 /// Quick calls in a row a version needs before its calls may run inline.
 const INLINE_AFTER: u32 = 16;
-/// Slow calls after which a version never runs inline again.
-const SLOW_FOR_GOOD: u32 = 3;
+/// Wall time one unit of slow-call time costs a version's stall budget: its
+/// slow calls may take at most 1/100 of the time over the long run.
+const STALL_COST: u64 = 100;
 
 /// Calls and failures of one plugin version on this engine since it started.
 #[derive(Default)]
@@ -48,11 +49,7 @@ pub struct LoadedPlugin {
     /// dry runs): it counts nothing.
     pub(super) counts: Option<Arc<CallCounts>>,
     pub(super) last_used_ms: AtomicU64,
-    /// Calls in a row that finished within [`INLINE_MAX`] (saturating at
-    /// `INLINE_AFTER`).
-    quick_calls: AtomicU32,
-    /// Calls that took longer than [`INLINE_MAX`] (or timed out).
-    slow_calls: AtomicU32,
+    inline: InlinePolicy,
 }
 
 impl LoadedPlugin {
@@ -65,6 +62,7 @@ impl LoadedPlugin {
         pre: Arc<PluginPre<HostState>>,
         budget: Arc<Budget>,
         counts: Option<Arc<CallCounts>>,
+        inline: InlinePolicy,
         now_ms: u64,
     ) -> Self {
         LoadedPlugin {
@@ -78,8 +76,7 @@ impl LoadedPlugin {
             gate: Arc::default(),
             counts,
             last_used_ms: AtomicU64::new(now_ms),
-            quick_calls: AtomicU32::new(0),
-            slow_calls: AtomicU32::new(0),
+            inline,
         }
     }
 
@@ -88,26 +85,73 @@ impl LoadedPlugin {
         format!("{}@{}", self.name, self.version)
     }
 
-    /// True when this version's calls may run on an async worker thread: its
-    /// last [`INLINE_AFTER`] calls each took under [`INLINE_MAX`], and fewer
-    /// than [`SLOW_FOR_GOOD`] ever took longer. A slow call sends the version
-    /// back to blocking threads until it has made that many quick calls there
-    /// again, so one stall (a page-fault storm on a busy machine, say) does
-    /// not pin it there; a version that turns slow can hold a worker at most
-    /// [`SLOW_FOR_GOOD`] times, each for at most the CPU deadline.
+    /// True when this version's calls may run on an async worker thread
+    /// (see [`InlinePolicy`]).
     pub fn runs_inline(&self) -> bool {
-        self.slow_calls.load(Ordering::Relaxed) < SLOW_FOR_GOOD
-            && self.quick_calls.load(Ordering::Relaxed) >= INLINE_AFTER
+        self.inline.allows(crate::clock::now_ms())
     }
 
     /// Records what a call cost (see [`CallTimer`]).
     pub(super) fn note_duration(&self, took: Duration) {
-        if took > INLINE_MAX {
-            self.slow_calls.fetch_add(1, Ordering::Relaxed);
-            self.quick_calls.store(0, Ordering::Relaxed);
-        } else if self.quick_calls.load(Ordering::Relaxed) < INLINE_AFTER {
-            self.quick_calls.fetch_add(1, Ordering::Relaxed);
+        self.inline.note(took, crate::clock::now_ms());
+    }
+}
+
+/// Whether a version's calls run on the engine's async workers (a thread hop
+/// costs more than a quick call) or on blocking threads.
+///
+/// A version runs inline once its last [`INLINE_AFTER`] calls each used
+/// under [`INLINE_MAX`] of CPU. A slow call (or one that hit the time limit)
+/// sends it back to blocking threads until it has made that many quick calls
+/// in a row again. Slow calls also run up a stall debt, paid off at
+/// 1/[`STALL_COST`] of the wall clock: a version whose debt is more than its
+/// burst (three calls at the time limit) stays on blocking threads until it
+/// is paid down to that. So the workers lose at most about 1 % of their time to one
+/// version's slow calls over the long run, with bursts of three calls at the
+/// limit, while a version that stalls now and then (a page fault, a busy
+/// kernel) keeps running inline. The debt is capped at twice the burst, so a
+/// version that turned quick again returns within a burst's worth of debt
+/// (15 s with the default 50 ms limit).
+pub(super) struct InlinePolicy {
+    /// Calls in a row that finished within [`INLINE_MAX`] (saturating at
+    /// `INLINE_AFTER`).
+    quick_calls: AtomicU32,
+    /// When (Unix ms) the stall debt of the slow calls is paid off.
+    paid_at_ms: AtomicU64,
+    /// How far past now that may be while calls still run inline.
+    burst_ms: u64,
+}
+
+impl InlinePolicy {
+    /// A policy for a version whose calls are cut off at `time_limit`.
+    pub(super) fn new(time_limit: Duration) -> Self {
+        InlinePolicy {
+            quick_calls: AtomicU32::new(0),
+            paid_at_ms: AtomicU64::new(0),
+            burst_ms: 3 * time_limit.as_millis() as u64 * STALL_COST,
         }
+    }
+
+    fn allows(&self, now_ms: u64) -> bool {
+        self.quick_calls.load(Ordering::Relaxed) >= INLINE_AFTER
+            && self.paid_at_ms.load(Ordering::Relaxed) <= now_ms + self.burst_ms
+    }
+
+    fn note(&self, took: Duration, now_ms: u64) {
+        if took <= INLINE_MAX {
+            if self.quick_calls.load(Ordering::Relaxed) < INLINE_AFTER {
+                self.quick_calls.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        }
+        self.quick_calls.store(0, Ordering::Relaxed);
+        let cost = (took.as_micros() as u64 * STALL_COST).div_ceil(1000);
+        let cap = now_ms + 2 * self.burst_ms;
+        let _ = self
+            .paid_at_ms
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |paid| {
+                Some((paid.max(now_ms) + cost).min(cap))
+            });
     }
 }
 
@@ -165,6 +209,72 @@ fn thread_cpu_time() -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const QUICK: Duration = Duration::from_micros(50);
+
+    fn quick_calls(policy: &InlinePolicy, n: u32, now_ms: u64) {
+        for _ in 0..n {
+            policy.note(QUICK, now_ms);
+        }
+    }
+
+    #[test]
+    fn quick_calls_earn_inline_runs_and_a_slow_one_ends_them() {
+        let policy = InlinePolicy::new(Duration::from_millis(50));
+        quick_calls(&policy, 15, 0);
+        assert!(!policy.allows(0), "15 quick calls are not enough");
+        quick_calls(&policy, 1, 0);
+        assert!(policy.allows(0));
+        policy.note(Duration::from_millis(2), 0);
+        assert!(!policy.allows(0), "a slow call ends inline runs");
+        quick_calls(&policy, 16, 0);
+        assert!(policy.allows(0), "16 quick calls in a row bring them back");
+    }
+
+    #[test]
+    fn slow_calls_may_take_a_burst_then_a_hundredth_of_the_time() {
+        let limit = Duration::from_millis(50);
+        // Burst: three calls at the time limit (5 s of debt each).
+        let policy = InlinePolicy::new(limit);
+        for strike in 1..=4 {
+            policy.note(limit, 1_000);
+            quick_calls(&policy, 16, 1_000);
+            assert_eq!(policy.allows(1_000), strike <= 3, "strike {strike}");
+        }
+        // 20 s of debt from 1 s on the clock; 15 s of it may be left.
+        assert!(!policy.allows(5_999));
+        assert!(policy.allows(6_000));
+
+        // Stalls of 2 ms every 200 ms (1 % of the time) keep it inline...
+        let policy = InlinePolicy::new(limit);
+        for i in 0..10_000u64 {
+            policy.note(Duration::from_millis(2), i * 200);
+            quick_calls(&policy, 16, i * 200);
+            assert!(policy.allows(i * 200), "stall {i}");
+        }
+        // ... every 100 ms (2 %) the debt grows by 100 ms a stall, past
+        // the 15 s burst after 149 of them.
+        let policy = InlinePolicy::new(limit);
+        let inline = (0..1_000u64).filter(|i| {
+            policy.note(Duration::from_millis(2), i * 100);
+            quick_calls(&policy, 16, i * 100);
+            policy.allows(i * 100)
+        });
+        assert_eq!(inline.count(), 149);
+    }
+
+    #[test]
+    fn the_debt_is_capped_so_a_version_that_turned_quick_returns() {
+        let policy = InlinePolicy::new(Duration::from_millis(50));
+        for _ in 0..1_000 {
+            policy.note(Duration::from_millis(50), 0);
+        }
+        quick_calls(&policy, 16, 0);
+        assert!(!policy.allows(0));
+        // At most twice the burst (30 s) to pay down to the burst (15 s).
+        assert!(!policy.allows(14_999));
+        assert!(policy.allows(15_000));
+    }
 
     /// A quick call is timed by the wall clock alone; a longer one by the
     /// thread's CPU time, so time spent off the CPU (preempted, or here

@@ -29,8 +29,8 @@ use crate::store::{PluginUpload, Store, StoreError};
 use bindings::{PluginPre, wasmhook::plugin::types as wit};
 use host::HostState;
 use instances::{Budget, Warm};
-use loaded::CallTimer;
 pub use loaded::{CallCounts, LoadedPlugin};
+use loaded::{CallTimer, InlinePolicy};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -308,6 +308,7 @@ impl PluginRuntime {
             pre,
             self.budget.clone(),
             counts,
+            InlinePolicy::new(self.config.timeout),
             crate::clock::now_ms(),
         ))
     }
@@ -512,6 +513,7 @@ impl PluginRuntime {
             plugin.pre.clone(),
             self.budget.clone(),
             None,
+            InlinePolicy::new(self.config.timeout),
             crate::clock::now_ms(),
         ))
     }
