@@ -88,13 +88,20 @@ impl LoadedPlugin {
     /// True when this version's calls may run on an async worker thread
     /// (see [`InlinePolicy`]).
     pub fn runs_inline(&self) -> bool {
-        self.inline.allows(crate::clock::now_ms())
+        self.inline.allows(monotonic_ms())
     }
 
     /// Records what a call cost (see [`CallTimer`]).
     pub(super) fn note_duration(&self, took: Duration) {
-        self.inline.note(took, crate::clock::now_ms());
+        self.inline.note(took, monotonic_ms());
     }
+}
+
+/// Milliseconds on a clock that never goes back (a wall clock set back an
+/// hour would otherwise keep a version off the workers for that hour).
+fn monotonic_ms() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
 /// Whether a version's calls run on the engine's async workers (a thread hop
@@ -116,7 +123,8 @@ pub(super) struct InlinePolicy {
     /// Calls in a row that finished within [`INLINE_MAX`] (saturating at
     /// `INLINE_AFTER`).
     quick_calls: AtomicU32,
-    /// When (Unix ms) the stall debt of the slow calls is paid off.
+    /// When (ms on [`monotonic_ms`]'s clock) the stall debt of the slow
+    /// calls is paid off.
     paid_at_ms: AtomicU64,
     /// How far past now that may be while calls still run inline.
     burst_ms: u64,
