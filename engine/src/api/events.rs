@@ -207,8 +207,6 @@ fn settle(app: &App, ingested: Ingested) -> Outcome {
             let created = deliveries.len() as u64;
             app.metrics.deliveries_created.inc_by(created);
             app.metrics.deliveries_filtered.inc_by(u64::from(filtered));
-            let event = std::sync::Arc::new(event);
-            app.deliverer.submit(&event, &deliveries, &webhooks);
             let mut body = answer(
                 event.id.as_str(),
                 &event.event_type,
@@ -216,6 +214,8 @@ fn settle(app: &App, ingested: Ingested) -> Outcome {
                 &deliveries,
             );
             body["filtered"] = json!(filtered);
+            app.deliverer
+                .submit(std::sync::Arc::new(event), deliveries, webhooks);
             Outcome::Accepted(body)
         }
         Ingested::Replayed(prev) => {

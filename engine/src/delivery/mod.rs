@@ -102,10 +102,17 @@ impl Deliverer {
     /// Hands over deliveries that were just written, leased to this process.
     /// If the queue is full they go out when their lease runs out instead.
     /// `webhooks[i]` is the webhook of `deliveries[i]`.
-    pub fn submit(&self, event: &Arc<Event>, deliveries: &[Delivery], webhooks: &[Arc<Webhook>]) {
-        for (d, w) in deliveries.iter().zip(webhooks) {
-            let job = Job::Fresh(Box::new(d.clone()), event.clone(), w.clone());
-            if self.fresh_tx.try_send(job).is_err() {
+    pub fn submit(
+        &self,
+        event: Arc<Event>,
+        deliveries: Vec<Delivery>,
+        webhooks: Vec<Arc<Webhook>>,
+    ) {
+        for (d, w) in deliveries.into_iter().zip(webhooks) {
+            let job = Job::Fresh(Box::new(d), event.clone(), w);
+            if let Err(e) = self.fresh_tx.try_send(job)
+                && let Job::Fresh(d, ..) = e.into_inner()
+            {
                 tracing::warn!(delivery = %d.id, "delivery queue full; it goes out when its lease ends");
             }
         }
