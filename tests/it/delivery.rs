@@ -491,3 +491,76 @@ async fn a_delivery_that_gets_no_slot_in_its_lease_is_retried() {
     assert_eq!(log[1]["outcome"], "succeeded", "{d}");
     assert_eq!(counts.2.load(Ordering::SeqCst), 2, "each sent once");
 }
+
+/// A request shaped before a long wait for its origin's slot would carry an
+/// old timestamp; it is shaped again once it has the slot, so what it signs
+/// is fresh when it is sent (and still verifies).
+#[tokio::test]
+async fn a_request_that_waited_for_its_slot_is_signed_fresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = Settings::for_tests(dir.path().to_path_buf(), ADMIN);
+    settings.origin_concurrency = 1;
+    let engine = TestEngine::spawn_with(settings).await;
+    let key = engine.tenant("acme").await;
+    // Holds the first request 2.5 s; notes when each arrived and what it carried.
+    type Got = (std::time::SystemTime, axum::http::HeaderMap, bytes::Bytes);
+    let got: Arc<std::sync::Mutex<Vec<Got>>> = Arc::default();
+    let g = got.clone();
+    let app =
+        axum::Router::new().fallback(move |headers: axum::http::HeaderMap, body: bytes::Bytes| {
+            let g = g.clone();
+            async move {
+                let first = {
+                    let mut got = g.lock().unwrap();
+                    got.push((std::time::SystemTime::now(), headers, body));
+                    got.len() == 1
+                };
+                if first {
+                    tokio::time::sleep(Duration::from_millis(2_500)).await;
+                }
+                "ok"
+            }
+        });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let hook = engine
+        .webhook(&key, &url, json!({"events": ["order.created"]}))
+        .await;
+    let secret = hook["secret"].as_str().unwrap();
+    for i in 0..2 {
+        engine.trigger(&key, "order.created", json!({"n": i})).await;
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while got.lock().unwrap().len() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "not both delivered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got = got.lock().unwrap().clone();
+    for (i, (arrived, headers, body)) in got.iter().enumerate() {
+        let arrived = arrived
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let signed: u64 = headers["webhook-timestamp"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            arrived.saturating_sub(signed) <= 1,
+            "request {i} arrived at {arrived} signed at {signed}"
+        );
+        let received = crate::harness::Received {
+            headers: headers.clone(),
+            body: body.to_vec(),
+            at: tokio::time::Instant::now(),
+        };
+        verify_standard(secret, &received);
+    }
+    let metrics = engine.metrics().await;
+    assert!(
+        metrics.contains("wasmhook_origin_waits_total 1"),
+        "the second request waited for the slot"
+    );
+}

@@ -5,9 +5,9 @@
 //! Two ways in: fresh deliveries are handed over by the trigger API right
 //! after they are durable (already leased to this process, so they go out at
 //! once), and a dispatcher claims whatever the schedule says is due (retries,
-//! manual retries, and leases that ran out). An attempt first takes a slot to
-//! its webhook's origin ([`origins`]), holds it while shaping and sending, and
-//! records its result after giving it back. A delivery is attempted by one
+//! manual retries, and leases that ran out). An attempt shapes its request,
+//! then takes a slot to its webhook's origin ([`origins`]), holds it while
+//! sending, and records its result after giving it back. A delivery is attempted by one
 //! task at a time in this process; across a crash it may be attempted twice
 //! (see [`crate::schedule`]).
 
@@ -41,6 +41,9 @@ const CLAIM_BATCH: usize = 256;
 const MAX_IDLE: Duration = Duration::from_secs(1);
 /// How long shutdown waits for attempts in flight.
 const DRAIN: Duration = Duration::from_secs(10);
+/// A request that waited longer than this for a slot to its origin is
+/// shaped again before it is sent, so its timestamp is fresh.
+const RESHAPE_AFTER: Duration = Duration::from_secs(1);
 
 /// A delivery to attempt: just its id when claimed from the schedule, or the
 /// records themselves when the trigger API hands over what it just wrote
@@ -239,13 +242,7 @@ impl Deliverer {
         // to the origin and the exchange itself both fit in it.
         let budget = self.lease.saturating_sub(Duration::from_secs(1));
         let timeout = Duration::from_millis(webhook.timeout_ms).min(budget);
-        let slot = self
-            .origins
-            .acquire(&uri, tokio::time::Instant::now() + (budget - timeout))
-            .await;
-        if matches!(&slot, Ok(s) if s.waited) {
-            self.metrics.origin_waits.inc();
-        }
+        let slot_until = tokio::time::Instant::now() + (budget - timeout);
 
         let started_at_ms = now_ms();
         let ctx = AttemptContext::new(delivery.id.as_str(), delivery.attempts + 1, started_at_ms);
@@ -260,26 +257,16 @@ impl Deliverer {
             plugin: None,
             outcome: AttemptOutcome::NetworkError,
         };
-        let retry_after = match slot {
-            Err(busy) => {
-                attempt.outcome = AttemptOutcome::Timeout;
-                attempt.error = Some(busy.to_string());
-                None
-            }
-            // The slot is given back as soon as the exchange ends, before
-            // the attempt is recorded.
-            Ok(_slot) => {
-                self.shape_and_send(
-                    &event,
-                    &webhook,
-                    &ctx,
-                    (&uri, timeout),
-                    &mut delivery,
-                    &mut attempt,
-                )
-                .await
-            }
-        };
+        let retry_after = self
+            .shape_and_send(
+                &event,
+                &webhook,
+                ctx,
+                (&uri, timeout, slot_until),
+                &mut delivery,
+                &mut attempt,
+            )
+            .await;
 
         let now = now_ms();
         delivery.attempts = attempt.attempt;
@@ -344,56 +331,94 @@ impl Deliverer {
         Ok(())
     }
 
-    /// Shapes the request (natively or with the plugin), sends it and
-    /// notes the answer on `attempt`; returns the receiver's `Retry-After`.
+    /// Shapes the request (natively or with the plugin), takes a slot to
+    /// the origin, sends it and notes the answer on `attempt`; returns the
+    /// receiver's `Retry-After`.
+    ///
+    /// The slot is taken once the request is shaped and given back as soon
+    /// as the exchange ends, before the attempt is recorded: requests go out
+    /// as soon as they get a slot (measured in BENCHMARKS.md, session 8), and
+    /// a skipped delivery or a plugin error takes none. A request that
+    /// waited longer than [`RESHAPE_AFTER`] for its slot is shaped again
+    /// with the time it is sent, so what it signs is never older than that.
     async fn shape_and_send(
         &self,
         event: &Event,
         webhook: &Webhook,
-        ctx: &AttemptContext,
-        (uri, timeout): (&hyper::Uri, Duration),
+        mut ctx: AttemptContext,
+        (uri, timeout, slot_until): (&hyper::Uri, Duration, tokio::time::Instant),
         delivery: &mut Delivery,
         attempt: &mut Attempt,
     ) -> Option<Duration> {
-        let mut retry_after = None;
+        let mut req = self.shaped(event, webhook, &ctx, delivery, attempt).await?;
+        let _slot = match self.origins.acquire(uri, slot_until).await {
+            Err(busy) => {
+                attempt.outcome = AttemptOutcome::Timeout;
+                attempt.error = Some(busy.to_string());
+                return None;
+            }
+            Ok(slot) => {
+                if !slot.waited.is_zero() {
+                    self.metrics.origin_waits.inc();
+                }
+                if slot.waited > RESHAPE_AFTER {
+                    ctx = AttemptContext::new(&ctx.delivery_id, ctx.attempt, now_ms());
+                    req = self.shaped(event, webhook, &ctx, delivery, attempt).await?;
+                }
+                slot
+            }
+        };
+        let (headers, body) = build(webhook, req, &ctx, now_ms());
+        match self.client.post(uri, headers, body, timeout).await {
+            Ok((answer, took)) => {
+                attempt.duration_ms = took.as_millis() as u64;
+                attempt.status_code = Some(answer.status);
+                attempt.response_body = Some(answer.body);
+                attempt.outcome = if (200..300).contains(&answer.status) {
+                    AttemptOutcome::Succeeded
+                } else {
+                    AttemptOutcome::HttpError
+                };
+                self.metrics.attempt_seconds.observe(took.as_secs_f64());
+                answer
+                    .retry_after
+                    .and_then(|v| parse_retry_after(&v, std::time::SystemTime::now()))
+            }
+            Err((e, took)) => {
+                attempt.duration_ms = took.as_millis() as u64;
+                attempt.outcome = match e {
+                    SendError::Timeout(_) => AttemptOutcome::Timeout,
+                    _ => AttemptOutcome::NetworkError,
+                };
+                attempt.error = Some(e.to_string());
+                None
+            }
+        }
+    }
+
+    /// The request to send; a plugin error or a skip is noted on `attempt`
+    /// (and the skip's reason on `delivery`) and gives none.
+    async fn shaped(
+        &self,
+        event: &Event,
+        webhook: &Webhook,
+        ctx: &AttemptContext,
+        delivery: &mut Delivery,
+        attempt: &mut Attempt,
+    ) -> Option<request::OutRequest> {
         match self.shape(event, webhook, ctx, attempt).await {
             Err(error) => {
                 attempt.outcome = AttemptOutcome::PluginError;
                 attempt.error = Some(error);
+                None
             }
             Ok(Shaped::Skip(reason)) => {
                 attempt.outcome = AttemptOutcome::Skipped;
                 delivery.reason = Some(reason);
+                None
             }
-            Ok(Shaped::Deliver(req)) => {
-                let (headers, body) = build(webhook, req, ctx, attempt.started_at_ms);
-                match self.client.post(uri, headers, body, timeout).await {
-                    Ok((answer, took)) => {
-                        attempt.duration_ms = took.as_millis() as u64;
-                        attempt.status_code = Some(answer.status);
-                        attempt.response_body = Some(answer.body);
-                        attempt.outcome = if (200..300).contains(&answer.status) {
-                            AttemptOutcome::Succeeded
-                        } else {
-                            AttemptOutcome::HttpError
-                        };
-                        retry_after = answer
-                            .retry_after
-                            .and_then(|v| parse_retry_after(&v, std::time::SystemTime::now()));
-                        self.metrics.attempt_seconds.observe(took.as_secs_f64());
-                    }
-                    Err((e, took)) => {
-                        attempt.duration_ms = took.as_millis() as u64;
-                        attempt.outcome = match e {
-                            SendError::Timeout(_) => AttemptOutcome::Timeout,
-                            _ => AttemptOutcome::NetworkError,
-                        };
-                        attempt.error = Some(e.to_string());
-                    }
-                }
-            }
+            Ok(Shaped::Deliver(req)) => Some(req),
         }
-        retry_after
     }
 
     /// Shapes the request, natively or with the webhook's plugin.

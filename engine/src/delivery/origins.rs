@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
@@ -28,11 +29,11 @@ struct Table {
     sweep_at: usize,
 }
 
-/// A slot to one origin, held for the length of an attempt.
+/// A slot to one origin, held for the length of an exchange.
 pub struct Slot {
     _permit: OwnedSemaphorePermit,
-    /// Whether the attempt had to wait for it.
-    pub waited: bool,
+    /// How long the attempt waited for it (zero: a slot was free).
+    pub waited: Duration,
 }
 
 /// No slot came free in time.
@@ -75,14 +76,14 @@ impl Origins {
         if let Ok(permit) = semaphore.clone().try_acquire_owned() {
             return Ok(Slot {
                 _permit: permit,
-                waited: false,
+                waited: Duration::ZERO,
             });
         }
         let started = Instant::now();
         match tokio::time::timeout_at(until, semaphore.acquire_owned()).await {
             Ok(permit) => Ok(Slot {
                 _permit: permit.expect("origin semaphores are never closed"),
-                waited: true,
+                waited: started.elapsed(),
             }),
             Err(_) => Err(Busy {
                 origin,
@@ -144,10 +145,10 @@ mod tests {
         let far = Instant::now() + Duration::from_secs(60);
         let a = origins.acquire(&uri("http://a.test/1"), far).await.unwrap();
         let b = origins.acquire(&uri("http://a.test/2"), far).await.unwrap();
-        assert!(!a.waited && !b.waited);
+        assert!(a.waited.is_zero() && b.waited.is_zero());
         // Another origin is not held up by this one.
         let other = origins.acquire(&uri("http://b.test/"), far).await.unwrap();
-        assert!(!other.waited);
+        assert!(other.waited.is_zero());
 
         // A third waits until a slot is given back...
         let origins = Arc::new(origins);
@@ -159,7 +160,7 @@ mod tests {
         assert!(!waiting.is_finished());
         drop(a);
         let c = waiting.await.unwrap().unwrap();
-        assert!(c.waited);
+        assert!(c.waited >= Duration::from_millis(100), "{:?}", c.waited);
 
         // ...and gives up at its deadline, saying why without the path.
         let soon = Instant::now() + Duration::from_millis(200);
