@@ -494,7 +494,8 @@ async fn a_delivery_that_gets_no_slot_in_its_lease_is_retried() {
 
 /// A request shaped before a long wait for its origin's slot would carry an
 /// old timestamp; it is shaped again once it has the slot, so what it signs
-/// is fresh when it is sent (and still verifies).
+/// is fresh when it is sent (and still verifies), by the plugin version it
+/// started with although a new one was uploaded while it waited.
 #[tokio::test]
 async fn a_request_that_waited_for_its_slot_is_signed_fresh() {
     let dir = tempfile::tempdir().unwrap();
@@ -524,14 +525,32 @@ async fn a_request_that_waited_for_its_slot_is_signed_fresh() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    engine
+        .install_plugin(&key, "fmt", wasmhook_tests::plugins::STANDARD_WEBHOOKS)
+        .await;
     let hook = engine
-        .webhook(&key, &url, json!({"events": ["order.created"]}))
+        .webhook(
+            &key,
+            &url,
+            json!({"events": ["order.created"], "plugin": "fmt"}),
+        )
         .await;
     let secret = hook["secret"].as_str().unwrap();
+    let mut ids = Vec::new();
     for i in 0..2 {
-        engine.trigger(&key, "order.created", json!({"n": i})).await;
+        let answer = engine.trigger(&key, "order.created", json!({"n": i})).await;
+        ids.push(answer["delivery_ids"][0].as_str().unwrap().to_owned());
     }
+    // While the second waits for the slot, a different format becomes
+    // the current version of `fmt`.
     let deadline = tokio::time::Instant::now() + WAIT;
+    while got.lock().unwrap().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "nothing delivered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    engine
+        .install_plugin(&key, "fmt", wasmhook_tests::plugins::GESTIQCLOUD)
+        .await;
     while got.lock().unwrap().len() < 2 {
         assert!(tokio::time::Instant::now() < deadline, "not both delivered");
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -563,4 +582,11 @@ async fn a_request_that_waited_for_its_slot_is_signed_fresh() {
         metrics.contains("wasmhook_origin_waits_total 1"),
         "the second request waited for the slot"
     );
+    let hook = hook["id"].as_str().unwrap();
+    for id in &ids {
+        let d = engine
+            .wait_delivery(&key, hook, id, WAIT, |d| d["status"] == "succeeded")
+            .await;
+        assert_eq!(d["attempt_log"][0]["plugin"], "fmt@1", "{d}");
+    }
 }

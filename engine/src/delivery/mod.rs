@@ -340,7 +340,8 @@ impl Deliverer {
     /// as soon as they get a slot (measured in BENCHMARKS.md, session 8), and
     /// a skipped delivery or a plugin error takes none. A request that
     /// waited longer than [`RESHAPE_AFTER`] for its slot is shaped again
-    /// with the time it is sent, so what it signs is never older than that.
+    /// with the time it is sent (by the same plugin version, even if a new
+    /// one was uploaded meanwhile), so what it signs is never older than that.
     async fn shape_and_send(
         &self,
         event: &Event,
@@ -350,7 +351,10 @@ impl Deliverer {
         delivery: &mut Delivery,
         attempt: &mut Attempt,
     ) -> Option<Duration> {
-        let mut req = self.shaped(event, webhook, &ctx, delivery, attempt).await?;
+        let mut version = None;
+        let mut req = self
+            .shaped(event, webhook, &ctx, &mut version, delivery, attempt)
+            .await?;
         let _slot = match self.origins.acquire(uri, slot_until).await {
             Err(busy) => {
                 attempt.outcome = AttemptOutcome::Timeout;
@@ -363,7 +367,9 @@ impl Deliverer {
                 }
                 if slot.waited > RESHAPE_AFTER {
                     ctx = AttemptContext::new(&ctx.delivery_id, ctx.attempt, now_ms());
-                    req = self.shaped(event, webhook, &ctx, delivery, attempt).await?;
+                    req = self
+                        .shaped(event, webhook, &ctx, &mut version, delivery, attempt)
+                        .await?;
                 }
                 slot
             }
@@ -403,10 +409,11 @@ impl Deliverer {
         event: &Event,
         webhook: &Webhook,
         ctx: &AttemptContext,
+        version: &mut Option<Arc<LoadedPlugin>>,
         delivery: &mut Delivery,
         attempt: &mut Attempt,
     ) -> Option<request::OutRequest> {
-        match self.shape(event, webhook, ctx, attempt).await {
+        match self.shape(event, webhook, ctx, attempt, version).await {
             Err(error) => {
                 attempt.outcome = AttemptOutcome::PluginError;
                 attempt.error = Some(error);
@@ -421,22 +428,31 @@ impl Deliverer {
         }
     }
 
-    /// Shapes the request, natively or with the webhook's plugin.
+    /// Shapes the request, natively or with the webhook's plugin: the
+    /// version in `version`, else the current one (then kept in `version`,
+    /// so shaping again uses the same).
     async fn shape(
         &self,
         event: &Event,
         webhook: &Webhook,
         ctx: &AttemptContext,
         attempt: &mut Attempt,
+        version: &mut Option<Arc<LoadedPlugin>>,
     ) -> Result<Shaped, String> {
         let shaped = match &webhook.plugin {
             None => Shaped::Deliver(shape::standard_webhooks(event, ctx)),
             Some(name) => {
-                let plugin = self
-                    .plugins
-                    .get(self.store.as_ref(), &webhook.tenant, name)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let plugin = match version {
+                    Some(plugin) => plugin.clone(),
+                    None => {
+                        let plugin = self
+                            .plugins
+                            .get(self.store.as_ref(), &webhook.tenant, name)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        version.insert(plugin).clone()
+                    }
+                };
                 attempt.plugin = Some(plugin.label());
                 // A version whose recent calls were all quick runs on this
                 // worker (a thread hop costs more than the call); anything
