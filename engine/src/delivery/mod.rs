@@ -7,9 +7,10 @@
 //! once), and a dispatcher claims whatever the schedule says is due (retries,
 //! manual retries, and leases that ran out). An attempt shapes its request,
 //! then takes a slot to its webhook's origin ([`origins`]), holds it while
-//! sending, and records its result after giving it back. A delivery is attempted by one
-//! task at a time in this process; across a crash it may be attempted twice
-//! (see [`crate::schedule`]).
+//! sending, and records its result after giving it back. A delivery is
+//! attempted by one task at a time in this process; across a crash it may be
+//! attempted twice (see [`crate::schedule`]). A request that waited long for
+//! its slot is shaped twice (see `RESHAPE_AFTER`).
 
 pub mod client;
 pub mod origins;
