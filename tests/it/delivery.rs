@@ -1,13 +1,12 @@
 //! The README walkthrough, fan-out, wildcards, idempotent and batch
 //! triggers, payload fidelity, the per-origin limit.
 
-use crate::harness::{ADMIN, TestEngine, TestReceiver, verify_standard};
+use crate::harness::{TestEngine, TestReceiver, verify_standard};
 use axum::http::StatusCode;
 use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use wasmhook::config::Settings;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -390,10 +389,7 @@ async fn slow_receiver(delay: Duration) -> (String, Arc<(AtomicUsize, AtomicUsiz
 
 #[tokio::test]
 async fn one_origin_gets_at_most_origin_concurrency_attempts_at_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut settings = Settings::for_tests(dir.path().to_path_buf(), ADMIN);
-    settings.origin_concurrency = 2;
-    let engine = TestEngine::spawn_with(settings).await;
+    let engine = TestEngine::spawn_tuned(|s| s.origin_concurrency = 2).await;
     let key = engine.tenant("acme").await;
     let (slow, counts) = slow_receiver(Duration::from_millis(300)).await;
     // Three webhooks on one origin (different paths), two events: six deliveries.
@@ -444,12 +440,12 @@ async fn one_origin_gets_at_most_origin_concurrency_attempts_at_once() {
 /// the delivery goes out on its retry.
 #[tokio::test]
 async fn a_delivery_that_gets_no_slot_in_its_lease_is_retried() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut settings = Settings::for_tests(dir.path().to_path_buf(), ADMIN);
-    settings.origin_concurrency = 1;
     // Lease 2 s, webhook timeout 1 s: the attempt may not wait at all.
-    settings.lease = Duration::from_millis(2_000);
-    let engine = TestEngine::spawn_with(settings).await;
+    let engine = TestEngine::spawn_tuned(|s| {
+        s.origin_concurrency = 1;
+        s.lease = Duration::from_millis(2_000);
+    })
+    .await;
     let key = engine.tenant("acme").await;
     let (slow, counts) = slow_receiver(Duration::from_millis(600)).await;
     let spec = json!({
@@ -498,40 +494,17 @@ async fn a_delivery_that_gets_no_slot_in_its_lease_is_retried() {
 /// started with although a new one was uploaded while it waited.
 #[tokio::test]
 async fn a_request_that_waited_for_its_slot_is_signed_fresh() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut settings = Settings::for_tests(dir.path().to_path_buf(), ADMIN);
-    settings.origin_concurrency = 1;
-    let engine = TestEngine::spawn_with(settings).await;
+    let engine = TestEngine::spawn_tuned(|s| s.origin_concurrency = 1).await;
     let key = engine.tenant("acme").await;
-    // Holds the first request 2.5 s; notes when each arrived and what it carried.
-    type Got = (std::time::SystemTime, axum::http::HeaderMap, bytes::Bytes);
-    let got: Arc<std::sync::Mutex<Vec<Got>>> = Arc::default();
-    let g = got.clone();
-    let app =
-        axum::Router::new().fallback(move |headers: axum::http::HeaderMap, body: bytes::Bytes| {
-            let g = g.clone();
-            async move {
-                let first = {
-                    let mut got = g.lock().unwrap();
-                    got.push((std::time::SystemTime::now(), headers, body));
-                    got.len() == 1
-                };
-                if first {
-                    tokio::time::sleep(Duration::from_millis(2_500)).await;
-                }
-                "ok"
-            }
-        });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let receiver = TestReceiver::spawn().await;
+    receiver.hold_next(Duration::from_millis(2_500));
     engine
         .install_plugin(&key, "fmt", wasmhook_tests::plugins::STANDARD_WEBHOOKS)
         .await;
     let hook = engine
         .webhook(
             &key,
-            &url,
+            &receiver.url,
             json!({"events": ["order.created"], "plugin": "fmt"}),
         )
         .await;
@@ -543,39 +516,26 @@ async fn a_request_that_waited_for_its_slot_is_signed_fresh() {
     }
     // While the second waits for the slot, a different format becomes
     // the current version of `fmt`.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while got.lock().unwrap().is_empty() {
-        assert!(tokio::time::Instant::now() < deadline, "nothing delivered");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    receiver.wait_for(1, WAIT).await;
     engine
         .install_plugin(&key, "fmt", wasmhook_tests::plugins::GESTIQCLOUD)
         .await;
-    while got.lock().unwrap().len() < 2 {
-        assert!(tokio::time::Instant::now() < deadline, "not both delivered");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let got = got.lock().unwrap().clone();
-    for (i, (arrived, headers, body)) in got.iter().enumerate() {
-        let arrived = arrived
+    let got = receiver.wait_for(2, WAIT).await;
+    let now = std::time::SystemTime::now();
+    for (i, req) in got.iter().enumerate() {
+        let arrived = (now - req.at.elapsed())
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_secs();
-        let signed: u64 = headers["webhook-timestamp"]
-            .to_str()
-            .unwrap()
+        let signed: u64 = req
+            .header("webhook-timestamp")
             .parse()
-            .unwrap();
+            .unwrap_or_else(|_| panic!("request {i} is not Standard Webhooks: {}", req.text()));
         assert!(
             arrived.saturating_sub(signed) <= 1,
             "request {i} arrived at {arrived} signed at {signed}"
         );
-        let received = crate::harness::Received {
-            headers: headers.clone(),
-            body: body.to_vec(),
-            at: tokio::time::Instant::now(),
-        };
-        verify_standard(secret, &received);
+        verify_standard(secret, req);
     }
     let metrics = engine.metrics().await;
     assert!(

@@ -33,6 +33,17 @@ impl TestEngine {
         engine
     }
 
+    /// An engine with a fresh data directory and the test settings as
+    /// `tune` changes them.
+    pub async fn spawn_tuned(tune: impl FnOnce(&mut Settings)) -> TestEngine {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = Settings::for_tests(dir.path().to_path_buf(), ADMIN);
+        tune(&mut settings);
+        let mut engine = Self::spawn_with(settings).await;
+        engine.dir = Some(dir);
+        engine
+    }
+
     /// An engine on an existing data directory (for restarts).
     pub async fn spawn_in(data_dir: &Path) -> TestEngine {
         Self::spawn_with(Settings::for_tests(data_dir.to_path_buf(), ADMIN)).await
@@ -239,8 +250,9 @@ impl Received {
     }
 }
 
-/// A status and extra headers to answer with.
-type Answer = (u16, Vec<(String, String)>);
+/// A status and extra headers to answer with, and how long to hold the
+/// request first.
+type Answer = (u16, Vec<(String, String)>, Duration);
 
 #[derive(Default)]
 struct ReceiverState {
@@ -263,18 +275,19 @@ impl TestReceiver {
         let app = axum::Router::new().fallback(move |headers: HeaderMap, body: bytes::Bytes| {
             let s = s.clone();
             async move {
-                let (status, extra) = s
-                    .script
-                    .lock()
-                    .unwrap()
-                    .pop_front()
-                    .unwrap_or((200, vec![]));
+                let (status, extra, hold) =
+                    s.script
+                        .lock()
+                        .unwrap()
+                        .pop_front()
+                        .unwrap_or((200, vec![], Duration::ZERO));
                 s.got.lock().unwrap().push(Received {
                     headers,
                     body: body.to_vec(),
                     at: tokio::time::Instant::now(),
                 });
                 s.notify.notify_waiters();
+                tokio::time::sleep(hold).await;
                 let mut resp = axum::http::Response::builder().status(status);
                 for (k, v) in extra {
                     resp = resp.header(k, v);
@@ -291,7 +304,16 @@ impl TestReceiver {
     /// The next answers, in order (then 200).
     pub fn answer(&self, statuses: &[u16]) {
         let mut script = self.state.script.lock().unwrap();
-        script.extend(statuses.iter().map(|s| (*s, vec![])));
+        script.extend(statuses.iter().map(|s| (*s, vec![], Duration::ZERO)));
+    }
+
+    /// The next request is recorded at once but answered (200) only after `hold`.
+    pub fn hold_next(&self, hold: Duration) {
+        self.state
+            .script
+            .lock()
+            .unwrap()
+            .push_back((200, vec![], hold));
     }
 
     pub fn answer_with_headers(&self, status: u16, headers: &[(&str, &str)]) {
@@ -301,6 +323,7 @@ impl TestReceiver {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            Duration::ZERO,
         ));
     }
 

@@ -234,10 +234,6 @@ impl Deliverer {
             (_, None) => return self.give_up(delivery, "event no longer exists").await,
         };
 
-        let uri: hyper::Uri = webhook
-            .url
-            .parse()
-            .expect("webhook URLs are checked on write");
         // An attempt never outlives its lease, or another engine could claim
         // the delivery while this one is still sending it: waiting for a slot
         // to the origin and the exchange itself both fit in it.
@@ -263,7 +259,7 @@ impl Deliverer {
                 &event,
                 &webhook,
                 ctx,
-                (&uri, timeout, slot_until),
+                (timeout, slot_until),
                 &mut delivery,
                 &mut attempt,
             )
@@ -348,7 +344,7 @@ impl Deliverer {
         event: &Event,
         webhook: &Webhook,
         mut ctx: AttemptContext,
-        (uri, timeout, slot_until): (&hyper::Uri, Duration, tokio::time::Instant),
+        (timeout, slot_until): (Duration, tokio::time::Instant),
         delivery: &mut Delivery,
         attempt: &mut Attempt,
     ) -> Option<Duration> {
@@ -356,7 +352,11 @@ impl Deliverer {
         let mut req = self
             .shaped(event, webhook, &ctx, &mut version, delivery, attempt)
             .await?;
-        let _slot = match self.origins.acquire(uri, slot_until).await {
+        let uri: hyper::Uri = webhook
+            .url
+            .parse()
+            .expect("webhook URLs are checked on write");
+        let _slot = match self.origins.acquire(&uri, slot_until).await {
             Err(busy) => {
                 attempt.outcome = AttemptOutcome::Timeout;
                 attempt.error = Some(busy.to_string());
@@ -376,7 +376,7 @@ impl Deliverer {
             }
         };
         let (headers, body) = build(webhook, req, &ctx, now_ms());
-        match self.client.post(uri, headers, body, timeout).await {
+        match self.client.post(&uri, headers, body, timeout).await {
             Ok((answer, took)) => {
                 attempt.duration_ms = took.as_millis() as u64;
                 attempt.status_code = Some(answer.status);
@@ -414,7 +414,7 @@ impl Deliverer {
         delivery: &mut Delivery,
         attempt: &mut Attempt,
     ) -> Option<request::OutRequest> {
-        match self.shape(event, webhook, ctx, attempt, version).await {
+        match self.shape(event, webhook, ctx, version, attempt).await {
             Err(error) => {
                 attempt.outcome = AttemptOutcome::PluginError;
                 attempt.error = Some(error);
@@ -437,8 +437,8 @@ impl Deliverer {
         event: &Event,
         webhook: &Webhook,
         ctx: &AttemptContext,
-        attempt: &mut Attempt,
         version: &mut Option<Arc<LoadedPlugin>>,
+        attempt: &mut Attempt,
     ) -> Result<Shaped, String> {
         let shaped = match &webhook.plugin {
             None => Shaped::Deliver(shape::standard_webhooks(event, ctx)),

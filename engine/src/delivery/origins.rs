@@ -120,7 +120,6 @@ impl Origins {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn uri(s: &str) -> hyper::Uri {
         s.parse().expect("test URI")

@@ -113,10 +113,10 @@ fn monotonic_ms() -> u64 {
 /// in a row again. Slow calls also run up a stall debt, paid off at
 /// 1/[`STALL_COST`] of the wall clock: a version whose debt is more than its
 /// burst (three calls at the time limit) stays on blocking threads until it
-/// is paid down to that. So the workers lose at most about 1 % of their time to one
-/// version's slow calls over the long run, with bursts of three calls at the
-/// limit, while a version that stalls now and then (a page fault, a busy
-/// kernel) keeps running inline. The debt is capped at twice the burst, so a
+/// is paid down to that. So the workers lose at most about 1 % of their time
+/// to one version's slow calls over the long run, with bursts of three calls
+/// at the limit, while a version that stalls now and then (a page fault, a
+/// busy kernel) keeps running inline. The debt is capped at twice the burst, so a
 /// version that turned quick again returns within a burst's worth of debt
 /// (15 s with the default 50 ms limit).
 pub(super) struct InlinePolicy {
