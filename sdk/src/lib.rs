@@ -212,15 +212,11 @@ impl Event {
         let fields = match self.fields.get() {
             Some(f) => f,
             None => {
-                let base = self.raw_data.as_ptr() as usize;
-                let TopLevel(raw) = serde_json::from_str(&self.raw_data).context("event data")?;
-                let map: Vec<(String, std::ops::Range<usize>)> = raw
-                    .into_iter()
-                    .map(|(k, v)| {
-                        let start = v.get().as_ptr() as usize - base;
-                        (k, start..start + v.get().len())
-                    })
-                    .collect();
+                let map = if self.checked_by_host {
+                    members_of_checked(&self.raw_data)
+                } else {
+                    members_checking(&self.raw_data)?
+                };
                 self.fields.get_or_init(|| map)
             }
         };
@@ -241,30 +237,35 @@ impl Event {
     }
 }
 
-/// An object's top-level members, values skimmed (checked, not built).
-struct TopLevel<'a>(Vec<(String, &'a RawValue)>);
+/// Top-level keys of the data and where their values sit in it; none when
+/// the data is not an object.
+type Members = Vec<(String, std::ops::Range<usize>)>;
 
-impl<'de> serde::Deserialize<'de> for TopLevel<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        struct Members;
-        impl<'de> serde::de::Visitor<'de> for Members {
-            type Value = TopLevel<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> std::result::Result<Self::Value, A::Error> {
-                let mut out = Vec::with_capacity(map.size_hint().unwrap_or(8));
-                while let Some(member) = map.next_entry()? {
-                    out.push(member);
-                }
-                Ok(TopLevel(out))
-            }
-        }
-        d.deserialize_map(Members)
+/// [`Members`] of data known to be well formed (the engine's own event),
+/// found by `gjson`, which skips values without checking them: two to three
+/// times faster than a checking skim, which was most of a plugin call on
+/// larger payloads (BENCHMARKS.md, session 9).
+fn members_of_checked(data: &str) -> Members {
+    let top = gjson::parse(data);
+    if top.kind() != gjson::Kind::Object {
+        return Vec::new();
     }
+    let base = data.as_ptr() as usize;
+    let mut out = Vec::new();
+    top.each(|key, value| {
+        // Values of a parsed text are slices of it.
+        let start = value.json().as_ptr() as usize - base;
+        out.push((key.str().to_owned(), start..start + value.json().len()));
+        true
+    });
+    out
+}
+
+/// [`Members`] of data not known to be well formed, checked first (an
+/// error for malformed data).
+fn members_checking(data: &str) -> Result<Members> {
+    serde_json::from_str::<&RawValue>(data).context("event data")?;
+    Ok(members_of_checked(data))
 }
 
 /// The webhook the event goes to.
@@ -645,6 +646,61 @@ mod tests {
         // After a full parse, field reads from it.
         e.data().unwrap();
         assert_eq!(e.field("id2").unwrap(), Some(Value::Null));
+    }
+
+    /// The engine's own event is skimmed without a check (gjson): every
+    /// member must read exactly as a full parse reads it, on text that
+    /// tries to confuse a skimmer.
+    #[test]
+    fn the_unchecked_skim_reads_what_a_full_parse_reads() {
+        let texts = [
+            r#"{}"#,
+            r#"{"a":1}"#,
+            r#" { "a" : 1 ,
+                "b" : [ 1 , { "c" : "}" } ] , "d":{"e":{"f":[[],{}]}} } "#,
+            r#"{"s":"a \"quoted\" } ] , : { [ value","t":"ends in a backslash \\","u":"\\\""}"#,
+            r#"{"k\"ey":1,"\u00e9t\u00e9":"\u00e9","\ud83d\ude00":"😀","é":2,"":3}"#,
+            r#"{"n":-12.5e+3,"big":12345678901234567890123,"z":0,"t":true,"f":false,"null":null}"#,
+            r#"{"k":1,"other":[],"k":{"nested":"last wins"}}"#,
+            r#"{"lines":[{"sku":"SKU-00001","qty":2,"price":19.99},{"sku":"SKU-00002","qty":2,"price":19.99}],"id":"inv_1"}"#,
+        ];
+        for text in texts {
+            let mut event = Event {
+                checked_by_host: true,
+                ..Input::test("a", json!({})).event
+            };
+            event.raw_data = text.trim().to_owned();
+            let full: Value = serde_json::from_str(text).unwrap();
+            let full = full.as_object().unwrap();
+            for (key, value) in full {
+                assert_eq!(
+                    event.field(key).unwrap().as_ref(),
+                    Some(value),
+                    "{key} in {text}"
+                );
+            }
+            assert_eq!(event.field("missing").unwrap(), None, "{text}");
+            assert_eq!(
+                members_of_checked(&event.raw_data).len(),
+                members_checking(&event.raw_data).unwrap().len()
+            );
+        }
+    }
+
+    #[test]
+    fn data_that_is_not_an_object_has_no_fields() {
+        for text in [r#"[{"a":1}]"#, r#""a""#, "12", "null"] {
+            let checked = Event {
+                checked_by_host: true,
+                raw_data: text.into(),
+                ..Input::test("a", json!({})).event
+            };
+            let mut unchecked = Input::test("a", json!({})).event;
+            unchecked.raw_data = text.into();
+            assert_eq!(checked.field("a").unwrap(), None, "{text}");
+            assert_eq!(unchecked.field("a").unwrap(), None, "{text}");
+            assert_eq!(checked.data().unwrap().get("a"), None, "{text}");
+        }
     }
 
     #[test]
