@@ -13,6 +13,7 @@ const PLUGINS: &[&str] = &[
     "esign",
     "corp-astro",
     "chaos",
+    "handle-only",
 ];
 
 fn main() {

@@ -382,8 +382,11 @@ fn latency_cells(sorted: &[Duration]) -> String {
 
 /// Microseconds per delivery spent shaping: the native default format, and
 /// the `gestiqcloud` plugin (filter + transform, reading the data), with a
-/// fresh instance per call and with warm instances (the engine's default).
+/// fresh instance per call, with warm instances (the engine's default), and
+/// shaping ten webhooks of one event in one call (a fan-out's first
+/// attempts).
 pub async fn plugin_overhead() -> anyhow::Result<()> {
+    const FAN_OUT: usize = 10;
     use wasmhook::delivery::request::AttemptContext;
     use wasmhook::delivery::shape;
     use wasmhook::ids::{EventId, TenantId};
@@ -423,9 +426,9 @@ pub async fn plugin_overhead() -> anyhow::Result<()> {
         request.as_secs_f64() * 1e6
     );
     println!(
-        "| payload | native default format | plugin `gestiqcloud`, fresh instance per call | plugin `gestiqcloud`, warm instance (default) | warm plugin minus native |"
+        "| payload | native default format | plugin `gestiqcloud`, fresh instance per call | plugin `gestiqcloud`, warm instance (default) | warm plugin minus native | warm, 10 webhooks of one event in one call (per delivery) |"
     );
-    println!("| --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- |");
     for size in [1024usize, 64 * 1024] {
         let event = Event {
             id: EventId::from_trusted("evt_bench"),
@@ -453,13 +456,22 @@ pub async fn plugin_overhead() -> anyhow::Result<()> {
             }
             per_call.push(started.elapsed().as_secs_f64() * 1e6 / rounds as f64);
         }
+        let (runtime, plugin) = &runtimes[1];
+        let targets = vec![(&webhook, &ctx); FAN_OUT];
+        let started = Instant::now();
+        for _ in 0..rounds / FAN_OUT {
+            for result in runtime.call_many(plugin, &event, &targets) {
+                std::hint::black_box(result.map_err(|e| anyhow::anyhow!("{e}"))?);
+            }
+        }
+        let shared_us = started.elapsed().as_secs_f64() * 1e6 / rounds as f64;
         let started = Instant::now();
         for _ in 0..rounds {
             std::hint::black_box(shape::standard_webhooks(&event, &ctx));
         }
         let native_us = started.elapsed().as_secs_f64() * 1e6 / rounds as f64;
         println!(
-            "| {} KiB | {native_us:.1} µs | {:.1} µs | {:.1} µs | {:.1} µs |",
+            "| {} KiB | {native_us:.1} µs | {:.1} µs | {:.1} µs | {:.1} µs | {shared_us:.1} µs |",
             size / 1024,
             per_call[0],
             per_call[1],

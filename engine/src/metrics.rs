@@ -21,8 +21,11 @@ pub struct SourceLabel {
 /// What the plugin runtime counts (it is built before, and without, the rest).
 #[derive(Clone, Default)]
 pub struct PluginMetrics {
-    /// Plugin calls by outcome: deliver, skip, error, trap, timeout.
+    /// Plugin calls by outcome: deliver, skip, error, trap, timeout (one
+    /// per delivery attempt shaped, whether alone or with others).
     pub calls: Family<OutcomeLabel, Counter>,
+    /// Calls of `handle-many`: one shaped several deliveries of one event.
+    pub shared_calls: Counter,
     /// Components made ready by source: compiled, disk (cache), memory (shared).
     pub loads: Family<SourceLabel, Counter>,
     /// Plugin versions loaded now.
@@ -62,6 +65,11 @@ impl Default for Metrics {
             "plugin_calls",
             "Plugin calls by outcome (deliver, skip, error, trap, timeout, invalid)",
             plugins.calls.clone(),
+        );
+        registry.register(
+            "plugin_shared_calls",
+            "Plugin calls that shaped the first attempts of several deliveries of one event at once (handle-many)",
+            plugins.shared_calls.clone(),
         );
         registry.register(
             "plugin_loads",

@@ -54,9 +54,11 @@ pub mod js;
 
 #[doc(hidden)]
 pub mod bindings {
+    // `handle-many`'s generated export takes its parameters flattened.
+    #![allow(clippy::too_many_arguments)]
     wit_bindgen::generate!({
         path: "../wit",
-        world: "plugin",
+        world: "plugin-many",
         pub_export_macro: true,
         default_bindings_module: "wasmhook_sdk::bindings",
     });
@@ -541,31 +543,69 @@ pub fn __handle<P: Plugin>(
     delivery: wit::Delivery,
 ) -> std::result::Result<wit::Decision, wit::PluginError> {
     let input = Input {
-        event: Event {
-            checked_by_host: true,
-            ..Event::new(
-                event.id,
-                event.event_type,
-                event.tenant,
-                event.occurred_at_ms,
-                event.occurred_at,
-                event.data,
-            )
-        },
-        webhook: Webhook {
-            id: webhook.id,
-            url: webhook.url,
-            config: serde_json::from_str(&webhook.config).unwrap_or(Value::Null),
-            metadata: webhook.metadata.into_iter().collect(),
-        },
-        delivery: Delivery {
-            id: delivery.id,
-            attempt: delivery.attempt,
-            timestamp: delivery.timestamp,
-            time: delivery.time,
-        },
+        event: from_host(event),
+        webhook: webhook_from_wit(webhook),
+        delivery: delivery_from_wit(delivery),
     };
-    match run::<P>(&input) {
+    decide::<P>(&input)
+}
+
+/// `handle` for each target in turn, with one [`Event`] for all of them: its
+/// data is parsed or skimmed at most once.
+#[doc(hidden)]
+pub fn __handle_many<P: Plugin>(
+    event: wit::Event,
+    targets: Vec<(wit::Webhook, wit::Delivery)>,
+) -> Vec<std::result::Result<wit::Decision, wit::PluginError>> {
+    let mut out = Vec::with_capacity(targets.len());
+    let mut input = Input {
+        event: from_host(event),
+        webhook: Webhook::default(),
+        delivery: Delivery::default(),
+    };
+    for (webhook, delivery) in targets {
+        input.webhook = webhook_from_wit(webhook);
+        input.delivery = delivery_from_wit(delivery);
+        out.push(decide::<P>(&input));
+    }
+    out
+}
+
+/// The event the engine passed in (its data checked when it was accepted).
+fn from_host(event: wit::Event) -> Event {
+    Event {
+        checked_by_host: true,
+        ..Event::new(
+            event.id,
+            event.event_type,
+            event.tenant,
+            event.occurred_at_ms,
+            event.occurred_at,
+            event.data,
+        )
+    }
+}
+
+fn webhook_from_wit(webhook: wit::Webhook) -> Webhook {
+    Webhook {
+        id: webhook.id,
+        url: webhook.url,
+        config: serde_json::from_str(&webhook.config).unwrap_or(Value::Null),
+        metadata: webhook.metadata.into_iter().collect(),
+    }
+}
+
+fn delivery_from_wit(delivery: wit::Delivery) -> Delivery {
+    Delivery {
+        id: delivery.id,
+        attempt: delivery.attempt,
+        timestamp: delivery.timestamp,
+        time: delivery.time,
+    }
+}
+
+fn decide<P: Plugin>(input: &Input) -> std::result::Result<wit::Decision, wit::PluginError> {
+    match run::<P>(input) {
         Ok(Decision::Skip(reason)) => Ok(wit::Decision::Skip(reason)),
         Ok(Decision::Deliver(r)) => Ok(wit::Decision::Deliver(to_wit(r))),
         Err(e) => Err(wit::PluginError { message: e.0 }),
@@ -598,7 +638,8 @@ fn to_wit(r: Request) -> wit::Request {
     }
 }
 
-/// Exports a [`Plugin`] implementation as the component's `handle`.
+/// Exports a [`Plugin`] implementation as the component's `handle` and
+/// `handle-many` (the same decisions, for several webhooks of one event).
 #[macro_export]
 macro_rules! export_plugin {
     ($plugin:ty) => {
@@ -614,6 +655,21 @@ macro_rules! export_plugin {
                 $crate::bindings::wasmhook::plugin::types::PluginError,
             > {
                 $crate::__handle::<$plugin>(event, webhook, delivery)
+            }
+
+            fn handle_many(
+                event: $crate::bindings::wasmhook::plugin::types::Event,
+                targets: ::std::vec::Vec<(
+                    $crate::bindings::wasmhook::plugin::types::Webhook,
+                    $crate::bindings::wasmhook::plugin::types::Delivery,
+                )>,
+            ) -> ::std::vec::Vec<
+                ::std::result::Result<
+                    $crate::bindings::wasmhook::plugin::types::Decision,
+                    $crate::bindings::wasmhook::plugin::types::PluginError,
+                >,
+            > {
+                $crate::__handle_many::<$plugin>(event, targets)
             }
         }
 

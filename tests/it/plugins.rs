@@ -289,3 +289,102 @@ fn only_versions_that_proved_quick_run_inline() {
         "six calls at the time limit in a row stay off the workers"
     );
 }
+
+/// A trigger's deliveries to several webhooks that use the same plugin are
+/// shaped by one plugin call (`handle-many`); each request is still its own:
+/// its delivery id, its webhook's secret and headers, and the same bytes as
+/// the native format (which the `standard-webhooks` plugin copies).
+#[tokio::test]
+async fn a_fan_out_to_one_plugin_is_shaped_in_one_call() {
+    let engine = TestEngine::spawn().await;
+    let receiver = TestReceiver::spawn().await;
+    let key = engine.tenant("fanned").await;
+    engine.install_plugin(&key, "fmt", STANDARD_WEBHOOKS).await;
+    let mut hooks = Vec::new();
+    for name in ["a", "b", "c"] {
+        let spec = json!({"plugin": "fmt", "headers": {"x-hook": name}});
+        hooks.push((name, engine.webhook(&key, &receiver.url, spec).await));
+    }
+    let spec = json!({"headers": {"x-hook": "native"}});
+    hooks.push(("native", engine.webhook(&key, &receiver.url, spec).await));
+
+    let answer = engine
+        .trigger(&key, "invoice.paid", json!({"invoice_id": "inv_1", "n": 1}))
+        .await;
+    let got = receiver.wait_for(4, Duration::from_secs(60)).await;
+    let by_hook = |name: &str| got.iter().find(|r| r.header("x-hook") == name).unwrap();
+    for (name, hook) in &hooks {
+        verify_standard(hook["secret"].as_str().unwrap(), by_hook(name));
+        assert_eq!(by_hook(name).body, by_hook("native").body, "{name}");
+    }
+    let mut ids: Vec<&str> = got.iter().map(|r| r.header("webhook-id")).collect();
+    let mut expected: Vec<&str> = answer["delivery_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    ids.sort();
+    expected.sort();
+    assert_eq!(ids, expected);
+
+    let metrics = engine.metrics().await;
+    for line in [
+        "wasmhook_plugin_calls_total{outcome=\"deliver\"} 3",
+        "wasmhook_plugin_shared_calls_total 1",
+    ] {
+        assert!(metrics.contains(line), "missing {line} in\n{metrics}");
+    }
+    let (_, plugin) = engine.get("/api/plugins/fmt", &key).await;
+    assert_eq!(plugin["versions"][0]["calls"], 3, "{plugin}");
+}
+
+/// A component that implements the `plugin` world alone (no `handle-many`:
+/// built without the SDK, or before it had it) still shapes a fan-out, with
+/// one call per webhook.
+#[tokio::test]
+async fn a_component_without_handle_many_is_called_once_per_webhook() {
+    let engine = TestEngine::spawn().await;
+    let receiver = TestReceiver::spawn().await;
+    let key = engine.tenant("plain").await;
+    engine
+        .install_plugin(&key, "plain", wasmhook_tests::plugins::HANDLE_ONLY)
+        .await;
+    let mut hooks = Vec::new();
+    for _ in 0..3 {
+        let hook = engine
+            .webhook(&key, &receiver.url, json!({"plugin": "plain"}))
+            .await;
+        hooks.push(hook["id"].as_str().unwrap().to_owned());
+    }
+    let answer = engine.trigger(&key, "invoice.paid", json!({"n": 1})).await;
+    let got = receiver.wait_for(3, Duration::from_secs(60)).await;
+    let mut seen: Vec<(String, String)> = got
+        .iter()
+        .map(|r| {
+            let body = r.json();
+            assert_eq!(body["event"], answer["id"], "{body}");
+            let field = |k: &str| body[k].as_str().unwrap().to_owned();
+            (field("webhook"), field("delivery"))
+        })
+        .collect();
+    seen.sort();
+    let mut webhooks: Vec<&String> = seen.iter().map(|(w, _)| w).collect();
+    webhooks.dedup();
+    assert_eq!(webhooks.len(), 3, "{seen:?}");
+    assert!(hooks.iter().all(|h| webhooks.contains(&h)), "{seen:?}");
+    for (_, delivery) in &seen {
+        assert!(
+            answer["delivery_ids"]
+                .to_string()
+                .contains(delivery.as_str())
+        );
+    }
+    let metrics = engine.metrics().await;
+    for line in [
+        "wasmhook_plugin_calls_total{outcome=\"deliver\"} 3",
+        "wasmhook_plugin_shared_calls_total 0",
+    ] {
+        assert!(metrics.contains(line), "missing {line} in\n{metrics}");
+    }
+}

@@ -186,3 +186,58 @@ async fn clocks_are_frozen_output_is_captured_and_instances_are_reused() {
         "no instance was reused: {counts:?}"
     );
 }
+
+/// A shared call (one plugin call for a fan-out) that traps fails no
+/// attempt by itself: each attempt is shaped again on its own, so only the
+/// webhook whose config makes the plugin trap fails, with the trap recorded.
+#[tokio::test]
+async fn a_trap_in_a_shared_call_fails_only_its_own_webhook() {
+    let engine = TestEngine::spawn().await;
+    let receiver = TestReceiver::spawn().await;
+    let key = engine.tenant("sharing").await;
+    engine.install_plugin(&key, "chaos", CHAOS).await;
+    let mut hooks = Vec::new();
+    for mode in ["ok", "trap", "ok"] {
+        let spec = json!({
+            "plugin": "chaos",
+            "plugin_config": {"mode": mode},
+            "retry_policy": {"strategy": "fixed", "retries": 3, "delay_ms": 60_000, "jitter": false}
+        });
+        hooks.push((mode, engine.webhook(&key, &receiver.url, spec).await));
+    }
+    let answer = engine.trigger(&key, "doc.signed", json!({"n": 1})).await;
+    let got = receiver.wait_for(2, WAIT).await;
+    assert!(got.iter().all(|r| r.json()["mode"] == "ok"));
+    for (mode, hook) in &hooks {
+        let hook_id = hook["id"].as_str().unwrap();
+        let (_, list) = engine
+            .get(&format!("/api/webhooks/{hook_id}/deliveries"), &key)
+            .await;
+        let delivery = list["data"][0]["id"].as_str().unwrap().to_owned();
+        assert!(answer["delivery_ids"].to_string().contains(&delivery));
+        let d = engine
+            .wait_delivery(&key, hook_id, &delivery, WAIT, |d| d["attempts"] == 1)
+            .await;
+        let attempt = &d["attempt_log"][0];
+        assert_eq!(attempt["plugin"], "chaos@1", "{mode}: {d}");
+        match *mode {
+            "trap" => {
+                assert_eq!(attempt["outcome"], "plugin_error", "{d}");
+                assert!(
+                    attempt["error"].as_str().unwrap().contains("trapped"),
+                    "{d}"
+                );
+            }
+            _ => assert_eq!(attempt["outcome"], "succeeded", "{mode}: {d}"),
+        }
+    }
+    // The shared call trapped; then one call each: two delivered, one trap.
+    let metrics = engine.metrics().await;
+    for line in [
+        "wasmhook_plugin_calls_total{outcome=\"deliver\"} 2",
+        "wasmhook_plugin_calls_total{outcome=\"trap\"} 1",
+        "wasmhook_plugin_shared_calls_total 0",
+    ] {
+        assert!(metrics.contains(line), "missing {line} in\n{metrics}");
+    }
+}

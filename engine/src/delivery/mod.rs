@@ -7,7 +7,9 @@
 //! once), and a dispatcher claims whatever the schedule says is due (retries,
 //! manual retries, and leases that ran out). An attempt shapes its request,
 //! then takes a slot to its webhook's origin ([`origins`]), holds it while
-//! sending, and records its result after giving it back. A delivery is
+//! sending, and records its result after giving it back. A fresh event's
+//! deliveries to several webhooks with the same plugin are shaped by one
+//! plugin call ([`shared`]). A delivery is
 //! attempted by one task at a time in this process; across a crash it may be
 //! attempted twice (see [`crate::schedule`]). A request that waited long for
 //! its slot is shaped twice (see `RESHAPE_AFTER`).
@@ -16,6 +18,7 @@ pub mod client;
 pub mod origins;
 pub mod request;
 pub mod shape;
+mod shared;
 pub mod sign;
 pub mod ssrf;
 
@@ -32,6 +35,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use client::{HttpClient, SendError};
 use origins::Origins;
 use request::{AttemptContext, Shaped};
+use shared::SharedShaping;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore, mpsc};
@@ -48,11 +52,19 @@ const RESHAPE_AFTER: Duration = Duration::from_secs(1);
 
 /// A delivery to attempt: just its id when claimed from the schedule, or the
 /// records themselves when the trigger API hands over what it just wrote
-/// (delivery, event, and the webhook as fan-out saw it), so the first
-/// attempt reads nothing back from the store.
+/// (delivery, event, the webhook as fan-out saw it, and the shaping it
+/// shares with the event's other deliveries to the same plugin, if any), so
+/// the first attempt reads nothing back from the store.
 enum Job {
     Claimed(TenantId, DeliveryId),
-    Fresh(Box<Delivery>, Arc<Event>, Arc<Webhook>),
+    Fresh(Fresh),
+}
+
+struct Fresh {
+    delivery: Box<Delivery>,
+    event: Arc<Event>,
+    webhook: Arc<Webhook>,
+    shared: Option<(Arc<SharedShaping>, usize)>,
 }
 
 pub struct Deliverer {
@@ -112,12 +124,19 @@ impl Deliverer {
         deliveries: Vec<Delivery>,
         webhooks: Vec<Arc<Webhook>>,
     ) {
-        for (d, w) in deliveries.into_iter().zip(webhooks) {
-            let job = Job::Fresh(Box::new(d), event.clone(), w);
+        let ids: Vec<DeliveryId> = deliveries.iter().map(|d| d.id.clone()).collect();
+        let shared = SharedShaping::group(&event, &ids, &webhooks);
+        for ((d, webhook), shared) in deliveries.into_iter().zip(webhooks).zip(shared) {
+            let job = Job::Fresh(Fresh {
+                delivery: Box::new(d),
+                event: event.clone(),
+                webhook,
+                shared,
+            });
             if let Err(e) = self.fresh_tx.try_send(job)
-                && let Job::Fresh(d, ..) = e.into_inner()
+                && let Job::Fresh(fresh) = e.into_inner()
             {
-                tracing::warn!(delivery = %d.id, "delivery queue full; it goes out when its lease ends");
+                tracing::warn!(delivery = %fresh.delivery.id, "delivery queue full; it goes out when its lease ends");
             }
         }
     }
@@ -201,7 +220,7 @@ impl Deliverer {
             self.metrics.in_flight.inc();
             let id = match &job {
                 Job::Claimed(_, id) => id.clone(),
-                Job::Fresh(d, ..) => d.id.clone(),
+                Job::Fresh(fresh) => fresh.delivery.id.clone(),
             };
             if let Err(e) = self.attempt(job).await {
                 tracing::error!(delivery = %id, error = %e, "recording a delivery attempt failed; it is retried when its lease ends");
@@ -213,8 +232,8 @@ impl Deliverer {
 
     /// One attempt of one delivery, start to finish.
     async fn attempt(&self, job: Job) -> Result<(), crate::store::StoreError> {
-        let (mut delivery, webhook, event) = match job {
-            Job::Fresh(d, event, webhook) => (*d, Some(webhook), Some(event)),
+        let (mut delivery, webhook, event, shared) = match job {
+            Job::Fresh(f) => (*f.delivery, Some(f.webhook), Some(f.event), f.shared),
             Job::Claimed(tenant, id) => {
                 let Some(d) = self.store.get_delivery(&tenant, &id).await? else {
                     return Ok(());
@@ -224,7 +243,7 @@ impl Deliverer {
                 }
                 let webhook = self.store.get_webhook(&d.tenant, &d.webhook_id).await?;
                 let event = self.store.get_event(&d.tenant, &d.event_id).await?;
-                (d, webhook.map(Arc::new), event.map(Arc::new))
+                (d, webhook.map(Arc::new), event.map(Arc::new), None)
             }
         };
         let (webhook, event) = match (webhook, event) {
@@ -258,7 +277,7 @@ impl Deliverer {
             .shape_and_send(
                 &event,
                 &webhook,
-                ctx,
+                (ctx, shared),
                 (timeout, slot_until),
                 &mut delivery,
                 &mut attempt,
@@ -339,19 +358,34 @@ impl Deliverer {
     /// waited longer than [`RESHAPE_AFTER`] for its slot is shaped again
     /// with the time it is sent (by the same plugin version, even if a new
     /// one was uploaded meanwhile), so what it signs is never older than that.
+    /// A fresh delivery that shares its shaping with others of its event
+    /// ([`shared`]) takes its context and first request from there.
     async fn shape_and_send(
         &self,
         event: &Event,
         webhook: &Webhook,
-        mut ctx: AttemptContext,
+        (mut ctx, shared): (AttemptContext, Option<(Arc<SharedShaping>, usize)>),
         (timeout, slot_until): (Duration, tokio::time::Instant),
         delivery: &mut Delivery,
         attempt: &mut Attempt,
     ) -> Option<Duration> {
         let mut version = None;
-        let mut req = self
-            .shaped(event, webhook, &ctx, &mut version, delivery, attempt)
-            .await?;
+        let first = match shared {
+            Some((shared, place)) => {
+                let (plugin, (shared_ctx, shaped)) = shared.take(self, place).await;
+                ctx = shared_ctx;
+                if let Some(plugin) = plugin {
+                    attempt.plugin = Some(plugin.label());
+                    version = Some(plugin);
+                }
+                shaped
+            }
+            None => {
+                self.shape(event, webhook, &ctx, &mut version, attempt)
+                    .await
+            }
+        };
+        let mut req = noted(first, delivery, attempt)?;
         let uri: hyper::Uri = webhook
             .url
             .parse()
@@ -368,9 +402,10 @@ impl Deliverer {
                 }
                 if slot.waited > RESHAPE_AFTER {
                     ctx = AttemptContext::new(&ctx.delivery_id, ctx.attempt, now_ms());
-                    req = self
-                        .shaped(event, webhook, &ctx, &mut version, delivery, attempt)
-                        .await?;
+                    let again = self
+                        .shape(event, webhook, &ctx, &mut version, attempt)
+                        .await;
+                    req = noted(again, delivery, attempt)?;
                 }
                 slot
             }
@@ -400,32 +435,6 @@ impl Deliverer {
                 attempt.error = Some(e.to_string());
                 None
             }
-        }
-    }
-
-    /// The request to send; a plugin error or a skip is noted on `attempt`
-    /// (and the skip's reason on `delivery`) and gives none.
-    async fn shaped(
-        &self,
-        event: &Event,
-        webhook: &Webhook,
-        ctx: &AttemptContext,
-        version: &mut Option<Arc<LoadedPlugin>>,
-        delivery: &mut Delivery,
-        attempt: &mut Attempt,
-    ) -> Option<request::OutRequest> {
-        match self.shape(event, webhook, ctx, version, attempt).await {
-            Err(error) => {
-                attempt.outcome = AttemptOutcome::PluginError;
-                attempt.error = Some(error);
-                None
-            }
-            Ok(Shaped::Skip(reason)) => {
-                attempt.outcome = AttemptOutcome::Skipped;
-                delivery.reason = Some(reason);
-                None
-            }
-            Ok(Shaped::Deliver(req)) => Some(req),
         }
     }
 
@@ -517,9 +526,30 @@ impl Deliverer {
     }
 }
 
-/// Calls `plugin` and checks what it produced: a request with forbidden or
-/// malformed headers is refused with the reason. CPU-bound, like
-/// [`PluginRuntime::call`].
+/// The request to send; a plugin error or a skip is noted on `attempt`
+/// (and the skip's reason on `delivery`) and gives none.
+fn noted(
+    shaped: Result<Shaped, String>,
+    delivery: &mut Delivery,
+    attempt: &mut Attempt,
+) -> Option<request::OutRequest> {
+    match shaped {
+        Err(error) => {
+            attempt.outcome = AttemptOutcome::PluginError;
+            attempt.error = Some(error);
+            None
+        }
+        Ok(Shaped::Skip(reason)) => {
+            attempt.outcome = AttemptOutcome::Skipped;
+            delivery.reason = Some(reason);
+            None
+        }
+        Ok(Shaped::Deliver(req)) => Some(req),
+    }
+}
+
+/// Calls `plugin` and checks what it produced (see [`checked`]). CPU-bound,
+/// like [`PluginRuntime::call`].
 pub fn shape_with(
     runtime: &PluginRuntime,
     plugin: &LoadedPlugin,
@@ -527,9 +557,17 @@ pub fn shape_with(
     webhook: &Webhook,
     ctx: &AttemptContext,
 ) -> Result<Shaped, String> {
-    let shaped = runtime
-        .call(plugin, event, webhook, ctx)
-        .map_err(|e| e.to_string())?;
+    checked(runtime, plugin, runtime.call(plugin, event, webhook, ctx))
+}
+
+/// What a plugin call produced, checked: a request with forbidden or
+/// malformed headers is refused with the reason (and counted as invalid).
+fn checked(
+    runtime: &PluginRuntime,
+    plugin: &LoadedPlugin,
+    result: Result<Shaped, crate::plugin::PluginError>,
+) -> Result<Shaped, String> {
+    let shaped = result.map_err(|e| e.to_string())?;
     if let Shaped::Deliver(req) = &shaped
         && let Err(e) = shape::check(req)
     {

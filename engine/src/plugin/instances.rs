@@ -26,6 +26,8 @@ const PER_PLUGIN: usize = 8;
 pub struct Warm {
     pub store: Store<HostState>,
     pub instance: Plugin,
+    /// The instance's `handle-many`, if it exports one of the right type.
+    pub many: Option<wasmtime::component::Func>,
     pub calls: u32,
 }
 

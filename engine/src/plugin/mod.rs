@@ -1,6 +1,7 @@
 //! Tenant plugins: compiling and validating uploaded components, keeping the
-//! current version of each `(tenant, name)` loaded, and calling a plugin for
-//! one delivery attempt in a sandboxed instance.
+//! current version of each `(tenant, name)` loaded, and calling a plugin
+//! (for one delivery attempt, or a fan-out's first attempts at once) in a
+//! sandboxed instance ([`call`]).
 //!
 //! Components are compiled once per content hash (shared by tenants that
 //! upload the same bytes) and cached on disk ([`cache`]). Calls reuse warm
@@ -16,31 +17,28 @@
 
 mod bindings;
 mod cache;
+mod call;
 mod host;
 mod instances;
 mod loaded;
 pub mod watch;
 
-use crate::delivery::request::{AttemptContext, Shaped};
 use crate::ids::TenantId;
-use crate::metrics::{OutcomeLabel, PluginMetrics, SourceLabel};
-use crate::model::{Event, PluginVersion, Webhook};
+use crate::metrics::{PluginMetrics, SourceLabel};
+use crate::model::PluginVersion;
 use crate::store::{PluginUpload, Store, StoreError};
-use bindings::{PluginPre, wasmhook::plugin::types as wit};
+use bindings::PluginPre;
 use host::HostState;
-use instances::{Budget, Warm};
+use instances::Budget;
+use loaded::InlinePolicy;
 pub use loaded::{CallCounts, LoadedPlugin};
-use loaded::{CallTimer, InlinePolicy};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store as WasmStore,
-    StoreLimitsBuilder,
-};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 /// Plugin names: 1 to 64 lowercase letters, digits, `-` or `_`.
 pub fn valid_name(name: &str) -> bool {
@@ -436,72 +434,6 @@ impl PluginRuntime {
             .cloned()
     }
 
-    fn instantiate(&self, plugin: &LoadedPlugin) -> Result<Warm, PluginError> {
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(self.config.memory_bytes)
-            .trap_on_grow_failure(true)
-            .build();
-        let state = HostState::new(
-            limits,
-            plugin.tenant.as_str(),
-            &plugin.label(),
-            plugin.gate.clone(),
-        );
-        let mut store = WasmStore::new(&self.engine, state);
-        store.limiter(|s| &mut s.limits);
-        store.set_epoch_deadline(self.deadline_ticks);
-        let instance = plugin
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| self.trap(e))?;
-        Ok(Warm {
-            store,
-            instance,
-            calls: 0,
-        })
-    }
-
-    /// Runs the plugin for one attempt, counting the outcome. CPU-bound and
-    /// bounded by the deadline: call it from a blocking thread unless
-    /// [`LoadedPlugin::runs_inline`] says it is quick.
-    pub fn call(
-        &self,
-        plugin: &LoadedPlugin,
-        event: &Event,
-        webhook: &Webhook,
-        ctx: &AttemptContext,
-    ) -> Result<Shaped, PluginError> {
-        let result = self.call_inner(plugin, event, webhook, ctx);
-        let outcome = match &result {
-            Ok(Shaped::Deliver(_)) => "deliver",
-            Ok(Shaped::Skip(_)) => "skip",
-            Err(e) => e.outcome(),
-        };
-        if let Some(counts) = &plugin.counts {
-            self.metrics
-                .calls
-                .get_or_create(&OutcomeLabel { outcome })
-                .inc();
-            counts.calls.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = &result {
-                counts.failed(e.to_string());
-            }
-        }
-        result
-    }
-
-    /// The host refused what a call returned (see `delivery::shape::check`):
-    /// counted as a failure of that version (and as a call by `call`).
-    pub fn count_invalid(&self, plugin: &LoadedPlugin, error: &str) {
-        if let Some(counts) = &plugin.counts {
-            self.metrics
-                .calls
-                .get_or_create(&OutcomeLabel { outcome: "invalid" })
-                .inc();
-            counts.failed(error.to_owned());
-        }
-    }
-
     /// The same version with its own instances, whose calls count nothing:
     /// a dry run must not show up in the version's counts or metrics.
     pub fn uncounted(&self, plugin: &LoadedPlugin) -> Arc<LoadedPlugin> {
@@ -516,69 +448,6 @@ impl PluginRuntime {
             InlinePolicy::new(self.config.timeout),
             crate::clock::now_ms(),
         ))
-    }
-
-    fn call_inner(
-        &self,
-        plugin: &LoadedPlugin,
-        event: &Event,
-        webhook: &Webhook,
-        ctx: &AttemptContext,
-    ) -> Result<Shaped, PluginError> {
-        let mut warm = match plugin.idle.take(&self.budget) {
-            Some(warm) => warm,
-            None => self.instantiate(plugin)?,
-        };
-        warm.store.set_epoch_deadline(self.deadline_ticks);
-        warm.store.data_mut().begin_call(ctx.timestamp);
-
-        let wit_event = wit::Event {
-            id: event.id.to_string(),
-            event_type: event.event_type.clone(),
-            tenant: event.tenant.to_string(),
-            occurred_at: crate::clock::rfc3339_ms(event.occurred_at_ms),
-            occurred_at_ms: event.occurred_at_ms,
-            data: event.data.get().to_owned(),
-        };
-        let wit_webhook = wit::Webhook {
-            id: webhook.id.to_string(),
-            url: webhook.url.clone(),
-            config: serde_json::to_string(&webhook.plugin_config).expect("JSON values serialise"),
-            metadata: webhook
-                .metadata
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-        };
-        let wit_delivery = wit::Delivery {
-            id: ctx.delivery_id.clone(),
-            attempt: ctx.attempt,
-            timestamp: ctx.timestamp,
-            time: ctx.time.clone(),
-        };
-        // Only the guest's run counts towards running inline: creating an
-        // instance is the host's one-off cost, not the plugin's speed.
-        let timer = CallTimer::start();
-        let result =
-            warm.instance
-                .call_handle(&mut warm.store, &wit_event, &wit_webhook, &wit_delivery);
-        plugin.note_duration(timer.took());
-        warm.store.data_mut().end_call();
-        // After a trap (or a timeout) the store refuses further calls: drop it.
-        let result = result.map_err(|e| self.trap(e))?;
-        warm.calls += 1;
-        plugin.idle.put(warm, &self.budget);
-        match result {
-            Ok(decision) => Ok(bindings::from_wit(decision)),
-            Err(e) => Err(PluginError::Failed(e.message)),
-        }
-    }
-
-    fn trap(&self, e: wasmtime::Error) -> PluginError {
-        if let Some(wasmtime::Trap::Interrupt) = e.downcast_ref::<wasmtime::Trap>() {
-            return PluginError::Timeout(self.config.timeout);
-        }
-        PluginError::Trap(root(&e))
     }
 }
 

@@ -1,0 +1,146 @@
+//! Shaping a fan-out's first attempts together. When a trigger hands over
+//! several deliveries whose webhooks use the same plugin, the first of their
+//! attempts to need its request shapes all of them with one plugin call
+//! (`handle-many`; see [`crate::plugin`]), with one timestamp, and each of
+//! the others takes its request from that call. The plugin parses the
+//! event's data once instead of once per webhook.
+//!
+//! What may happen twice: nothing here is sent twice. A request that then
+//! waits past `RESHAPE_AFTER` for its origin's slot is shaped again on its
+//! own, with the same plugin version, like any other.
+
+use super::Deliverer;
+use super::request::{AttemptContext, Shaped};
+use crate::clock::now_ms;
+use crate::ids::DeliveryId;
+use crate::model::{Event, Webhook};
+use crate::plugin::LoadedPlugin;
+use std::sync::{Arc, Mutex};
+use tokio::sync::OnceCell;
+
+/// One event's first attempts to the webhooks that use one plugin.
+pub struct SharedShaping {
+    event: Arc<Event>,
+    plugin: String,
+    targets: Vec<(Arc<Webhook>, DeliveryId)>,
+    shaped: OnceCell<Outcome>,
+}
+
+/// What the one call gave: the version used and each target's attempt and
+/// result (taken by its own attempt), or why no version could be had.
+type Outcome = Result<(Arc<LoadedPlugin>, Mutex<Vec<Option<Taken>>>), String>;
+
+/// What one attempt takes: its context and its result.
+pub type Taken = (AttemptContext, Result<Shaped, String>);
+
+impl SharedShaping {
+    /// The shapings for a trigger's fresh deliveries: for each delivery,
+    /// the shared shaping it belongs to and its place there, if its plugin
+    /// serves more than one of them. `webhooks[i]` is the webhook of
+    /// `ids[i]`.
+    pub fn group(
+        event: &Arc<Event>,
+        ids: &[DeliveryId],
+        webhooks: &[Arc<Webhook>],
+    ) -> Vec<Option<(Arc<SharedShaping>, usize)>> {
+        let mut out = vec![None; ids.len()];
+        let mut seen: Vec<&str> = Vec::new();
+        for (i, webhook) in webhooks.iter().enumerate() {
+            let Some(plugin) = webhook.plugin.as_deref() else {
+                continue;
+            };
+            if seen.contains(&plugin) {
+                continue;
+            }
+            seen.push(plugin);
+            let members: Vec<usize> = (i..webhooks.len())
+                .filter(|&j| webhooks[j].plugin.as_deref() == Some(plugin))
+                .collect();
+            if members.len() < 2 {
+                continue;
+            }
+            let shared = Arc::new(SharedShaping {
+                event: event.clone(),
+                plugin: plugin.to_owned(),
+                targets: members
+                    .iter()
+                    .map(|&j| (webhooks[j].clone(), ids[j].clone()))
+                    .collect(),
+                shaped: OnceCell::new(),
+            });
+            for (place, &j) in members.iter().enumerate() {
+                out[j] = Some((shared.clone(), place));
+            }
+        }
+        out
+    }
+
+    /// The attempt context and result for the target at `place`, shaping
+    /// every target first if no attempt of the group has yet; and the
+    /// plugin version used (none if it could not be loaded).
+    pub async fn take(
+        &self,
+        deliverer: &Deliverer,
+        place: usize,
+    ) -> (Option<Arc<LoadedPlugin>>, Taken) {
+        let shaped = self.shaped.get_or_init(|| self.shape(deliverer)).await;
+        match shaped {
+            Ok((plugin, results)) => {
+                let taken = results.lock().expect("shared results lock")[place]
+                    .take()
+                    .expect("each place is taken once");
+                (Some(plugin.clone()), taken)
+            }
+            Err(error) => {
+                let ctx = AttemptContext::new(self.targets[place].1.as_str(), 1, now_ms());
+                (None, (ctx, Err(error.clone())))
+            }
+        }
+    }
+
+    async fn shape(&self, deliverer: &Deliverer) -> Outcome {
+        let tenant = &self.event.tenant;
+        let plugin = deliverer
+            .plugins
+            .get(deliverer.store.as_ref(), tenant, &self.plugin)
+            .await
+            .map_err(|e| e.to_string())?;
+        let now = now_ms();
+        let contexts: Vec<AttemptContext> = self
+            .targets
+            .iter()
+            .map(|(_, id)| AttemptContext::new(id.as_str(), 1, now))
+            .collect();
+        let run = {
+            let (runtime, plugin) = (deliverer.plugins.clone(), plugin.clone());
+            let (event, targets) = (self.event.clone(), self.targets.clone());
+            let contexts = contexts.clone();
+            move || {
+                let pairs: Vec<_> = targets
+                    .iter()
+                    .map(|(w, _)| w.as_ref())
+                    .zip(contexts.iter())
+                    .collect();
+                runtime
+                    .call_many(&plugin, &event, &pairs)
+                    .into_iter()
+                    .map(|result| super::checked(&runtime, &plugin, result))
+                    .collect::<Vec<_>>()
+            }
+        };
+        // As for one call (see `Deliverer::shape`): inline only once quick.
+        let results = if plugin.runs_inline() {
+            run()
+        } else {
+            tokio::task::spawn_blocking(run)
+                .await
+                .map_err(|e| format!("plugin call panicked: {e}"))?
+        };
+        let taken = contexts
+            .into_iter()
+            .zip(results)
+            .map(|(ctx, result)| Some((ctx, result)))
+            .collect();
+        Ok((plugin, Mutex::new(taken)))
+    }
+}
