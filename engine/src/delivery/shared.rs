@@ -14,7 +14,7 @@ use super::request::{AttemptContext, Shaped};
 use crate::clock::now_ms;
 use crate::ids::DeliveryId;
 use crate::model::{Event, Webhook};
-use crate::plugin::LoadedPlugin;
+use crate::plugin::{LoadedPlugin, PluginRuntime};
 use std::sync::{Arc, Mutex};
 use tokio::sync::OnceCell;
 
@@ -111,30 +111,24 @@ impl SharedShaping {
             .iter()
             .map(|(_, id)| AttemptContext::new(id.as_str(), 1, now))
             .collect();
-        let run = {
+        // As for one call (see `Deliverer::shape`): inline only once quick.
+        let results = if plugin.runs_inline() {
+            shape_all(
+                &deliverer.plugins,
+                &plugin,
+                &self.event,
+                &self.targets,
+                &contexts,
+            )
+        } else {
             let (runtime, plugin) = (deliverer.plugins.clone(), plugin.clone());
             let (event, targets) = (self.event.clone(), self.targets.clone());
             let contexts = contexts.clone();
-            move || {
-                let pairs: Vec<_> = targets
-                    .iter()
-                    .map(|(w, _)| w.as_ref())
-                    .zip(contexts.iter())
-                    .collect();
-                runtime
-                    .call_many(&plugin, &event, &pairs)
-                    .into_iter()
-                    .map(|result| super::checked(&runtime, &plugin, result))
-                    .collect::<Vec<_>>()
-            }
-        };
-        // As for one call (see `Deliverer::shape`): inline only once quick.
-        let results = if plugin.runs_inline() {
-            run()
-        } else {
-            tokio::task::spawn_blocking(run)
-                .await
-                .map_err(|e| format!("plugin call panicked: {e}"))?
+            tokio::task::spawn_blocking(move || {
+                shape_all(&runtime, &plugin, &event, &targets, &contexts)
+            })
+            .await
+            .map_err(|e| format!("plugin call panicked: {e}"))?
         };
         let taken = contexts
             .into_iter()
@@ -143,4 +137,25 @@ impl SharedShaping {
             .collect();
         Ok((plugin, Mutex::new(taken)))
     }
+}
+
+/// Calls `plugin` for every target at once and checks each request (see
+/// `super::checked`). CPU-bound, like `PluginRuntime::call_many`.
+fn shape_all(
+    runtime: &PluginRuntime,
+    plugin: &LoadedPlugin,
+    event: &Event,
+    targets: &[(Arc<Webhook>, DeliveryId)],
+    contexts: &[AttemptContext],
+) -> Vec<Result<Shaped, String>> {
+    let pairs: Vec<_> = targets
+        .iter()
+        .map(|(webhook, _)| webhook.as_ref())
+        .zip(contexts)
+        .collect();
+    runtime
+        .call_many(plugin, event, &pairs)
+        .into_iter()
+        .map(|result| super::checked(runtime, plugin, result))
+        .collect()
 }
