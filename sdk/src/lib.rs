@@ -759,6 +759,82 @@ mod tests {
         }
     }
 
+    /// A plugin whose decision depends on the webhook and the delivery.
+    struct PerTarget;
+
+    impl Plugin for PerTarget {
+        fn filter(input: &Input) -> Result<Filter> {
+            Ok(match input.webhook.config_str("skip", "") {
+                "" => Filter::Deliver,
+                reason => Filter::Skip(reason.into()),
+            })
+        }
+
+        fn transform(input: &Input) -> Result<Request> {
+            if input.webhook.config_str("fail", "") == "yes" {
+                return Err("asked to fail".into());
+            }
+            let n = input.event.field("n")?;
+            let body = json!({"hook": input.webhook.id, "delivery": input.delivery.id, "n": n});
+            Request::json(&body)
+        }
+    }
+
+    /// `handle-many` gives, in order, exactly what `handle` gives for each
+    /// target, though the targets share one event.
+    #[test]
+    fn handle_many_decides_as_handle_does_for_each_target() {
+        let event = wit::Event {
+            id: "evt_1".into(),
+            event_type: "invoice.paid".into(),
+            tenant: "t".into(),
+            occurred_at: "2026-11-23T20:00:00.000Z".into(),
+            occurred_at_ms: 1_795_464_000_000,
+            data: r#"{"n":1}"#.into(),
+        };
+        let target = |hook: &str, config: &str| {
+            let webhook = wit::Webhook {
+                id: hook.into(),
+                url: "https://example.com".into(),
+                config: config.into(),
+                metadata: Vec::new(),
+            };
+            let delivery = wit::Delivery {
+                id: format!("dlv_{hook}"),
+                attempt: 1,
+                timestamp: 1_795_464_000,
+                time: "2026-11-23T20:00:00.000Z".into(),
+            };
+            (webhook, delivery)
+        };
+        let targets = vec![
+            target("a", "null"),
+            target("b", r#"{"skip":"not for b"}"#),
+            target("c", r#"{"fail":"yes"}"#),
+            target("d", "{}"),
+        ];
+        let one_by_one: Vec<String> = targets
+            .iter()
+            .map(|(w, d)| {
+                format!(
+                    "{:?}",
+                    __handle::<PerTarget>(event.clone(), w.clone(), d.clone())
+                )
+            })
+            .collect();
+        let results = __handle_many::<PerTarget>(event, targets);
+        let shared: Vec<String> = results.iter().map(|r| format!("{r:?}")).collect();
+        assert_eq!(shared, one_by_one);
+        let body = |i: usize| match &results[i] {
+            Ok(wit::Decision::Deliver(r)) => serde_json::from_slice::<Value>(&r.body).unwrap(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(body(0), json!({"hook": "a", "delivery": "dlv_a", "n": 1}));
+        assert_eq!(body(3), json!({"hook": "d", "delivery": "dlv_d", "n": 1}));
+        assert!(shared[1].contains("not for b"), "{shared:?}");
+        assert!(shared[2].contains("asked to fail"), "{shared:?}");
+    }
+
     #[test]
     fn repeated_keys_read_the_last_like_data_does() {
         let mut input = Input::test("a", json!({}));
