@@ -388,3 +388,56 @@ async fn a_component_without_handle_many_is_called_once_per_webhook() {
         assert!(metrics.contains(line), "missing {line} in\n{metrics}");
     }
 }
+
+/// A plugin too slow to shape several attempts within one call's time limit
+/// shares half as many after each shared call that ran out of time, down to
+/// a call each; every attempt still gets its own outcome.
+#[test]
+fn shared_calls_shrink_when_they_run_out_of_time() {
+    let metrics = PluginMetrics::default();
+    let config = PluginConfig {
+        timeout: Duration::from_millis(100),
+        ..PluginConfig::default()
+    };
+    let runtime = PluginRuntime::new(config, metrics.clone()).unwrap();
+    let pre = runtime
+        .compile(&std::fs::read(wasmhook_tests::plugins::CHAOS).unwrap())
+        .unwrap();
+    let tenant = TenantId::from_trusted("t");
+    let plugin = runtime.install(&tenant, &PluginVersion::unstored("chaos", 1, "test"), pre);
+    let event = Event {
+        id: EventId::from_trusted("evt_1"),
+        tenant: tenant.clone(),
+        event_type: "a.b".into(),
+        data: RawValue::from_string("{}".into()).unwrap(),
+        occurred_at_ms: 0,
+    };
+    let hook = |mode: &str| Webhook {
+        plugin_config: json!({"mode": mode}),
+        ..Webhook::new(tenant.clone(), "http://127.0.0.1/x", vec!["*".into()], 0)
+    };
+    let (ok, slow) = (hook("ok"), hook("loop"));
+    let ctx = AttemptContext::new("dlv_1", 1, 0);
+    assert_eq!(plugin.shares_up_to(), 16);
+
+    let results = runtime.call_many(&plugin, &event, &[(&ok, &ctx), (&slow, &ctx), (&ok, &ctx)]);
+    assert!(matches!(results[0], Ok(Shaped::Deliver(_))), "{results:?}");
+    assert!(
+        results[1]
+            .as_ref()
+            .unwrap_err()
+            .to_string()
+            .contains("time limit")
+    );
+    assert!(matches!(results[2], Ok(Shaped::Deliver(_))), "{results:?}");
+    assert_eq!(plugin.shares_up_to(), 8, "one shared call ran out of time");
+    for expected in [4, 2, 1, 1] {
+        runtime.call_many(&plugin, &event, &[(&slow, &ctx), (&ok, &ctx)]);
+        assert_eq!(plugin.shares_up_to(), expected);
+    }
+    // Down to a call each: quick attempts are no longer shared.
+    let shared_before = metrics.shared_calls.get();
+    let results = runtime.call_many(&plugin, &event, &[(&ok, &ctx), (&ok, &ctx)]);
+    assert!(results.iter().all(|r| matches!(r, Ok(Shaped::Deliver(_)))));
+    assert_eq!(metrics.shared_calls.get(), shared_before);
+}

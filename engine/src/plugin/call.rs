@@ -21,8 +21,10 @@ use wasmtime::StoreLimitsBuilder;
 use wasmtime::component::Func;
 
 /// Attempts one `handle-many` call shapes at most; a larger fan-out takes
-/// several calls, each well within the time limit of one.
-const MAX_SHARED: usize = 16;
+/// several calls, each well within the time limit of one. A version whose
+/// shared call runs out of time shares half as many from then on
+/// ([`LoadedPlugin::shares_up_to`]).
+pub(super) const MAX_SHARED: usize = 16;
 
 /// `handle-many`'s parameters and results (see `wit/plugin.wit`).
 type ManyParams<'a> = (&'a wit::Event, &'a [(wit::Webhook, wit::Delivery)]);
@@ -52,9 +54,9 @@ impl PluginRuntime {
     }
 
     /// [`Self::call`] for several attempts of one event, in order: shared
-    /// calls of up to [`MAX_SHARED`] attempts each where the component
-    /// exports `handle-many`, one call per attempt otherwise. Like `call`,
-    /// CPU-bound.
+    /// calls of up to [`LoadedPlugin::shares_up_to`] attempts each where the
+    /// component exports `handle-many`, one call per attempt otherwise.
+    /// Like `call`, CPU-bound.
     pub fn call_many(
         &self,
         plugin: &LoadedPlugin,
@@ -63,7 +65,7 @@ impl PluginRuntime {
     ) -> Vec<Result<Shaped, PluginError>> {
         let shared_event = wit_event(event);
         let mut out = Vec::with_capacity(targets.len());
-        for chunk in targets.chunks(MAX_SHARED) {
+        for chunk in targets.chunks(plugin.shares_up_to()) {
             match self.call_shared(plugin, &shared_event, chunk) {
                 Some(results) => {
                     for result in &results {
@@ -96,15 +98,17 @@ impl PluginRuntime {
             .iter()
             .map(|(webhook, ctx)| (wit_webhook(webhook), wit_delivery(ctx)))
             .collect();
-        let results = self
-            .on_instance(plugin, targets[0].1.timestamp, |warm| match warm.many {
-                Some(func) => {
-                    let typed = func.typed::<ManyParams<'_>, ManyResults>(&warm.store)?;
-                    Ok(Some(typed.call(&mut warm.store, (event, &items))?.0))
-                }
-                None => Ok(None),
-            })
-            .ok()??;
+        let called = self.on_instance(plugin, targets[0].1.timestamp, |warm| match warm.many {
+            Some(func) => {
+                let typed = func.typed::<ManyParams<'_>, ManyResults>(&warm.store)?;
+                Ok(Some(typed.call(&mut warm.store, (event, &items))?.0))
+            }
+            None => Ok(None),
+        });
+        if let Err(PluginError::Timeout(_)) = called {
+            plugin.shared_call_timed_out();
+        }
+        let results = called.ok()??;
         if results.len() != targets.len() {
             return None;
         }

@@ -7,7 +7,7 @@ use super::bindings::PluginPre;
 use super::host::{HostState, LogGate};
 use super::instances::{Budget, Idle};
 use crate::ids::TenantId;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -50,6 +50,10 @@ pub struct LoadedPlugin {
     pub(super) counts: Option<Arc<CallCounts>>,
     pub(super) last_used_ms: AtomicU64,
     inline: InlinePolicy,
+    /// Attempts one shared call (`handle-many`) may shape: halved each time
+    /// one runs out of time, so a plugin too slow to shape many within one
+    /// call's limit ends up with a call each.
+    shared_limit: AtomicUsize,
 }
 
 impl LoadedPlugin {
@@ -77,7 +81,23 @@ impl LoadedPlugin {
             counts,
             last_used_ms: AtomicU64::new(now_ms),
             inline,
+            shared_limit: AtomicUsize::new(super::call::MAX_SHARED),
         }
+    }
+
+    /// How many attempts one shared call of this version shapes at most
+    /// now (1: none are shared).
+    pub fn shares_up_to(&self) -> usize {
+        self.shared_limit.load(Ordering::Relaxed)
+    }
+
+    /// A shared call ran out of time: share half as many from now on.
+    pub(super) fn shared_call_timed_out(&self) {
+        let _ = self
+            .shared_limit
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some((n / 2).max(1))
+            });
     }
 
     /// `name@version`, as recorded on attempts.
