@@ -6,7 +6,8 @@
 //! What may happen twice: a shared call that fails as a whole (a trap, the
 //! time limit, a wrong number of results) is followed by one call per
 //! attempt, so each attempt gets its own outcome and one bad webhook fails
-//! only its own.
+//! only its own; log lines the plugin wrote during the failed call may then
+//! be written again.
 
 use super::bindings::{self, Plugin, wasmhook::plugin::types as wit};
 use super::instances::Warm;
