@@ -136,7 +136,7 @@ pub struct Event {
     parsed: OnceCell<Value>,
     raw: OnceCell<Box<RawValue>>,
     /// Top-level keys and where their values sit in `raw_data`.
-    fields: OnceCell<Vec<(String, std::ops::Range<usize>)>>,
+    fields: OnceCell<Members>,
     /// True only for the event the engine handed to this call: its data is
     /// one well-formed JSON value without surrounding whitespace (the
     /// engine checked it when the event was accepted; see `wit/plugin.wit`),

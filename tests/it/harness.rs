@@ -113,6 +113,14 @@ impl TestEngine {
         )
     }
 
+    /// Asserts that the Prometheus text at `/metrics` has each of `lines`.
+    pub async fn assert_metrics(&self, lines: &[&str]) {
+        let metrics = self.metrics().await;
+        for line in lines {
+            assert!(metrics.contains(line), "missing {line} in\n{metrics}");
+        }
+    }
+
     /// The Prometheus text at `/metrics`.
     pub async fn metrics(&self) -> String {
         let url = format!("{}/metrics", self.url);

@@ -119,16 +119,37 @@ fn installed(
     name: &str,
     timeout: Duration,
 ) -> (PluginRuntime, Arc<LoadedPlugin>, TenantId) {
+    installed_with(path, name, timeout, PluginMetrics::default())
+}
+
+/// [`installed`], counting into `metrics`.
+fn installed_with(
+    path: &str,
+    name: &str,
+    timeout: Duration,
+    metrics: PluginMetrics,
+) -> (PluginRuntime, Arc<LoadedPlugin>, TenantId) {
     let config = PluginConfig {
         timeout,
         ..PluginConfig::default()
     };
-    let runtime = PluginRuntime::new(config, PluginMetrics::default()).unwrap();
+    let runtime = PluginRuntime::new(config, metrics).unwrap();
     let pre = runtime.compile(&std::fs::read(path).unwrap()).unwrap();
     let tenant = TenantId::from_trusted("t");
     let meta = PluginVersion::unstored(name, 1, "test");
     let plugin = runtime.install(&tenant, &meta, pre);
     (runtime, plugin, tenant)
+}
+
+/// An `a.b` event of `tenant` with empty data.
+fn empty_event(tenant: &TenantId) -> Event {
+    Event {
+        id: EventId::from_trusted("evt_1"),
+        tenant: tenant.clone(),
+        event_type: "a.b".into(),
+        data: RawValue::from_string("{}".into()).unwrap(),
+        occurred_at_ms: 0,
+    }
 }
 
 #[test]
@@ -201,13 +222,7 @@ fn idle_instances_and_loaded_versions_are_bounded() {
     // At most one version stays loaded: installing b unloaded a.
     assert_eq!(metrics.loaded.get(), 1);
     let call = |plugin: &wasmhook::plugin::LoadedPlugin, tenant: &TenantId| {
-        let event = Event {
-            id: EventId::from_trusted("evt_1"),
-            tenant: tenant.clone(),
-            event_type: "a.b".into(),
-            data: RawValue::from_string("{}".into()).unwrap(),
-            occurred_at_ms: 0,
-        };
+        let event = empty_event(tenant);
         let webhook = Webhook::new(tenant.clone(), "http://127.0.0.1/x", vec!["*".into()], 0);
         let ctx = AttemptContext::new("dlv_1", 1, 0);
         runtime.call(plugin, &event, &webhook, &ctx).unwrap();
@@ -234,13 +249,7 @@ fn only_versions_that_proved_quick_run_inline() {
         "chaos",
         Duration::from_millis(200),
     );
-    let event = Event {
-        id: EventId::from_trusted("evt_1"),
-        tenant: tenant.clone(),
-        event_type: "a.b".into(),
-        data: RawValue::from_string("{}".into()).unwrap(),
-        occurred_at_ms: 0,
-    };
+    let event = empty_event(&tenant);
     let ctx = AttemptContext::new("dlv_1", 1, 0);
     let mut webhook = Webhook::new(tenant.clone(), "http://127.0.0.1/x", vec!["*".into()], 0);
     assert!(
@@ -328,13 +337,12 @@ async fn a_fan_out_to_one_plugin_is_shaped_in_one_call() {
     expected.sort();
     assert_eq!(ids, expected);
 
-    let metrics = engine.metrics().await;
-    for line in [
-        "wasmhook_plugin_calls_total{outcome=\"deliver\"} 3",
-        "wasmhook_plugin_shared_calls_total 1",
-    ] {
-        assert!(metrics.contains(line), "missing {line} in\n{metrics}");
-    }
+    engine
+        .assert_metrics(&[
+            "wasmhook_plugin_calls_total{outcome=\"deliver\"} 3",
+            "wasmhook_plugin_shared_calls_total 1",
+        ])
+        .await;
     let (_, plugin) = engine.get("/api/plugins/fmt", &key).await;
     assert_eq!(plugin["versions"][0]["calls"], 3, "{plugin}");
 }
@@ -380,13 +388,12 @@ async fn a_component_without_handle_many_is_called_once_per_webhook() {
                 .contains(delivery.as_str())
         );
     }
-    let metrics = engine.metrics().await;
-    for line in [
-        "wasmhook_plugin_calls_total{outcome=\"deliver\"} 3",
-        "wasmhook_plugin_shared_calls_total 0",
-    ] {
-        assert!(metrics.contains(line), "missing {line} in\n{metrics}");
-    }
+    engine
+        .assert_metrics(&[
+            "wasmhook_plugin_calls_total{outcome=\"deliver\"} 3",
+            "wasmhook_plugin_shared_calls_total 0",
+        ])
+        .await;
 }
 
 /// A plugin too slow to shape several attempts within one call's time limit
@@ -395,23 +402,13 @@ async fn a_component_without_handle_many_is_called_once_per_webhook() {
 #[test]
 fn shared_calls_shrink_when_they_run_out_of_time() {
     let metrics = PluginMetrics::default();
-    let config = PluginConfig {
-        timeout: Duration::from_millis(100),
-        ..PluginConfig::default()
-    };
-    let runtime = PluginRuntime::new(config, metrics.clone()).unwrap();
-    let pre = runtime
-        .compile(&std::fs::read(wasmhook_tests::plugins::CHAOS).unwrap())
-        .unwrap();
-    let tenant = TenantId::from_trusted("t");
-    let plugin = runtime.install(&tenant, &PluginVersion::unstored("chaos", 1, "test"), pre);
-    let event = Event {
-        id: EventId::from_trusted("evt_1"),
-        tenant: tenant.clone(),
-        event_type: "a.b".into(),
-        data: RawValue::from_string("{}".into()).unwrap(),
-        occurred_at_ms: 0,
-    };
+    let (runtime, plugin, tenant) = installed_with(
+        wasmhook_tests::plugins::CHAOS,
+        "chaos",
+        Duration::from_millis(100),
+        metrics.clone(),
+    );
+    let event = empty_event(&tenant);
     let hook = |mode: &str| Webhook {
         plugin_config: json!({"mode": mode}),
         ..Webhook::new(tenant.clone(), "http://127.0.0.1/x", vec!["*".into()], 0)

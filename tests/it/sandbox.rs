@@ -99,13 +99,12 @@ async fn misbehaving_plugins_fail_only_their_own_attempts() {
     );
     assert_eq!(v1["failures"], 7, "{plugin}");
     assert_eq!(v1["calls"], 7, "{plugin}");
-    let metrics = engine.metrics().await;
-    for line in [
-        "wasmhook_plugin_calls_total{outcome=\"timeout\"} 1",
-        "wasmhook_plugin_calls_total{outcome=\"invalid\"} 3",
-    ] {
-        assert!(metrics.contains(line), "missing {line} in\n{metrics}");
-    }
+    engine
+        .assert_metrics(&[
+            "wasmhook_plugin_calls_total{outcome=\"timeout\"} 1",
+            "wasmhook_plugin_calls_total{outcome=\"invalid\"} 3",
+        ])
+        .await;
 }
 
 #[tokio::test]
@@ -232,12 +231,11 @@ async fn a_trap_in_a_shared_call_fails_only_its_own_webhook() {
         }
     }
     // The shared call trapped; then one call each: two delivered, one trap.
-    let metrics = engine.metrics().await;
-    for line in [
-        "wasmhook_plugin_calls_total{outcome=\"deliver\"} 2",
-        "wasmhook_plugin_calls_total{outcome=\"trap\"} 1",
-        "wasmhook_plugin_shared_calls_total 0",
-    ] {
-        assert!(metrics.contains(line), "missing {line} in\n{metrics}");
-    }
+    engine
+        .assert_metrics(&[
+            "wasmhook_plugin_calls_total{outcome=\"deliver\"} 2",
+            "wasmhook_plugin_calls_total{outcome=\"trap\"} 1",
+            "wasmhook_plugin_shared_calls_total 0",
+        ])
+        .await;
 }

@@ -124,14 +124,13 @@ impl Deliverer {
         deliveries: Vec<Delivery>,
         webhooks: Vec<Arc<Webhook>>,
     ) {
-        let ids: Vec<DeliveryId> = deliveries.iter().map(|d| d.id.clone()).collect();
-        let shared = SharedShaping::group(&event, &ids, &webhooks);
-        for ((d, webhook), shared) in deliveries.into_iter().zip(webhooks).zip(shared) {
+        let mut shared = SharedShaping::group(&event, &deliveries, &webhooks).into_iter();
+        for (d, webhook) in deliveries.into_iter().zip(webhooks) {
             let job = Job::Fresh(Fresh {
                 delivery: Box::new(d),
                 event: event.clone(),
                 webhook,
-                shared,
+                shared: shared.next().flatten(),
             });
             if let Err(e) = self.fresh_tx.try_send(job)
                 && let Job::Fresh(fresh) = e.into_inner()

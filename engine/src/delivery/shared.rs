@@ -13,7 +13,7 @@ use super::Deliverer;
 use super::request::{AttemptContext, Shaped};
 use crate::clock::now_ms;
 use crate::ids::DeliveryId;
-use crate::model::{Event, Webhook};
+use crate::model::{Delivery, Event, Webhook};
 use crate::plugin::{LoadedPlugin, PluginRuntime};
 use std::sync::{Arc, Mutex};
 use tokio::sync::OnceCell;
@@ -34,16 +34,17 @@ type Outcome = Result<(Arc<LoadedPlugin>, Mutex<Vec<Option<Taken>>>), String>;
 pub type Taken = (AttemptContext, Result<Shaped, String>);
 
 impl SharedShaping {
-    /// The shapings for a trigger's fresh deliveries: for each delivery,
-    /// the shared shaping it belongs to and its place there, if its plugin
-    /// serves more than one of them. `webhooks[i]` is the webhook of
-    /// `ids[i]`.
+    /// The shapings for a trigger's fresh deliveries: for each delivery, in
+    /// order, the shared shaping it belongs to and its place there, if its
+    /// plugin serves more than one of them (none at all when no plugin
+    /// does, which allocates nothing). `webhooks[i]` is the webhook of
+    /// `deliveries[i]`.
     pub fn group(
         event: &Arc<Event>,
-        ids: &[DeliveryId],
+        deliveries: &[Delivery],
         webhooks: &[Arc<Webhook>],
     ) -> Vec<Option<(Arc<SharedShaping>, usize)>> {
-        let mut out = vec![None; ids.len()];
+        let mut out = Vec::new();
         let mut seen: Vec<&str> = Vec::new();
         for (i, webhook) in webhooks.iter().enumerate() {
             let Some(plugin) = webhook.plugin.as_deref() else {
@@ -64,10 +65,11 @@ impl SharedShaping {
                 plugin: plugin.to_owned(),
                 targets: members
                     .iter()
-                    .map(|&j| (webhooks[j].clone(), ids[j].clone()))
+                    .map(|&j| (webhooks[j].clone(), deliveries[j].id.clone()))
                     .collect(),
                 shaped: OnceCell::new(),
             });
+            out.resize(deliveries.len(), None);
             for (place, &j) in members.iter().enumerate() {
                 out[j] = Some((shared.clone(), place));
             }
