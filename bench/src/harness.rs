@@ -164,6 +164,33 @@ pub async fn get_json(http: &Http, url: &str, token: &str) -> anyhow::Result<Val
     )?)
 }
 
+/// The embedded store's group commits and the writes they held so far, from
+/// the engine's `/metrics` (none with Redis).
+pub async fn store_commits(http: &Http, engine: &Engine) -> anyhow::Result<Option<(f64, f64)>> {
+    let req = Request::get(format!("{}/metrics", engine.url)).body(Full::new(Bytes::new()))?;
+    let text = http
+        .request(req)
+        .await?
+        .into_body()
+        .collect()
+        .await?
+        .to_bytes();
+    let text = String::from_utf8_lossy(&text);
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    };
+    Ok(value("wasmhook_store_commits_total").zip(value("wasmhook_store_writes_total")))
+}
+
+/// Writes per commit between two [`store_commits`] readings, as a table cell.
+pub fn per_commit(before: Option<(f64, f64)>, after: Option<(f64, f64)>) -> String {
+    match (before, after) {
+        (Some((c0, w0)), Some((c1, w1))) if c1 > c0 => format!("{:.0}", (w1 - w0) / (c1 - c0)),
+        _ => String::new(),
+    }
+}
+
 /// Runs `n` jobs, `concurrency` at a time; returns each job's duration.
 pub async fn run_many<F, Fut>(n: usize, concurrency: usize, job: F) -> anyhow::Result<Vec<Duration>>
 where

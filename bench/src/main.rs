@@ -23,7 +23,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Scenario {
     /// Every scenario below.
-    All,
+    All {
+        /// Measured runs per end-to-end row (see `http`).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..))]
+        repeat: u16,
+    },
     /// The ceiling, ingest, end to end (fan-out 1 and 10, default and plugin
     /// format) and latency at a steady rate, on both backends.
     Http {
@@ -36,6 +40,10 @@ enum Scenario {
         /// Only the rows whose label contains this (e.g. `fan-out 10, default`).
         #[arg(long)]
         rows: Option<String>,
+        /// Measured runs per end-to-end row, each between two ceiling runs;
+        /// the row shows the run with the median ratio, and the range.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..))]
+        repeat: u16,
     },
     /// Microseconds a plugin adds per delivery (1 KiB and 64 KiB payloads).
     Plugin,
@@ -64,10 +72,10 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async {
         match cli.scenario {
-            Scenario::All => {
+            Scenario::All { repeat } => {
                 // Memory first, while the process is fresh.
                 scenarios::tenants(1_000, None).await?;
-                scenarios::http(20_000, None, None).await?;
+                scenarios::http(20_000, None, None, repeat.into()).await?;
                 scenarios::plugin_overhead().await?;
                 scenarios::reload().await?;
                 claims::run(20_000).await
@@ -76,7 +84,8 @@ fn main() -> anyhow::Result<()> {
                 events,
                 backend,
                 rows,
-            } => scenarios::http(events, backend.as_deref(), rows.as_deref()).await,
+                repeat,
+            } => scenarios::http(events, backend.as_deref(), rows.as_deref(), repeat.into()).await,
             Scenario::Plugin => scenarios::plugin_overhead().await,
             Scenario::Reload => scenarios::reload().await,
             Scenario::Tenants { tenants, backend } => {

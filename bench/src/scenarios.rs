@@ -2,7 +2,8 @@
 //! the in-process plugin overhead.
 
 use crate::harness::{
-    Backend, Engine, Http, Receiver, cpu_time, payload, percentile, post, run_many,
+    Backend, Engine, Http, Receiver, cpu_time, payload, per_commit, percentile, post, run_many,
+    store_commits,
 };
 use bytes::Bytes;
 use serde_json::value::RawValue;
@@ -220,9 +221,34 @@ async fn steady(
     Ok(lat)
 }
 
+/// One measured end-to-end run.
+struct EndToEnd {
+    rate: f64,
+    /// Store writes per group commit during the run (embedded store only).
+    per_commit: String,
+    /// The ceiling around it: the mean of the runs right before and after.
+    near: f64,
+    busy: f64,
+    cpu_us: f64,
+}
+
+impl EndToEnd {
+    /// Per cent of the ceiling around it.
+    fn ratio(&self) -> f64 {
+        100.0 * self.rate / self.near
+    }
+}
+
 /// `only` names one backend; `rows`, when given, runs only the rows whose
-/// label contains it (e.g. `fan-out 10, default`).
-pub async fn http(events: usize, only: Option<&str>, rows: Option<&str>) -> anyhow::Result<()> {
+/// label contains it (e.g. `fan-out 10, default`); each end-to-end row is
+/// measured `repeat` times on the same engine, and shows the run with the
+/// median ratio to its ceiling and the range of the ratios.
+pub async fn http(
+    events: usize,
+    only: Option<&str>,
+    rows: Option<&str>,
+    repeat: usize,
+) -> anyhow::Result<()> {
     let wanted = |label: &str| rows.is_none_or(|r| label.contains(r));
     let http = crate::harness::http();
     let body = trigger_body(&payload(1024));
@@ -251,9 +277,9 @@ pub async fn http(events: usize, only: Option<&str>, rows: Option<&str>) -> anyh
     );
     println!("### Ingest, end to end, latency\n");
     println!(
-        "| scenario | backend | result | ceiling around it | vs ceiling | cores busy | CPU per event or delivery | p50 | p99 | max |"
+        "| scenario | backend | result | ceiling around it | vs ceiling | cores busy | CPU per event or delivery | store writes per commit | p50 | p99 | max |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for backend in [Backend::Embedded, Backend::Redis] {
         let b = backend.name();
         if only.is_some_and(|o| o != b) {
@@ -274,11 +300,13 @@ pub async fn http(events: usize, only: Option<&str>, rows: Option<&str>) -> anyh
                 continue;
             }
             let engine = Engine::start(backend, &http).await?;
+            let commits = store_commits(&http, &engine).await?;
             let (mut times, t) = timed(triggers(&http, &engine, events, &bodies, batched)).await?;
+            let per_commit = per_commit(commits, store_commits(&http, &engine).await?);
             let (rate, busy) = (events as f64 / t.wall, t.busy());
             times.sort();
             println!(
-                "| {label} | {b} | {rate:.0} events/s | | | {busy:.2} | {:.1} µs | {} |",
+                "| {label} | {b} | {rate:.0} events/s | | | {busy:.2} | {:.1} µs | {per_commit} | {} |",
                 t.cpu_us_per(events),
                 latency_cells(&times)
             );
@@ -323,26 +351,54 @@ pub async fn http(events: usize, only: Option<&str>, rows: Option<&str>) -> anyh
             triggers(&http, &engine, warm, &bodies, batched).await?;
             let warmed = (warm * fanout) as u64;
             rx.wait_for(warmed, Duration::from_secs(300)).await?;
-            let before = ceiling(&http, n * fanout, delivery_body.clone())
-                .await?
-                .rate;
-            let (_, t) = timed(async {
-                triggers(&http, &engine, n, &bodies, batched).await?;
-                rx.wait_for(warmed + (n * fanout) as u64, Duration::from_secs(300))
-                    .await
-            })
-            .await?;
-            let after = ceiling(&http, n * fanout, delivery_body.clone())
-                .await?
-                .rate;
-            // The machine drifts within seconds: the run is compared with the
-            // ceiling measured on either side of it.
-            let near = (before + after) / 2.0;
-            let (rate, busy) = ((n * fanout) as f64 / t.wall, t.busy());
+            // The machine drifts within seconds: each run is compared with
+            // the ceiling measured on either side of it, and the row shows
+            // the run with the median ratio of `repeat`, and their range.
+            let mut runs = Vec::with_capacity(repeat);
+            for i in 0..repeat {
+                let before = ceiling(&http, n * fanout, delivery_body.clone())
+                    .await?
+                    .rate;
+                let done = warmed + (i * n * fanout) as u64;
+                let commits = store_commits(&http, &engine).await?;
+                let (_, t) = timed(async {
+                    triggers(&http, &engine, n, &bodies, batched).await?;
+                    rx.wait_for(done + (n * fanout) as u64, Duration::from_secs(300))
+                        .await
+                })
+                .await?;
+                let after = ceiling(&http, n * fanout, delivery_body.clone())
+                    .await?
+                    .rate;
+                let per_commit = per_commit(commits, store_commits(&http, &engine).await?);
+                let rate = (n * fanout) as f64 / t.wall;
+                runs.push(EndToEnd {
+                    per_commit,
+                    rate,
+                    near: (before + after) / 2.0,
+                    busy: t.busy(),
+                    cpu_us: t.cpu_us_per(n * fanout),
+                });
+            }
+            runs.sort_by(|a, b| a.ratio().total_cmp(&b.ratio()));
+            let m = &runs[runs.len() / 2];
+            let range = if runs.len() > 1 {
+                format!(
+                    " ({:.1}–{:.1})",
+                    runs[0].ratio(),
+                    runs[runs.len() - 1].ratio()
+                )
+            } else {
+                String::new()
+            };
             println!(
-                "| {label} | {b} | {rate:.0} deliveries/s | {near:.0} requests/s | {:.1} % | {busy:.2} | {:.1} µs | | | |",
-                100.0 * rate / near,
-                t.cpu_us_per(n * fanout)
+                "| {label} | {b} | {:.0} deliveries/s | {:.0} requests/s | {:.1} %{range} | {:.2} | {:.1} µs | {} | | | |",
+                m.rate,
+                m.near,
+                m.ratio(),
+                m.busy,
+                m.cpu_us,
+                m.per_commit
             );
             engine.stop().await?;
         }
@@ -356,7 +412,7 @@ pub async fn http(events: usize, only: Option<&str>, rows: Option<&str>) -> anyh
         engine.webhook(&http, &rx.url, None).await?;
         let lat = steady(&http, &engine, &rx, 5, &body, async { Ok(()) }).await?;
         println!(
-            "| latency at 1,000 events/s (answer → arrival) | {b} | {} delivered | | | | | {} |",
+            "| latency at 1,000 events/s (answer → arrival) | {b} | {} delivered | | | | | | {} |",
             lat.len(),
             latency_cells(&lat)
         );

@@ -28,7 +28,7 @@ pub mod store;
 use config::Settings;
 use delivery::Deliverer;
 use delivery::client::HttpClient;
-use metrics::Metrics;
+use metrics::{Metrics, StoreMetrics};
 use plugin::PluginRuntime;
 use schedule::Schedule;
 use std::future::Future;
@@ -62,6 +62,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     // The store closes when its last user lets go; `closed` lets `run` wait for
     // that so the next run (or a test restarting the engine) can open it again.
+    let store_metrics = settings.redis_url.is_none().then(StoreMetrics::default);
     let (store, schedule, redis, closed): (Arc<dyn Store>, Arc<dyn Schedule>, _, _) =
         match &settings.redis_url {
             Some(url) => {
@@ -79,10 +80,11 @@ pub async fn run(
             }
             None => {
                 let embedded = Arc::new(
-                    EmbeddedStore::open(
+                    EmbeddedStore::open_with_metrics(
                         &settings.data_dir,
                         settings.retention,
                         settings.store_cache_bytes,
+                        store_metrics.clone().unwrap_or_default(),
                     )
                     .map_err(|e| {
                         anyhow::anyhow!(
@@ -95,7 +97,7 @@ pub async fn run(
                 (embedded.clone(), embedded, None, Some(closed))
             }
         };
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(Metrics::new(store_metrics.as_ref()));
     let plugins = Arc::new(
         PluginRuntime::new(settings.plugins.clone(), metrics.plugins.clone())
             .map_err(|e| anyhow::anyhow!("cannot start the plugin runtime: {e}"))?,

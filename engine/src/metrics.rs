@@ -34,6 +34,32 @@ pub struct PluginMetrics {
     pub idle_instances: Gauge,
 }
 
+/// What the embedded store's writer counts (it is opened before, and
+/// without, the rest). The Redis backend has none of these.
+#[derive(Clone)]
+pub struct StoreMetrics {
+    /// Group commits, each with its disk sync.
+    pub commits: Counter,
+    /// Group commits that failed (their writes were answered with an error).
+    pub failed_commits: Counter,
+    /// Writes (a trigger or batch, an attempt's result, a claim, an API
+    /// change) in the groups committed.
+    pub writes: Counter,
+    /// Time to commit one group, its disk sync included.
+    pub commit_seconds: Histogram,
+}
+
+impl Default for StoreMetrics {
+    fn default() -> Self {
+        StoreMetrics {
+            commits: Counter::default(),
+            failed_commits: Counter::default(),
+            writes: Counter::default(),
+            commit_seconds: Histogram::new(exponential_buckets(0.000_125, 2.0, 16)),
+        }
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     pub plugins: PluginMetrics,
@@ -50,6 +76,13 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
+        Metrics::new(None)
+    }
+}
+
+impl Metrics {
+    /// The engine's metrics, with the embedded store's when it has one.
+    pub fn new(store: Option<&StoreMetrics>) -> Self {
         let mut registry = Registry::with_prefix("wasmhook");
         let events_accepted = Counter::default();
         let events_replayed = Counter::default();
@@ -127,6 +160,28 @@ impl Default for Metrics {
             "Attempts that waited for a slot to their origin (origin_concurrency)",
             origin_waits.clone(),
         );
+        if let Some(store) = store {
+            registry.register(
+                "store_commits",
+                "Group commits of the embedded store, each with a disk sync",
+                store.commits.clone(),
+            );
+            registry.register(
+                "store_commit_failures",
+                "Group commits of the embedded store that failed (their writes were refused)",
+                store.failed_commits.clone(),
+            );
+            registry.register(
+                "store_writes",
+                "Writes (triggers, attempt results, claims, API changes) in the embedded store's committed groups",
+                store.writes.clone(),
+            );
+            registry.register(
+                "store_commit_duration_seconds",
+                "Time to commit one group of the embedded store, disk sync included",
+                store.commit_seconds.clone(),
+            );
+        }
         Metrics {
             registry,
             plugins,
@@ -141,9 +196,7 @@ impl Default for Metrics {
             origin_waits,
         }
     }
-}
 
-impl Metrics {
     /// The OpenMetrics text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();

@@ -425,14 +425,11 @@ async fn one_origin_gets_at_most_origin_concurrency_attempts_at_once() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(counts.1.load(Ordering::SeqCst), 2, "most in flight at once");
-    let metrics = engine.metrics().await;
-    let waits: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("wasmhook_origin_waits_total "))
-        .expect("origin waits are counted")
-        .parse()
-        .unwrap();
-    assert!(waits >= 4, "{waits} attempts waited");
+    let waits = engine
+        .metric("wasmhook_origin_waits_total")
+        .await
+        .expect("origin waits are counted");
+    assert!(waits >= 4.0, "{waits} attempts waited");
 }
 
 /// With no time left in the lease to wait for a slot, the attempt is not

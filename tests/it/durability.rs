@@ -1,5 +1,6 @@
 //! Restart durability: deliveries pending when the engine stops complete
-//! after it starts again on the same data directory.
+//! after it starts again on the same data directory; the embedded store's
+//! commit metrics.
 
 use crate::harness::{TestEngine, TestReceiver};
 use serde_json::json;
@@ -67,4 +68,43 @@ async fn accepted_events_survive_a_restart() {
     assert_eq!(event["data"]["firstName"], "Ada");
     engine.stop().await;
     drop(dir);
+}
+
+/// The embedded store counts its group commits, the writes they held and
+/// how long each took.
+#[tokio::test]
+async fn the_embedded_store_counts_its_commits() {
+    let engine = TestEngine::spawn().await;
+    let receiver = TestReceiver::spawn().await;
+    let key = engine.tenant("commits").await;
+    engine.webhook(&key, &receiver.url, json!({})).await;
+    let before = engine.metric("wasmhook_store_writes_total").await.unwrap();
+    for n in 0..10 {
+        engine.trigger(&key, "case.updated", json!({"n": n})).await;
+    }
+    receiver.wait_for(10, Duration::from_secs(10)).await;
+    // Each delivery's result is written after the receiver has answered.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let writes = loop {
+        let writes = engine.metric("wasmhook_store_writes_total").await.unwrap();
+        if writes - before >= 20.0 {
+            break writes;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{writes} writes");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let commits = engine.metric("wasmhook_store_commits_total").await.unwrap();
+    assert!(
+        commits >= 1.0 && commits <= writes,
+        "{commits} commits of {writes} writes"
+    );
+    let timed = engine
+        .metric("wasmhook_store_commit_duration_seconds_count")
+        .await
+        .unwrap();
+    assert_eq!(timed, commits, "every commit is timed");
+    assert_eq!(
+        engine.metric("wasmhook_store_commit_failures_total").await,
+        Some(0.0)
+    );
 }

@@ -121,6 +121,16 @@ impl TestEngine {
         }
     }
 
+    /// The value of one sample at `/metrics` (its name with any labels, as
+    /// the exposition writes it), if there is one.
+    pub async fn metric(&self, sample: &str) -> Option<f64> {
+        let metrics = self.metrics().await;
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+            .map(|v| v.parse().expect("a metric's value is a number"))
+    }
+
     /// The Prometheus text at `/metrics`.
     pub async fn metrics(&self) -> String {
         let url = format!("{}/metrics", self.url);

@@ -312,4 +312,6 @@ async fn engines_reconnect_after_redis_restarts() {
     }
     let all: HashSet<String> = before.union(&after).cloned().collect();
     wait_all_seen(&receiver, &all, Duration::from_secs(60)).await;
+    // The embedded store's commit metrics are not shown for Redis.
+    assert!(!engine.metrics().await.contains("wasmhook_store_"));
 }

@@ -26,6 +26,7 @@
 use super::record::{compact, decode as dec, json as enc};
 use super::{IdempotentAnswer, Ingested, NewEvent, Page, PluginUpload, Store, StoreError};
 use crate::ids::{DeliveryId, EventId, TenantId, WebhookId};
+use crate::metrics::StoreMetrics;
 use crate::model::{
     Attempt, Delivery, DeliveryStats, DeliveryStatus, Event, EventTypeSeen, PluginVersion, Tenant,
     Webhook,
@@ -152,6 +153,16 @@ impl EmbeddedStore {
         retention: std::time::Duration,
         cache_bytes: usize,
     ) -> Result<Self, StoreError> {
+        Self::open_with_metrics(dir, retention, cache_bytes, StoreMetrics::default())
+    }
+
+    /// [`Self::open`], counting the writer's commits in `metrics`.
+    pub fn open_with_metrics(
+        dir: &Path,
+        retention: std::time::Duration,
+        cache_bytes: usize,
+        metrics: StoreMetrics,
+    ) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Storage(redb::Error::Io(e)))?;
         let db = Database::builder()
             .set_cache_size(cache_bytes)
@@ -193,7 +204,7 @@ impl EmbeddedStore {
         let writer_db = db.clone();
         let writer_thread = std::thread::Builder::new()
             .name("wasmhook-store-writer".into())
-            .spawn(move || write_loop(&writer_db, rx))
+            .spawn(move || write_loop(&writer_db, rx, &metrics))
             .map_err(|e| StoreError::Storage(redb::Error::Io(e)))?;
         Ok(EmbeddedStore {
             db,
@@ -263,7 +274,7 @@ impl Drop for EmbeddedStore {
     }
 }
 
-fn write_loop(db: &Database, mut rx: mpsc::Receiver<Op>) {
+fn write_loop(db: &Database, mut rx: mpsc::Receiver<Op>, metrics: &StoreMetrics) {
     while let Some(first) = rx.blocking_recv() {
         let mut ops = vec![first];
         while ops.len() < MAX_GROUP {
@@ -281,14 +292,25 @@ fn write_loop(db: &Database, mut rx: mpsc::Receiver<Op>) {
                 let done: Vec<Done> = ops.into_iter().map(|op| op(Some(&mut batch))).collect();
                 let flushed = flush_pending(&mut batch);
                 drop(batch);
+                let started = std::time::Instant::now();
                 let committed = match flushed {
                     Ok(()) => txn.commit().map_err(|e| e.to_string()),
                     // Dropping the transaction aborts it: nothing is half-counted.
                     Err(e) => Err(format!("writing counters: {e}")),
                 };
-                if let Err(e) = &committed {
-                    tracing::error!(error = %e, "store commit failed");
-                    forget_event_leases();
+                match &committed {
+                    Ok(()) => {
+                        metrics.commits.inc();
+                        metrics.writes.inc_by(done.len() as u64);
+                        metrics
+                            .commit_seconds
+                            .observe(started.elapsed().as_secs_f64());
+                    }
+                    Err(e) => {
+                        metrics.failed_commits.inc();
+                        tracing::error!(error = %e, "store commit failed");
+                        forget_event_leases();
+                    }
                 }
                 for d in done {
                     d(committed.clone());
