@@ -21,7 +21,8 @@
 //! batch and written once each just before the commit. The tables that triggers,
 //! attempts and claims write ([`Hot`]) are opened once per batch and stay
 //! open while such writes follow each other; any other write closes them
-//! first.
+//! first. The writer counts its commits, the writes they held and how long
+//! each commit took ([`StoreMetrics`]).
 
 use super::record::{compact, decode as dec, json as enc};
 use super::{IdempotentAnswer, Ingested, NewEvent, Page, PluginUpload, Store, StoreError};
