@@ -183,6 +183,36 @@ pub async fn store_commits(http: &Http, engine: &Engine) -> anyhow::Result<Optio
     Ok(value("wasmhook_store_commits_total").zip(value("wasmhook_store_writes_total")))
 }
 
+/// CPU time the embedded store's writer thread has used so far (it is named
+/// `wasmhook-store-writer`, which the kernel cuts to 15 bytes), from its
+/// scheduler statistics in nanoseconds; none with Redis.
+pub fn writer_cpu() -> Option<Duration> {
+    let mut total = None;
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let path = task.path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if !comm.starts_with("wasmhook-store") {
+            continue;
+        }
+        let ns: Option<u64> = std::fs::read_to_string(path.join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok());
+        if let Some(ns) = ns {
+            *total.get_or_insert(Duration::ZERO) += Duration::from_nanos(ns);
+        }
+    }
+    total
+}
+
+/// Microseconds of writer CPU per item between two [`writer_cpu`] readings,
+/// as a table cell.
+pub fn writer_us_per(before: Option<Duration>, after: Option<Duration>, n: usize) -> String {
+    match (before, after) {
+        (Some(b), Some(a)) => format!("{:.1} µs", (a - b).as_secs_f64() * 1e6 / n as f64),
+        _ => String::new(),
+    }
+}
+
 /// Writes per commit between two [`store_commits`] readings, as a table cell.
 pub fn per_commit(before: Option<(f64, f64)>, after: Option<(f64, f64)>) -> String {
     match (before, after) {

@@ -3,7 +3,7 @@
 
 use crate::harness::{
     Backend, Engine, Http, Receiver, cpu_time, payload, per_commit, percentile, post, run_many,
-    store_commits,
+    store_commits, writer_cpu, writer_us_per,
 };
 use bytes::Bytes;
 use serde_json::value::RawValue;
@@ -226,6 +226,8 @@ struct EndToEnd {
     rate: f64,
     /// Store writes per group commit during the run (embedded store only).
     per_commit: String,
+    /// The store writer thread's CPU per delivery (embedded store only).
+    writer: String,
     /// The ceiling around it: the mean of the runs right before and after.
     near: f64,
     busy: f64,
@@ -277,9 +279,9 @@ pub async fn http(
     );
     println!("### Ingest, end to end, latency\n");
     println!(
-        "| scenario | backend | result | ceiling around it | vs ceiling | cores busy | CPU per event or delivery | store writes per commit | p50 | p99 | max |"
+        "| scenario | backend | result | ceiling around it | vs ceiling | cores busy | CPU per event or delivery | store writes per commit | store writer's CPU per event or delivery | p50 | p99 | max |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for backend in [Backend::Embedded, Backend::Redis] {
         let b = backend.name();
         if only.is_some_and(|o| o != b) {
@@ -300,13 +302,14 @@ pub async fn http(
                 continue;
             }
             let engine = Engine::start(backend, &http).await?;
-            let commits = store_commits(&http, &engine).await?;
+            let (commits, writer) = (store_commits(&http, &engine).await?, writer_cpu());
             let (mut times, t) = timed(triggers(&http, &engine, events, &bodies, batched)).await?;
+            let writer = writer_us_per(writer, writer_cpu(), events);
             let per_commit = per_commit(commits, store_commits(&http, &engine).await?);
             let (rate, busy) = (events as f64 / t.wall, t.busy());
             times.sort();
             println!(
-                "| {label} | {b} | {rate:.0} events/s | | | {busy:.2} | {:.1} µs | {per_commit} | {} |",
+                "| {label} | {b} | {rate:.0} events/s | | | {busy:.2} | {:.1} µs | {per_commit} | {writer} | {} |",
                 t.cpu_us_per(events),
                 latency_cells(&times)
             );
@@ -360,7 +363,7 @@ pub async fn http(
                     .await?
                     .rate;
                 let done = warmed + (i * n * fanout) as u64;
-                let commits = store_commits(&http, &engine).await?;
+                let (commits, writer) = (store_commits(&http, &engine).await?, writer_cpu());
                 let (_, t) = timed(async {
                     triggers(&http, &engine, n, &bodies, batched).await?;
                     rx.wait_for(done + (n * fanout) as u64, Duration::from_secs(300))
@@ -370,10 +373,12 @@ pub async fn http(
                 let after = ceiling(&http, n * fanout, delivery_body.clone())
                     .await?
                     .rate;
+                let writer = writer_us_per(writer, writer_cpu(), n * fanout);
                 let per_commit = per_commit(commits, store_commits(&http, &engine).await?);
                 let rate = (n * fanout) as f64 / t.wall;
                 runs.push(EndToEnd {
                     per_commit,
+                    writer,
                     rate,
                     near: (before + after) / 2.0,
                     busy: t.busy(),
@@ -392,13 +397,14 @@ pub async fn http(
                 String::new()
             };
             println!(
-                "| {label} | {b} | {:.0} deliveries/s | {:.0} requests/s | {:.1} %{range} | {:.2} | {:.1} µs | {} | | | |",
+                "| {label} | {b} | {:.0} deliveries/s | {:.0} requests/s | {:.1} %{range} | {:.2} | {:.1} µs | {} | {} | | | |",
                 m.rate,
                 m.near,
                 m.ratio(),
                 m.busy,
                 m.cpu_us,
-                m.per_commit
+                m.per_commit,
+                m.writer
             );
             engine.stop().await?;
         }
@@ -412,7 +418,7 @@ pub async fn http(
         engine.webhook(&http, &rx.url, None).await?;
         let lat = steady(&http, &engine, &rx, 5, &body, async { Ok(()) }).await?;
         println!(
-            "| latency at 1,000 events/s (answer → arrival) | {b} | {} delivered | | | | | | {} |",
+            "| latency at 1,000 events/s (answer → arrival) | {b} | {} delivered | | | | | | | {} |",
             lat.len(),
             latency_cells(&lat)
         );
