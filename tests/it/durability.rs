@@ -2,7 +2,7 @@
 //! after it starts again on the same data directory; the embedded store's
 //! commit metrics.
 
-use crate::harness::{TestEngine, TestReceiver};
+use crate::harness::{TestEngine, TestReceiver, sample};
 use serde_json::json;
 use std::time::Duration;
 
@@ -84,27 +84,30 @@ async fn the_embedded_store_counts_its_commits() {
     }
     receiver.wait_for(10, Duration::from_secs(10)).await;
     // Each delivery's result is written after the receiver has answered.
+    // One scrape per look, so that its samples agree with each other.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let writes = loop {
-        let writes = engine.metric("wasmhook_store_writes_total").await.unwrap();
+    let metrics = loop {
+        let metrics = engine.metrics().await;
+        let writes = sample(&metrics, "wasmhook_store_writes_total").unwrap();
         if writes - before >= 20.0 {
-            break writes;
+            break metrics;
         }
         assert!(tokio::time::Instant::now() < deadline, "{writes} writes");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let commits = engine.metric("wasmhook_store_commits_total").await.unwrap();
+    let value = |name| sample(&metrics, name).unwrap();
+    let (writes, commits) = (
+        value("wasmhook_store_writes_total"),
+        value("wasmhook_store_commits_total"),
+    );
     assert!(
         commits >= 1.0 && commits <= writes,
         "{commits} commits of {writes} writes"
     );
-    let timed = engine
-        .metric("wasmhook_store_commit_duration_seconds_count")
-        .await
-        .unwrap();
-    assert_eq!(timed, commits, "every commit is timed");
     assert_eq!(
-        engine.metric("wasmhook_store_commit_failures_total").await,
-        Some(0.0)
+        value("wasmhook_store_commit_duration_seconds_count"),
+        commits,
+        "every commit is timed"
     );
+    assert_eq!(value("wasmhook_store_commit_failures_total"), 0.0);
 }

@@ -24,6 +24,15 @@ pub struct TestEngine {
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
+/// The value of one sample in a `/metrics` text (its name with any labels,
+/// as the exposition writes it), if there is one.
+pub fn sample(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .map(|v| v.parse().expect("a metric's value is a number"))
+}
+
 impl TestEngine {
     pub async fn spawn() -> TestEngine {
         let dir = tempfile::tempdir().unwrap();
@@ -121,17 +130,13 @@ impl TestEngine {
         }
     }
 
-    /// The value of one sample at `/metrics` (its name with any labels, as
-    /// the exposition writes it), if there is one.
-    pub async fn metric(&self, sample: &str) -> Option<f64> {
-        let metrics = self.metrics().await;
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
-            .map(|v| v.parse().expect("a metric's value is a number"))
+    /// The value of one sample at `/metrics` (see [`sample`]).
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        sample(&self.metrics().await, name)
     }
 
-    /// The Prometheus text at `/metrics`.
+    /// The Prometheus text at `/metrics` (one scrape, so the samples in it
+    /// agree with each other).
     pub async fn metrics(&self) -> String {
         let url = format!("{}/metrics", self.url);
         self.http
