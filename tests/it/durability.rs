@@ -111,3 +111,33 @@ async fn the_embedded_store_counts_its_commits() {
     );
     assert_eq!(value("wasmhook_store_commit_failures_total"), 0.0);
 }
+
+/// A delivery whose outcome is final does not wait for its record to be
+/// durable (`Store::finish_final`). Stopping the engine right after the
+/// receiver has them all still writes every record, so after a restart each
+/// delivery is `succeeded` and none is sent again.
+#[tokio::test]
+async fn final_outcomes_recorded_just_before_a_stop_survive_it() {
+    let engine = TestEngine::spawn().await;
+    let receiver = TestReceiver::spawn().await;
+    let key = engine.tenant("final").await;
+    let hook = engine.webhook(&key, &receiver.url, json!({})).await;
+    for n in 0..20 {
+        engine.trigger(&key, "case.updated", json!({"n": n})).await;
+    }
+    receiver.wait_for(20, Duration::from_secs(10)).await;
+    let (dir, data_dir) = engine.stop().await;
+
+    let engine = TestEngine::spawn_in(&data_dir).await;
+    let hook_id = hook["id"].as_str().unwrap();
+    let (_, stats) = engine
+        .get(&format!("/api/webhooks/{hook_id}/stats"), &key)
+        .await;
+    assert_eq!(stats["succeeded"], 20, "{stats}");
+    assert_eq!(stats["pending"], 0, "{stats}");
+    // Nothing comes due again after the restart.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(receiver.received().len(), 20);
+    engine.stop().await;
+    drop(dir);
+}

@@ -7,7 +7,10 @@
 //! once), and a dispatcher claims whatever the schedule says is due (retries,
 //! manual retries, and leases that ran out). An attempt shapes its request,
 //! then takes a slot to its webhook's origin ([`origins`]), holds it while
-//! sending, and records its result after giving it back. A fresh event's
+//! sending, and records its result after giving it back. A final result
+//! (succeeded, failed, skipped) is handed to the store without waiting for
+//! it to be durable (`Store::finish_final`); a retry's is waited for, so the
+//! dispatcher, woken then, sees it. A fresh event's
 //! deliveries to several webhooks with the same plugin are shaped by one
 //! plugin call ([`shared`]). A delivery is
 //! attempted by one task at a time in this process; across a crash it may be
@@ -334,11 +337,14 @@ impl Deliverer {
             })
             .inc();
         self.count_final(delivery.status);
-        let retry_scheduled = delivery.next_attempt_at_ms.is_some();
-        self.store.finish_attempt(delivery, Some(attempt)).await?;
-        if retry_scheduled {
-            // The dispatcher may be sleeping past this retry's due time.
+        if delivery.next_attempt_at_ms.is_some() {
+            self.store.finish_attempt(delivery, Some(attempt)).await?;
+            // The dispatcher may be sleeping past this retry's due time; it
+            // sees the retry once the write is durable.
             self.wake();
+        } else {
+            // Nothing waits for a final outcome's record (see `finish_final`).
+            self.store.finish_final(delivery, Some(attempt)).await;
         }
         if gone {
             self.disable(&webhook, "receiver answered 410 Gone").await?;

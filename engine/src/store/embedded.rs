@@ -5,8 +5,11 @@
 //! thread, which runs all closures waiting at that moment in a single
 //! transaction and commits it with an fsync, then answers each caller. A caller
 //! therefore hears back only once its write is durable, and a burst of
-//! triggers costs one disk sync, not one each. Reads use redb's MVCC read
-//! transactions and never wait for the writer.
+//! triggers costs one disk sync, not one each. The one exception is an
+//! attempt's final result ([`Store::finish_final`]): the attempt hands it to
+//! the writer and ends, and the writer logs a failure; the writer finishes
+//! every write it was handed before the store closes. Reads use redb's MVCC
+//! read transactions and never wait for the writer.
 //!
 //! Records are JSON, but deliveries and attempts are compact binary
 //! ([`super::record`]). They are encoded on the caller's thread where they
@@ -477,6 +480,53 @@ fn write_delivery(
         .map_err(redb::Error::from)?;
     moved(hot, from, d)?;
     Ok(())
+}
+
+/// The write that records the end of an attempt (see
+/// [`Store::finish_attempt`]), encoded here, on the caller's thread: the
+/// writer only checks and inserts.
+fn finishing(
+    delivery: Delivery,
+    attempt: Option<Attempt>,
+) -> impl FnOnce(&mut Hot<'_>) -> Result<(), StoreError> + Send + 'static {
+    let bytes = compact(&delivery);
+    let attempt = attempt.map(|a| {
+        let encoded = compact(&a);
+        (a, encoded)
+    });
+    move |hot| {
+        // A first attempt's delivery is usually still as the trigger wrote
+        // it, which the writer knows without reading it back.
+        let (previous_status, from) = match known_fresh_slot(&delivery) {
+            Some(due) => (DeliveryStatus::Pending, Some(due)),
+            None => {
+                let previous: Option<Delivery> = get_json(&hot.deliveries, delivery.id.as_str())?;
+                let previous = previous.ok_or(StoreError::NotFound("delivery"))?;
+                (previous.status, slot(&previous))
+            }
+        };
+        if let Some((a, encoded)) = &attempt {
+            hot.attempts
+                .insert((a.delivery_id.as_str(), a.attempt), encoded.as_slice())
+                .map_err(redb::Error::from)?;
+        }
+        update_stats(
+            hot,
+            delivery.tenant.as_str(),
+            delivery.webhook_id.as_str(),
+            |s| {
+                if previous_status != delivery.status {
+                    s.count(previous_status, -1);
+                    s.count(delivery.status, 1);
+                }
+                if let Some((a, _)) = &attempt {
+                    s.attempts += 1;
+                    s.attempt_duration_ms_total += a.duration_ms;
+                }
+            },
+        )?;
+        write_delivery(hot, from, &delivery, &bytes)
+    }
 }
 
 fn tenant_webhooks(
@@ -977,47 +1027,33 @@ impl Store for EmbeddedStore {
         delivery: Delivery,
         attempt: Option<Attempt>,
     ) -> Result<(), StoreError> {
-        // Encoded here, on the caller's thread: the writer only checks and inserts.
-        let bytes = compact(&delivery);
-        let attempt = attempt.map(|a| {
-            let encoded = compact(&a);
-            (a, encoded)
-        });
-        self.write_hot(move |hot| {
-            // A first attempt's delivery is usually still as the trigger wrote
-            // it, which the writer knows without reading it back.
-            let (previous_status, from) = match known_fresh_slot(&delivery) {
-                Some(due) => (DeliveryStatus::Pending, Some(due)),
-                None => {
-                    let previous: Option<Delivery> =
-                        get_json(&hot.deliveries, delivery.id.as_str())?;
-                    let previous = previous.ok_or(StoreError::NotFound("delivery"))?;
-                    (previous.status, slot(&previous))
-                }
+        self.write_hot(finishing(delivery, attempt)).await
+    }
+
+    /// Hands the write to the writer and returns: the caller does not wait
+    /// for its group commit, and a failure is logged there.
+    async fn finish_final(&self, delivery: Delivery, attempt: Option<Attempt>) {
+        let id = delivery.id.clone();
+        let logged = id.clone();
+        let write = finishing(delivery, attempt);
+        let run: Op = Box::new(move |batch| {
+            let result = match batch {
+                Some(batch) => batch.hot().map_err(StoreError::from).and_then(write),
+                None => Err(StoreError::Closed),
             };
-            if let Some((a, encoded)) = &attempt {
-                hot.attempts
-                    .insert((a.delivery_id.as_str(), a.attempt), encoded.as_slice())
-                    .map_err(redb::Error::from)?;
-            }
-            update_stats(
-                hot,
-                delivery.tenant.as_str(),
-                delivery.webhook_id.as_str(),
-                |s| {
-                    if previous_status != delivery.status {
-                        s.count(previous_status, -1);
-                        s.count(delivery.status, 1);
-                    }
-                    if let Some((a, _)) = &attempt {
-                        s.attempts += 1;
-                        s.attempt_duration_ms_total += a.duration_ms;
-                    }
-                },
-            )?;
-            write_delivery(hot, from, &delivery, &bytes)
-        })
-        .await
+            Box::new(move |committed: Result<(), String>| {
+                if let Err(e) = committed.map_err(StoreError::Commit).and(result) {
+                    tracing::error!(delivery = %logged, error = %e, "recording a delivery attempt failed; it is retried when its lease ends");
+                }
+            })
+        });
+        let sent = match &self.writer {
+            Some(writer) => writer.send(run).await.is_ok(),
+            None => false,
+        };
+        if !sent {
+            tracing::error!(delivery = %id, "recording a delivery attempt failed: the store is shutting down; it is retried when its lease ends");
+        }
     }
 
     async fn retry_delivery(

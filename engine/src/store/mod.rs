@@ -335,6 +335,19 @@ pub trait Store: Send + Sync + 'static {
         delivery: Delivery,
         attempt: Option<Attempt>,
     ) -> Result<(), StoreError>;
+    /// [`Store::finish_attempt`] for a delivery whose outcome is final (no
+    /// retry follows, so nothing waits for its record): a backend may return
+    /// once the write is queued, before it is durable, which frees the
+    /// attempt's task at once; a failure is logged, not returned. What may
+    /// happen twice: if the process dies before the write is durable, the
+    /// delivery's lease brings it back and it is sent again, as for an
+    /// attempt cut off by a crash while it ran.
+    async fn finish_final(&self, delivery: Delivery, attempt: Option<Attempt>) {
+        let id = delivery.id.clone();
+        if let Err(e) = self.finish_attempt(delivery, attempt).await {
+            tracing::error!(delivery = %id, error = %e, "recording a delivery attempt failed; it is retried when its lease ends");
+        }
+    }
     /// Makes a finished delivery pending again, due now (manual retry).
     async fn retry_delivery(
         &self,
