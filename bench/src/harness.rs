@@ -164,29 +164,56 @@ pub async fn get_json(http: &Http, url: &str, token: &str) -> anyhow::Result<Val
     )?)
 }
 
-/// The embedded store's group commits and the writes they held so far, from
-/// the engine's `/metrics` (none with Redis).
-pub async fn store_commits(http: &Http, engine: &Engine) -> anyhow::Result<Option<(f64, f64)>> {
-    let req = Request::get(format!("{}/metrics", engine.url)).body(Full::new(Bytes::new()))?;
-    let text = http
-        .request(req)
-        .await?
-        .into_body()
-        .collect()
-        .await?
-        .to_bytes();
-    let text = String::from_utf8_lossy(&text);
-    let value = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-    };
-    Ok(value("wasmhook_store_commits_total").zip(value("wasmhook_store_writes_total")))
+/// What the embedded store has done so far (none of it with Redis): its
+/// group commits and the writes they held, from the engine's `/metrics`,
+/// and the CPU time of its writer thread.
+pub struct StoreReading {
+    commits: Option<(f64, f64)>,
+    writer_cpu: Option<Duration>,
+}
+
+impl StoreReading {
+    pub async fn take(http: &Http, engine: &Engine) -> anyhow::Result<StoreReading> {
+        let req = Request::get(format!("{}/metrics", engine.url)).body(Full::new(Bytes::new()))?;
+        let text = http
+            .request(req)
+            .await?
+            .into_body()
+            .collect()
+            .await?
+            .to_bytes();
+        let text = String::from_utf8_lossy(&text);
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        };
+        Ok(StoreReading {
+            commits: value("wasmhook_store_commits_total")
+                .zip(value("wasmhook_store_writes_total")),
+            writer_cpu: writer_cpu(),
+        })
+    }
+
+    /// Table cells for what happened since `before`, over `n` events or
+    /// deliveries: writes per commit, and the writer's CPU per item (empty
+    /// with Redis).
+    pub fn since(&self, before: &StoreReading, n: usize) -> (String, String) {
+        let per_commit = match (before.commits, self.commits) {
+            (Some((c0, w0)), Some((c1, w1))) if c1 > c0 => format!("{:.0}", (w1 - w0) / (c1 - c0)),
+            _ => String::new(),
+        };
+        let writer = match (before.writer_cpu, self.writer_cpu) {
+            (Some(b), Some(a)) => format!("{:.1} µs", (a - b).as_secs_f64() * 1e6 / n as f64),
+            _ => String::new(),
+        };
+        (per_commit, writer)
+    }
 }
 
 /// CPU time the embedded store's writer thread has used so far (it is named
 /// `wasmhook-store-writer`, which the kernel cuts to 15 bytes), from its
 /// scheduler statistics in nanoseconds; none with Redis.
-pub fn writer_cpu() -> Option<Duration> {
+fn writer_cpu() -> Option<Duration> {
     let mut total = None;
     for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
         let path = task.path();
@@ -202,23 +229,6 @@ pub fn writer_cpu() -> Option<Duration> {
         }
     }
     total
-}
-
-/// Microseconds of writer CPU per item between two [`writer_cpu`] readings,
-/// as a table cell.
-pub fn writer_us_per(before: Option<Duration>, after: Option<Duration>, n: usize) -> String {
-    match (before, after) {
-        (Some(b), Some(a)) => format!("{:.1} µs", (a - b).as_secs_f64() * 1e6 / n as f64),
-        _ => String::new(),
-    }
-}
-
-/// Writes per commit between two [`store_commits`] readings, as a table cell.
-pub fn per_commit(before: Option<(f64, f64)>, after: Option<(f64, f64)>) -> String {
-    match (before, after) {
-        (Some((c0, w0)), Some((c1, w1))) if c1 > c0 => format!("{:.0}", (w1 - w0) / (c1 - c0)),
-        _ => String::new(),
-    }
 }
 
 /// Runs `n` jobs, `concurrency` at a time; returns each job's duration.

@@ -2,8 +2,7 @@
 //! the in-process plugin overhead.
 
 use crate::harness::{
-    Backend, Engine, Http, Receiver, cpu_time, payload, per_commit, percentile, post, run_many,
-    store_commits, writer_cpu, writer_us_per,
+    Backend, Engine, Http, Receiver, StoreReading, cpu_time, payload, percentile, post, run_many,
 };
 use bytes::Bytes;
 use serde_json::value::RawValue;
@@ -336,10 +335,11 @@ pub async fn http(
                 continue;
             }
             let engine = Engine::start(backend, &http).await?;
-            let (commits, writer) = (store_commits(&http, &engine).await?, writer_cpu());
+            let store = StoreReading::take(&http, &engine).await?;
             let (mut times, t) = timed(triggers(&http, &engine, events, &bodies, batched)).await?;
-            let writer = writer_us_per(writer, writer_cpu(), events);
-            let per_commit = per_commit(commits, store_commits(&http, &engine).await?);
+            let (per_commit, writer) = StoreReading::take(&http, &engine)
+                .await?
+                .since(&store, events);
             let (rate, busy) = (events as f64 / t.wall, t.busy());
             times.sort();
             println!(
@@ -395,16 +395,17 @@ pub async fn http(
             for i in 0..repeat {
                 let before = ceiling(&http, n * fanout, &delivery).await?.rate;
                 let done = warmed + (i * n * fanout) as u64;
-                let (commits, writer) = (store_commits(&http, &engine).await?, writer_cpu());
+                let store = StoreReading::take(&http, &engine).await?;
                 let (_, t) = timed(async {
                     triggers(&http, &engine, n, &bodies, batched).await?;
                     rx.wait_for(done + (n * fanout) as u64, Duration::from_secs(300))
                         .await
                 })
                 .await?;
+                let (per_commit, writer) = StoreReading::take(&http, &engine)
+                    .await?
+                    .since(&store, n * fanout);
                 let after = ceiling(&http, n * fanout, &delivery).await?.rate;
-                let writer = writer_us_per(writer, writer_cpu(), n * fanout);
-                let per_commit = per_commit(commits, store_commits(&http, &engine).await?);
                 let rate = (n * fanout) as f64 / t.wall;
                 runs.push(EndToEnd {
                     per_commit,

@@ -62,7 +62,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     // The store closes when its last user lets go; `closed` lets `run` wait for
     // that so the next run (or a test restarting the engine) can open it again.
-    let store_metrics = settings.redis_url.is_none().then(StoreMetrics::default);
+    let store_metrics = StoreMetrics::default();
     let (store, schedule, redis, closed): (Arc<dyn Store>, Arc<dyn Schedule>, _, _) =
         match &settings.redis_url {
             Some(url) => {
@@ -84,7 +84,7 @@ pub async fn run(
                         &settings.data_dir,
                         settings.retention,
                         settings.store_cache_bytes,
-                        store_metrics.clone().unwrap_or_default(),
+                        store_metrics.clone(),
                     )
                     .map_err(|e| {
                         anyhow::anyhow!(
@@ -97,7 +97,9 @@ pub async fn run(
                 (embedded.clone(), embedded, None, Some(closed))
             }
         };
-    let metrics = Arc::new(Metrics::new(store_metrics.as_ref()));
+    // The store's metrics are shown only when it is the embedded one.
+    let shown = settings.redis_url.is_none().then_some(&store_metrics);
+    let metrics = Arc::new(Metrics::new(shown));
     let plugins = Arc::new(
         PluginRuntime::new(settings.plugins.clone(), metrics.plugins.clone())
             .map_err(|e| anyhow::anyhow!("cannot start the plugin runtime: {e}"))?,

@@ -225,7 +225,7 @@ impl Deliverer {
                 Job::Fresh(fresh) => fresh.delivery.id.clone(),
             };
             if let Err(e) = self.attempt(job).await {
-                tracing::error!(delivery = %id, error = %e, "recording a delivery attempt failed; it is retried when its lease ends");
+                crate::store::unrecorded(&id, &e);
             }
             self.metrics.in_flight.dec();
             drop(permit);

@@ -244,18 +244,32 @@ impl EmbeddedStore {
         f: impl FnOnce(&mut Batch<'_>) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
         let (tx, rx) = oneshot::channel();
+        self.queue(f, move |outcome| {
+            let _ = tx.send(outcome);
+        })
+        .await?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Hands `f` to the writer, to run in the next group transaction; once
+    /// that is committed (or failed), `answer` gets the outcome. Returns as
+    /// soon as the writer has it.
+    async fn queue<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Batch<'_>) -> Result<R, StoreError> + Send + 'static,
+        answer: impl FnOnce(Result<R, StoreError>) + Send + 'static,
+    ) -> Result<(), StoreError> {
         let op: Op = Box::new(move |batch| {
             let result = match batch {
                 Some(batch) => f(batch),
                 None => Err(StoreError::Closed),
             };
             Box::new(move |committed: Result<(), String>| {
-                let _ = tx.send(committed.map_err(StoreError::Commit).and(result));
+                answer(committed.map_err(StoreError::Commit).and(result));
             })
         });
         let writer = self.writer.as_ref().ok_or(StoreError::Closed)?;
-        writer.send(op).await.map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        writer.send(op).await.map_err(|_| StoreError::Closed)
     }
 
     fn read<R>(
@@ -1034,25 +1048,20 @@ impl Store for EmbeddedStore {
     /// for its group commit, and a failure is logged there.
     async fn finish_final(&self, delivery: Delivery, attempt: Option<Attempt>) {
         let id = delivery.id.clone();
-        let logged = id.clone();
         let write = finishing(delivery, attempt);
-        let run: Op = Box::new(move |batch| {
-            let result = match batch {
-                Some(batch) => batch.hot().map_err(StoreError::from).and_then(write),
-                None => Err(StoreError::Closed),
-            };
-            Box::new(move |committed: Result<(), String>| {
-                if let Err(e) = committed.map_err(StoreError::Commit).and(result) {
-                    tracing::error!(delivery = %logged, error = %e, "recording a delivery attempt failed; it is retried when its lease ends");
-                }
-            })
-        });
-        let sent = match &self.writer {
-            Some(writer) => writer.send(run).await.is_ok(),
-            None => false,
-        };
-        if !sent {
-            tracing::error!(delivery = %id, "recording a delivery attempt failed: the store is shutting down; it is retried when its lease ends");
+        let logged = id.clone();
+        let queued = self
+            .queue(
+                move |batch| write(batch.hot()?),
+                move |outcome| {
+                    if let Err(e) = outcome {
+                        super::unrecorded(&logged, &e);
+                    }
+                },
+            )
+            .await;
+        if let Err(e) = queued {
+            super::unrecorded(&id, &e);
         }
     }
 

@@ -145,6 +145,12 @@ pub fn new_delivery(event: &Event, webhook: &Webhook, due_at_ms: u64) -> Deliver
     }
 }
 
+/// Logs that an attempt's end could not be recorded: the delivery stays
+/// leased and goes out again when its lease ends.
+pub fn unrecorded(delivery: &DeliveryId, error: &StoreError) {
+    tracing::error!(delivery = %delivery, error = %error, "recording a delivery attempt failed; it is retried when its lease ends");
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("storage: {0}")]
@@ -345,7 +351,7 @@ pub trait Store: Send + Sync + 'static {
     async fn finish_final(&self, delivery: Delivery, attempt: Option<Attempt>) {
         let id = delivery.id.clone();
         if let Err(e) = self.finish_attempt(delivery, attempt).await {
-            tracing::error!(delivery = %id, error = %e, "recording a delivery attempt failed; it is retried when its lease ends");
+            unrecorded(&id, &e);
         }
     }
     /// Makes a finished delivery pending again, due now (manual retry).
