@@ -346,6 +346,15 @@ pub struct Engine {
 
 impl Engine {
     pub async fn start(backend: Backend, http: &Http) -> anyhow::Result<Engine> {
+        Self::start_with(backend, http, |_| {}).await
+    }
+
+    /// [`Engine::start`] with the bench's settings changed by `change`.
+    pub async fn start_with(
+        backend: Backend,
+        http: &Http,
+        change: impl FnOnce(&mut wasmhook::config::RawConfig),
+    ) -> anyhow::Result<Engine> {
         let dir = tempfile::tempdir()?;
         let redis = match backend {
             Backend::Embedded => None,
@@ -359,6 +368,8 @@ impl Engine {
             plugin_timeout_ms: 1000,
             ..Default::default()
         };
+        let mut raw = raw;
+        change(&mut raw);
         let settings = raw.validate()?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);

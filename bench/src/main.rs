@@ -57,6 +57,16 @@ enum Scenario {
         #[arg(long)]
         backend: Option<String>,
     },
+    /// The fan-out 10 default-format row alone, no ceiling: a workload for
+    /// `perf` or callgrind (see BENCHMARKS.md, "Counting instructions").
+    Workload {
+        /// Events per round (each delivered to 10 webhooks).
+        #[arg(long, default_value_t = 2_000)]
+        events: usize,
+        /// Rounds on the same engine; the first pays for first-touch memory.
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
+    },
     /// Claims per second from the schedule (both backends).
     Claims {
         /// Deliveries made due at once.
@@ -91,6 +101,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Tenants { tenants, backend } => {
                 scenarios::tenants(tenants, backend.as_deref()).await
             }
+            Scenario::Workload { events, rounds } => scenarios::workload(events, rounds).await,
             Scenario::Claims { deliveries } => claims::run(deliveries).await,
         }
     })

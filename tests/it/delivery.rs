@@ -61,6 +61,58 @@ async fn readme_walkthrough_delivers_a_signed_event() {
     assert_eq!(event["data"]["totalAmount"], 1250.5);
 }
 
+/// The default format's body is made once per event and shared by its
+/// deliveries; each is still signed with its own webhook's secret, over
+/// its own delivery id.
+#[tokio::test]
+async fn an_events_default_deliveries_share_one_body_each_signed_for_its_webhook() {
+    let engine = TestEngine::spawn().await;
+    let key = engine.tenant("erp").await;
+    let receivers = [
+        TestReceiver::spawn().await,
+        TestReceiver::spawn().await,
+        TestReceiver::spawn().await,
+    ];
+    let mut secrets = Vec::new();
+    for rx in &receivers {
+        let hook = engine
+            .webhook(&key, &rx.url, json!({"events": ["invoice.paid"]}))
+            .await;
+        secrets.push(hook["secret"].as_str().unwrap().to_owned());
+    }
+    let answer = engine
+        .trigger(
+            &key,
+            "invoice.paid",
+            json!({"total": 1250.5, "lines": [1, 2]}),
+        )
+        .await;
+    assert_eq!(answer["deliveries"], 3);
+    let mut bodies = Vec::new();
+    let mut ids = Vec::new();
+    for (rx, secret) in receivers.iter().zip(&secrets) {
+        let got = rx.wait_for(1, WAIT).await;
+        verify_standard(secret, &got[0]);
+        for other in secrets.iter().filter(|s| *s != secret) {
+            let with_other = standardwebhooks::Webhook::new(other).unwrap();
+            assert!(
+                with_other.verify(&got[0].body, &got[0].headers).is_err(),
+                "signed with another webhook's secret"
+            );
+        }
+        assert_eq!(got[0].json()["data"]["total"], 1250.5);
+        bodies.push(got[0].body.clone());
+        ids.push(got[0].header("webhook-id").to_owned());
+    }
+    assert!(
+        bodies.iter().all(|b| *b == bodies[0]),
+        "one body for the event"
+    );
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "each delivery has its own id");
+}
+
 #[tokio::test]
 async fn fan_out_follows_subscriptions_and_wildcards() {
     let engine = TestEngine::spawn().await;

@@ -462,11 +462,11 @@ fn outcome(
                 })
                 .collect();
             let mut request = json!({"method": "POST", "url": webhook.url, "headers": headers});
-            match String::from_utf8(body) {
+            match std::str::from_utf8(&body) {
                 Ok(text) => request["body"] = json!(text),
-                Err(e) => {
+                Err(_) => {
                     request["body_base64"] =
-                        json!(base64::engine::general_purpose::STANDARD.encode(e.as_bytes()))
+                        json!(base64::engine::general_purpose::STANDARD.encode(&body))
                 }
             }
             json!({"outcome": "deliver", "request": request})

@@ -113,7 +113,7 @@ impl HttpClient {
         &self,
         uri: &hyper::Uri,
         headers: hyper::HeaderMap,
-        body: Vec<u8>,
+        body: Bytes,
         timeout: Duration,
     ) -> Result<(Answer, Duration), (SendError, Duration)> {
         let started = Instant::now();
@@ -127,7 +127,7 @@ impl HttpClient {
             return Err((SendError::PrivateAddress(ip), started.elapsed()));
         }
         let mut req = Request::post(uri.clone())
-            .body(Full::new(Bytes::from(body)))
+            .body(Full::new(body))
             .map_err(|e| (SendError::Network(e.to_string()), started.elapsed()))?;
         *req.headers_mut() = headers;
         let exchange = async {

@@ -12,7 +12,9 @@
 //! it to be durable (`Store::finish_final`); a retry's is waited for, so the
 //! dispatcher, woken then, sees it. A fresh event's
 //! deliveries to several webhooks with the same plugin are shaped by one
-//! plugin call ([`shared`]). A delivery is
+//! plugin call ([`shared`]), and its default-format deliveries send one
+//! body, made once by the first of them to need it (claimed deliveries
+//! make their own). A delivery is
 //! attempted by one task at a time in this process; across a crash it may be
 //! attempted twice (see [`crate::schedule`]). A request that waited long for
 //! its slot is shaped twice (see `RESHAPE_AFTER`).
@@ -35,11 +37,13 @@ use crate::schedule::Schedule;
 use crate::schedule::policy::{next_delay, parse_retry_after};
 use crate::store::Store;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
+use bytes::Bytes;
 use client::{HttpClient, SendError};
 use origins::Origins;
 use request::{AttemptContext, Shaped};
 use shared::SharedShaping;
-use std::sync::Arc;
+use std::borrow::Cow;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore, mpsc};
 
@@ -56,8 +60,9 @@ const RESHAPE_AFTER: Duration = Duration::from_secs(1);
 /// A delivery to attempt: just its id when claimed from the schedule, or the
 /// records themselves when the trigger API hands over what it just wrote
 /// (delivery, event, the webhook as fan-out saw it, and the shaping it
-/// shares with the event's other deliveries to the same plugin, if any), so
-/// the first attempt reads nothing back from the store.
+/// shares with the event's other deliveries: the same plugin's call, or the
+/// default format's body), so the first attempt reads nothing back from the
+/// store.
 enum Job {
     Claimed(TenantId, DeliveryId),
     Fresh(Fresh),
@@ -68,7 +73,17 @@ struct Fresh {
     event: Arc<Event>,
     webhook: Arc<Webhook>,
     shared: Option<(Arc<SharedShaping>, usize)>,
+    /// The event's default-format body, made by the first of its
+    /// deliveries to need it.
+    envelope: Arc<OnceLock<Bytes>>,
 }
+
+/// What a fresh attempt shares with its event's other deliveries: the
+/// plugin call and its place in it, and the default format's body.
+type Sharing<'a> = (
+    Option<(Arc<SharedShaping>, usize)>,
+    Option<&'a OnceLock<Bytes>>,
+);
 
 pub struct Deliverer {
     store: Arc<dyn Store>,
@@ -128,12 +143,14 @@ impl Deliverer {
         webhooks: Vec<Arc<Webhook>>,
     ) {
         let mut shared = SharedShaping::group(&event, &deliveries, &webhooks).into_iter();
+        let envelope = Arc::new(OnceLock::new());
         for (d, webhook) in deliveries.into_iter().zip(webhooks) {
             let job = Job::Fresh(Fresh {
                 delivery: Box::new(d),
                 event: event.clone(),
                 webhook,
                 shared: shared.next().flatten(),
+                envelope: envelope.clone(),
             });
             if let Err(e) = self.fresh_tx.try_send(job)
                 && let Job::Fresh(fresh) = e.into_inner()
@@ -234,8 +251,14 @@ impl Deliverer {
 
     /// One attempt of one delivery, start to finish.
     async fn attempt(&self, job: Job) -> Result<(), crate::store::StoreError> {
-        let (mut delivery, webhook, event, shared) = match job {
-            Job::Fresh(f) => (*f.delivery, Some(f.webhook), Some(f.event), f.shared),
+        let (mut delivery, webhook, event, shared, envelope) = match job {
+            Job::Fresh(f) => (
+                *f.delivery,
+                Some(f.webhook),
+                Some(f.event),
+                f.shared,
+                Some(f.envelope),
+            ),
             Job::Claimed(tenant, id) => {
                 let Some(d) = self.store.get_delivery(&tenant, &id).await? else {
                     return Ok(());
@@ -245,7 +268,7 @@ impl Deliverer {
                 }
                 let webhook = self.store.get_webhook(&d.tenant, &d.webhook_id).await?;
                 let event = self.store.get_event(&d.tenant, &d.event_id).await?;
-                (d, webhook.map(Arc::new), event.map(Arc::new), None)
+                (d, webhook.map(Arc::new), event.map(Arc::new), None, None)
             }
         };
         let (webhook, event) = match (webhook, event) {
@@ -279,7 +302,7 @@ impl Deliverer {
             .shape_and_send(
                 &event,
                 &webhook,
-                (ctx, shared),
+                (ctx, (shared, envelope.as_deref())),
                 (timeout, slot_until),
                 &mut delivery,
                 &mut attempt,
@@ -369,7 +392,7 @@ impl Deliverer {
         &self,
         event: &Event,
         webhook: &Webhook,
-        (mut ctx, shared): (AttemptContext, Option<(Arc<SharedShaping>, usize)>),
+        (mut ctx, (shared, envelope)): (AttemptContext, Sharing<'_>),
         (timeout, slot_until): (Duration, tokio::time::Instant),
         delivery: &mut Delivery,
         attempt: &mut Attempt,
@@ -386,7 +409,7 @@ impl Deliverer {
                 shaped
             }
             None => {
-                self.shape(event, webhook, &ctx, &mut version, attempt)
+                self.shape(event, webhook, &ctx, envelope, &mut version, attempt)
                     .await
             }
         };
@@ -408,7 +431,7 @@ impl Deliverer {
                 if slot.waited > RESHAPE_AFTER {
                     ctx = AttemptContext::new(&ctx.delivery_id, ctx.attempt, now_ms());
                     let again = self
-                        .shape(event, webhook, &ctx, &mut version, attempt)
+                        .shape(event, webhook, &ctx, envelope, &mut version, attempt)
                         .await;
                     req = noted(again, delivery, attempt)?;
                 }
@@ -451,11 +474,18 @@ impl Deliverer {
         event: &Event,
         webhook: &Webhook,
         ctx: &AttemptContext,
+        envelope: Option<&OnceLock<Bytes>>,
         version: &mut Option<Arc<LoadedPlugin>>,
         attempt: &mut Attempt,
     ) -> Result<Shaped, String> {
         let shaped = match &webhook.plugin {
-            None => Shaped::Deliver(shape::standard_webhooks(event, ctx)),
+            None => {
+                let body = match envelope {
+                    Some(made) => made.get_or_init(|| shape::envelope(event)).clone(),
+                    None => shape::envelope(event),
+                };
+                Shaped::Deliver(shape::standard_webhooks_with(body, ctx))
+            }
             Some(name) => {
                 let plugin = match version {
                     Some(plugin) => plugin.clone(),
@@ -591,19 +621,27 @@ pub fn build(
     req: request::OutRequest,
     ctx: &AttemptContext,
     now_ms: u64,
-) -> (HeaderMap, Vec<u8>) {
-    let mut headers = HeaderMap::new();
+) -> (HeaderMap, Bytes) {
+    let mut headers = HeaderMap::with_capacity(8);
     let valid = "checked by shape::check or on webhook write";
     headers.insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_str(&req.content_type).expect(valid),
+        match &req.content_type {
+            Cow::Borrowed(text) => HeaderValue::from_static(text),
+            Cow::Owned(text) => HeaderValue::from_str(text).expect(valid),
+        },
     );
     headers.insert(
         header::USER_AGENT,
         HeaderValue::from_static(concat!("wasmhook/", env!("CARGO_PKG_VERSION"))),
     );
-    let shaped = req.headers.iter().map(|(k, v)| (k, v));
-    for (name, value) in shaped.chain(webhook.headers.iter()) {
+    for (name, value) in &req.headers {
+        headers.insert(
+            header_name(name),
+            HeaderValue::from_str(value).expect(valid),
+        );
+    }
+    for (name, value) in &webhook.headers {
         headers.insert(
             HeaderName::from_bytes(name.as_bytes()).expect(valid),
             HeaderValue::from_str(value).expect(valid),
@@ -614,11 +652,22 @@ pub fn build(
         let value =
             sign::signature_value(spec, &secrets, &req.body, &ctx.delivery_id, ctx.timestamp);
         headers.insert(
-            HeaderName::from_bytes(spec.header.as_bytes()).expect(valid),
+            header_name(&spec.header),
             HeaderValue::from_str(&value).expect("base64, hex and checked prefixes are valid"),
         );
     }
     (headers, req.body)
+}
+
+/// A shaped header's name: the default format's constants are taken as
+/// they are, a plugin's are parsed (and copied).
+fn header_name(name: &request::Text) -> HeaderName {
+    match name {
+        Cow::Borrowed(name) => HeaderName::from_static(name),
+        Cow::Owned(name) => {
+            HeaderName::from_bytes(name.as_bytes()).expect("checked by shape::check")
+        }
+    }
 }
 
 fn outcome_name(o: AttemptOutcome) -> &'static str {

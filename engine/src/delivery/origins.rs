@@ -55,7 +55,14 @@ pub fn origin(uri: &hyper::Uri) -> String {
     let port = uri
         .port_u16()
         .unwrap_or(if scheme == "https" { 443 } else { 80 });
-    format!("{scheme}://{host}:{port}")
+    // Made for every attempt: pieces pushed, not a `format!`.
+    let mut origin = String::with_capacity(scheme.len() + host.len() + 9);
+    origin.push_str(scheme);
+    origin.push_str("://");
+    origin.push_str(host);
+    origin.push(':');
+    origin.push_str(itoa::Buffer::new().format(port));
+    origin
 }
 
 impl Origins {

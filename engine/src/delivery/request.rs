@@ -2,6 +2,14 @@
 //! default format or a plugin produced, before the core checks, signs and
 //! sends it.
 
+use bytes::Bytes;
+use std::borrow::Cow;
+
+/// Text the default format fills with constants (no allocation per
+/// delivery) and a plugin with its own strings. A borrowed header name must
+/// be a valid lowercase name (`HeaderName::from_static`).
+pub type Text = Cow<'static, str>;
+
 /// What shaping a delivery decided.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Shaped {
@@ -11,21 +19,23 @@ pub enum Shaped {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct OutRequest {
-    pub body: Vec<u8>,
-    pub content_type: String,
-    pub headers: Vec<(String, String)>,
+    /// Shared, not copied, when several deliveries send the same bytes
+    /// (the default format's envelope of one event).
+    pub body: Bytes,
+    pub content_type: Text,
+    pub headers: Vec<(Text, String)>,
     pub signature: Option<SignSpec>,
 }
 
 /// How the core signs (see `wit/plugin.wit`, record `signature`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct SignSpec {
-    pub header: String,
-    pub prefix: String,
+    pub header: Text,
+    pub prefix: Text,
     pub encoding: SigEncoding,
     pub key: KeyFormat,
     pub content: SignedContent,
-    pub rotation_separator: Option<String>,
+    pub rotation_separator: Option<Text>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,8 +64,8 @@ pub struct AttemptContext {
     pub attempt: u32,
     /// Unix seconds; what `standard-webhooks` content signs.
     pub timestamp: u64,
-    /// The same instant in RFC 3339 with milliseconds.
-    pub time: String,
+    /// The same instant in milliseconds (see [`AttemptContext::time`]).
+    at_ms: u64,
 }
 
 impl AttemptContext {
@@ -64,7 +74,13 @@ impl AttemptContext {
             delivery_id: delivery_id.to_owned(),
             attempt,
             timestamp: now_ms / 1000,
-            time: crate::clock::rfc3339_ms(now_ms),
+            at_ms: now_ms,
         }
+    }
+
+    /// The attempt's instant in RFC 3339 with milliseconds, as plugins see
+    /// it; made on demand, since the default format does not use it.
+    pub fn time(&self) -> String {
+        crate::clock::rfc3339_ms(self.at_ms)
     }
 }

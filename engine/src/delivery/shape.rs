@@ -5,6 +5,7 @@
 use super::request::{AttemptContext, KeyFormat, OutRequest, SigEncoding, SignSpec, SignedContent};
 use crate::model::Event;
 use axum::http::{HeaderName, HeaderValue};
+use bytes::Bytes;
 
 /// Largest body a plugin may produce.
 pub const MAX_BODY_BYTES: usize = 8 << 20;
@@ -25,17 +26,12 @@ const RESERVED: [&str; 7] = [
 /// (the delivery id) and `webhook-timestamp`, and `webhook-signature:
 /// v1,<base64>` over `{id}.{timestamp}.{body}`, one per live secret.
 pub fn standard_webhooks(event: &Event, ctx: &AttemptContext) -> OutRequest {
-    let event_type = serde_json::to_string(&event.event_type).expect("strings serialise");
-    let timestamp = crate::clock::rfc3339_ms(event.occurred_at_ms);
-    let data = event.data.get();
-    let mut body = Vec::with_capacity(data.len() + event_type.len() + 64);
-    body.extend_from_slice(b"{\"type\":");
-    body.extend_from_slice(event_type.as_bytes());
-    body.extend_from_slice(b",\"timestamp\":\"");
-    body.extend_from_slice(timestamp.as_bytes());
-    body.extend_from_slice(b"\",\"data\":");
-    body.extend_from_slice(data.as_bytes());
-    body.push(b'}');
+    standard_webhooks_with(envelope(event), ctx)
+}
+
+/// [`standard_webhooks`] with the event's [`envelope`] already made: the
+/// body depends on the event alone, so an event's deliveries share one.
+pub fn standard_webhooks_with(body: Bytes, ctx: &AttemptContext) -> OutRequest {
     OutRequest {
         body,
         content_type: "application/json".into(),
@@ -52,6 +48,23 @@ pub fn standard_webhooks(event: &Event, ctx: &AttemptContext) -> OutRequest {
             rotation_separator: Some(" ".into()),
         }),
     }
+}
+
+/// The default format's body for `event`: `{"type","timestamp","data"}`,
+/// with the event's time, not the attempt's.
+pub fn envelope(event: &Event) -> Bytes {
+    let event_type = serde_json::to_string(&event.event_type).expect("strings serialise");
+    let timestamp = crate::clock::rfc3339_ms(event.occurred_at_ms);
+    let data = event.data.get();
+    let mut body = Vec::with_capacity(data.len() + event_type.len() + 64);
+    body.extend_from_slice(b"{\"type\":");
+    body.extend_from_slice(event_type.as_bytes());
+    body.extend_from_slice(b",\"timestamp\":\"");
+    body.extend_from_slice(timestamp.as_bytes());
+    body.extend_from_slice(b"\",\"data\":");
+    body.extend_from_slice(data.as_bytes());
+    body.push(b'}');
+    body.into()
 }
 
 /// Checks a shaped request: valid header names and values (no CR/LF), none
@@ -132,7 +145,7 @@ mod tests {
     fn default_body_keeps_data_bytes() {
         let data = r#"{"z":1,"a":12345678901234567890.50,"s":"é\u00e9"}"#;
         let req = standard_webhooks(&event(data), &AttemptContext::new("dlv_1", 1, 0));
-        let body = String::from_utf8(req.body).unwrap();
+        let body = String::from_utf8(req.body.to_vec()).unwrap();
         assert_eq!(
             body,
             format!(

@@ -20,12 +20,12 @@ pub fn from_wit(decision: wit::Decision) -> Shaped {
     match decision {
         wit::Decision::Skip(reason) => Shaped::Skip(reason),
         wit::Decision::Deliver(r) => Shaped::Deliver(OutRequest {
-            body: r.body,
-            content_type: r.content_type,
-            headers: r.headers,
+            body: r.body.into(),
+            content_type: r.content_type.into(),
+            headers: r.headers.into_iter().map(|(k, v)| (k.into(), v)).collect(),
             signature: r.signature.map(|s| SignSpec {
-                header: s.header,
-                prefix: s.prefix,
+                header: s.header.into(),
+                prefix: s.prefix.into(),
                 encoding: match s.encoding {
                     wit::Encoding::Hex => SigEncoding::Hex,
                     wit::Encoding::Base64 => SigEncoding::Base64,
@@ -39,7 +39,7 @@ pub fn from_wit(decision: wit::Decision) -> Shaped {
                     wit::SignedContent::Bytes(b) => SignedContent::Bytes(b),
                     wit::SignedContent::StandardWebhooks => SignedContent::StandardWebhooks,
                 },
-                rotation_separator: s.rotation_separator,
+                rotation_separator: s.rotation_separator.map(Into::into),
             }),
         }),
     }

@@ -262,6 +262,6 @@ fn wit_delivery(ctx: &AttemptContext) -> wit::Delivery {
         id: ctx.delivery_id.clone(),
         attempt: ctx.attempt,
         timestamp: ctx.timestamp,
-        time: ctx.time.clone(),
+        time: ctx.time(),
     }
 }
