@@ -18,7 +18,7 @@ macro_rules! id_type {
 
             /// A fresh, time-ordered id.
             pub fn generate() -> Self {
-                Self(format!("{}_{}", $prefix, ulid::Ulid::new().to_string().to_lowercase()))
+                Self(prefixed_ulid($prefix))
             }
 
             /// Wraps an id read back from storage or a trusted source.
@@ -70,6 +70,19 @@ id_type!(
 #[error("ids are 1 to 128 characters of letters, digits, '-', '_', '.' and ':'")]
 pub struct InvalidId;
 
+/// `{prefix}_{ulid}` in lowercase, made in one allocation (one is made for
+/// every delivery).
+fn prefixed_ulid(prefix: &str) -> String {
+    let mut digits = [0u8; ulid::ULID_LEN];
+    let encoded = ulid::Ulid::new().array_to_str(&mut digits);
+    encoded.make_ascii_lowercase();
+    let mut id = String::with_capacity(prefix.len() + 1 + ulid::ULID_LEN);
+    id.push_str(prefix);
+    id.push('_');
+    id.push_str(encoded);
+    id
+}
+
 fn validate(s: &str) -> Result<(), InvalidId> {
     let ok = !s.is_empty()
         && s.len() <= 128
@@ -89,6 +102,11 @@ mod tests {
         let b = DeliveryId::generate();
         assert!(a < b);
         assert!(a.as_str().starts_with("dlv_"));
+        let digits = &a.as_str()[4..];
+        assert_eq!(digits.len(), 26);
+        assert_eq!(digits, digits.to_ascii_lowercase());
+        assert!(ulid::Ulid::from_string(&digits.to_ascii_uppercase()).is_ok());
+        assert!(DeliveryId::parse_external(a.as_str()).is_ok());
     }
 
     #[test]

@@ -18,6 +18,9 @@ use serde::de::DeserializeOwned;
 /// First byte of a postcard record (JSON records start with `{`).
 const POSTCARD_V1: u8 = 0x01;
 
+/// Bytes reserved for a compact record before encoding it.
+const COMPACT_ROOM: usize = 256;
+
 /// A record as JSON.
 pub(crate) fn json<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("records serialise")
@@ -25,7 +28,10 @@ pub(crate) fn json<T: Serialize>(value: &T) -> Vec<u8> {
 
 /// A delivery or attempt record, in the compact form.
 pub(crate) fn compact<T: Serialize>(value: &T) -> Vec<u8> {
-    let mut out = vec![POSTCARD_V1];
+    // Room for a typical delivery or attempt (about 150 bytes): growing
+    // from one byte cost more than the encoding itself.
+    let mut out = Vec::with_capacity(COMPACT_ROOM);
+    out.push(POSTCARD_V1);
     postcard::to_io(value, &mut out).expect("records serialise");
     out
 }
