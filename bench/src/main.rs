@@ -57,9 +57,13 @@ enum Scenario {
         #[arg(long)]
         backend: Option<String>,
     },
-    /// The fan-out 10 default-format row alone, no ceiling: a workload for
-    /// `perf` or callgrind (see BENCHMARKS.md, "Counting instructions").
+    /// The fan-out 10 row alone, no ceiling: a workload for `perf` or
+    /// callgrind (see BENCHMARKS.md, "Counting instructions").
     Workload {
+        /// Shape with this plugin from `plugins/` (e.g. `gestiqcloud`)
+        /// instead of the default format.
+        #[arg(long)]
+        plugin: Option<String>,
         /// Events per round (each delivered to 10 webhooks).
         #[arg(long, default_value_t = 2_000)]
         events: usize,
@@ -101,7 +105,11 @@ fn main() -> anyhow::Result<()> {
             Scenario::Tenants { tenants, backend } => {
                 scenarios::tenants(tenants, backend.as_deref()).await
             }
-            Scenario::Workload { events, rounds } => scenarios::workload(events, rounds).await,
+            Scenario::Workload {
+                events,
+                rounds,
+                plugin,
+            } => scenarios::workload(events, rounds, plugin.as_deref()).await,
             Scenario::Claims { deliveries } => claims::run(deliveries).await,
         }
     })

@@ -716,27 +716,33 @@ pub async fn tenants(n: usize, only: Option<&str>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The fan-out 10 default-format row alone (embedded store), without a
-/// ceiling or anything else around it, for a profiler to watch: `rounds`
-/// runs of `events` triggers on one engine, each waited for, with the
-/// deliveries per second and CPU per delivery of each. The plugin instance
-/// pool is kept small (no row here uses a plugin), because valgrind cannot
-/// reserve the address space of the full pool.
-pub async fn workload(events: usize, rounds: usize) -> anyhow::Result<()> {
+/// The fan-out 10 row alone (embedded store; default format, or `plugin`),
+/// without a ceiling or anything else around it, for a profiler to watch:
+/// `rounds` runs of `events` triggers on one engine, each waited for, with
+/// the deliveries per second and CPU per delivery of each. Without a
+/// plugin, the plugin instance pool is kept small, because valgrind cannot
+/// reserve the address space of the full pool (so callgrind runs the
+/// default format only).
+pub async fn workload(events: usize, rounds: usize, plugin: Option<&str>) -> anyhow::Result<()> {
     let http = crate::harness::http();
     let bodies = Bodies {
         single: trigger_body(&payload(1024)),
         batch: batch_body(&payload(1024)),
     };
     let engine = Engine::start_with(Backend::Embedded, &http, |raw| {
-        raw.plugin_idle_instances = 0;
-        raw.plugin_memory_bytes = 1 << 20;
+        if plugin.is_none() {
+            raw.plugin_idle_instances = 0;
+            raw.plugin_memory_bytes = 1 << 20;
+        }
     })
     .await?;
     let rx = Receiver::spawn().await?;
+    if let Some(p) = plugin {
+        engine.upload(&http, p, crate::harness::plugin(p)?).await?;
+    }
     const FAN_OUT: usize = 10;
     for _ in 0..FAN_OUT {
-        engine.webhook(&http, &rx.url, None).await?;
+        engine.webhook(&http, &rx.url, plugin).await?;
     }
     for round in 1..=rounds {
         let (_, t) = timed(async {
