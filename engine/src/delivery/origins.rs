@@ -10,7 +10,6 @@
 //! nothing holds or waits for its slots and the table has grown. What may
 //! happen twice: nothing.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -25,7 +24,8 @@ pub struct Origins {
 }
 
 struct Table {
-    slots: HashMap<String, Arc<Semaphore>>,
+    /// Looked up on every attempt: a fast hash (foldhash), not SipHash.
+    slots: foldhash::HashMap<String, Arc<Semaphore>>,
     sweep_at: usize,
 }
 
@@ -70,7 +70,7 @@ impl Origins {
         Origins {
             per_origin: per_origin.max(1),
             table: Mutex::new(Table {
-                slots: HashMap::new(),
+                slots: foldhash::HashMap::default(),
                 sweep_at: SWEEP_AT,
             }),
         }

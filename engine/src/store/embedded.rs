@@ -42,7 +42,6 @@ use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
 use serde::de::DeserializeOwned;
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::path::Path;
 use std::sync::Arc;
@@ -402,9 +401,10 @@ fn plugin_with_bytes(
 /// (see `write_loop`).
 #[derive(Default)]
 struct Pending {
-    /// Per tenant, per webhook.
-    stats: HashMap<String, HashMap<String, DeliveryStats>>,
-    event_types: HashMap<(String, String), EventTypeSeen>,
+    /// Per tenant, per webhook. Looked up several times per delivery, so
+    /// with a fast hash (foldhash) rather than SipHash; the keys are ids.
+    stats: foldhash::HashMap<String, foldhash::HashMap<String, DeliveryStats>>,
+    event_types: foldhash::HashMap<(String, String), EventTypeSeen>,
 }
 
 thread_local! {
