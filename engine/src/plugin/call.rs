@@ -128,6 +128,9 @@ impl PluginRuntime {
         timestamp: u64,
         f: impl FnOnce(&mut Warm) -> wasmtime::Result<R>,
     ) -> Result<R, PluginError> {
+        // Guest code runs from here (instantiating runs some too): the
+        // epoch, which the deadline counts, must advance.
+        let _ticking = self.ticker.hold();
         let mut warm = match plugin.idle.take(&self.budget) {
             Some(warm) => warm,
             None => self.instantiate(plugin)?,

@@ -7,7 +7,8 @@
 //! upload the same bytes) and cached on disk ([`cache`]). Calls reuse warm
 //! instances of the same tenant's same version ([`instances`]); a store that
 //! trapped is dropped with its instance, never reused. Each call runs under
-//! an epoch deadline (CPU) and a memory cap. Replacing a version swaps an
+//! an epoch deadline (CPU; the epoch advances only while a call runs, see
+//! [`epoch`]) and a memory cap. Replacing a version swaps an
 //! `Arc`: calls already running keep the version they started with. Calls of
 //! a version that has proven quick run on the async worker that needs them,
 //! others on blocking threads ([`LoadedPlugin::runs_inline`]). Loaded
@@ -18,6 +19,7 @@
 mod bindings;
 mod cache;
 mod call;
+mod epoch;
 mod host;
 mod instances;
 mod loaded;
@@ -28,6 +30,7 @@ use crate::metrics::{PluginMetrics, SourceLabel};
 use crate::model::PluginVersion;
 use crate::store::{PluginUpload, Store, StoreError};
 use bindings::PluginPre;
+use epoch::{EPOCH_TICK, Ticker};
 use host::HostState;
 use instances::Budget;
 use loaded::InlinePolicy;
@@ -48,9 +51,6 @@ pub fn valid_name(name: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
-
-/// How often the epoch advances; a call's deadline is counted in these.
-const EPOCH_TICK: Duration = Duration::from_millis(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
@@ -120,6 +120,7 @@ type VersionKey = (TenantId, String, u32);
 
 pub struct PluginRuntime {
     engine: Engine,
+    ticker: Ticker,
     linker: Linker<HostState>,
     config: PluginConfig,
     deadline_ticks: u64,
@@ -169,20 +170,11 @@ impl PluginRuntime {
             None => None,
         };
 
-        let weak = engine.weak();
-        std::thread::Builder::new()
-            .name("wasmhook-epoch".into())
-            .spawn(move || {
-                while let Some(engine) = weak.upgrade() {
-                    engine.increment_epoch();
-                    drop(engine);
-                    std::thread::sleep(EPOCH_TICK);
-                }
-            })
-            .map_err(|e| PluginError::Invalid(e.to_string()))?;
+        let ticker = Ticker::start(&engine).map_err(|e| PluginError::Invalid(e.to_string()))?;
 
         Ok(PluginRuntime {
             engine,
+            ticker,
             linker,
             deadline_ticks: (config.timeout.as_micros() / EPOCH_TICK.as_micros()) as u64 + 1,
             budget: Arc::new(Budget::new(
