@@ -6,8 +6,11 @@ use bytes::Bytes;
 use std::borrow::Cow;
 
 /// Text the default format fills with constants (no allocation per
-/// delivery) and a plugin with its own strings. A borrowed header name must
-/// be a valid lowercase name (`HeaderName::from_static`).
+/// delivery) and a plugin with its own strings. Borrowed text is taken
+/// without checks (`HeaderName::from_static`, `HeaderValue::from_static`),
+/// so a borrowed header name must be lowercase and valid, and a borrowed
+/// content type a valid header value; only the engine's own code makes
+/// borrowed text.
 pub type Text = Cow<'static, str>;
 
 /// What shaping a delivery decided.
