@@ -725,10 +725,7 @@ pub async fn tenants(n: usize, only: Option<&str>) -> anyhow::Result<()> {
 /// default format only).
 pub async fn workload(events: usize, rounds: usize, plugin: Option<&str>) -> anyhow::Result<()> {
     let http = crate::harness::http();
-    let bodies = Bodies {
-        single: trigger_body(&payload(1024)),
-        batch: batch_body(&payload(1024)),
-    };
+    let body = trigger_body(&payload(1024));
     let engine = Engine::start_with(Backend::Embedded, &http, |raw| {
         if plugin.is_none() {
             raw.plugin_idle_instances = 0;
@@ -746,7 +743,7 @@ pub async fn workload(events: usize, rounds: usize, plugin: Option<&str>) -> any
     }
     for round in 1..=rounds {
         let (_, t) = timed(async {
-            triggers(&http, &engine, events, &bodies, false).await?;
+            blast(&http, &engine, events, &body).await?;
             let delivered = (events * FAN_OUT * round) as u64;
             rx.wait_for(delivered, Duration::from_secs(3600)).await
         })

@@ -78,12 +78,10 @@ struct Fresh {
     envelope: Arc<OnceLock<Bytes>>,
 }
 
-/// What a fresh attempt shares with its event's other deliveries: the
-/// plugin call and its place in it, and the default format's body.
-type Sharing<'a> = (
-    Option<(Arc<SharedShaping>, usize)>,
-    Option<&'a OnceLock<Bytes>>,
-);
+/// What an attempt shares with its event's other deliveries: the plugin
+/// call and its place in it (fresh deliveries only), and the default
+/// format's body (a claimed delivery has one of its own).
+type Sharing<'a> = (Option<(Arc<SharedShaping>, usize)>, &'a OnceLock<Bytes>);
 
 pub struct Deliverer {
     store: Arc<dyn Store>,
@@ -257,7 +255,7 @@ impl Deliverer {
                 Some(f.webhook),
                 Some(f.event),
                 f.shared,
-                Some(f.envelope),
+                f.envelope,
             ),
             Job::Claimed(tenant, id) => {
                 let Some(d) = self.store.get_delivery(&tenant, &id).await? else {
@@ -268,7 +266,14 @@ impl Deliverer {
                 }
                 let webhook = self.store.get_webhook(&d.tenant, &d.webhook_id).await?;
                 let event = self.store.get_event(&d.tenant, &d.event_id).await?;
-                (d, webhook.map(Arc::new), event.map(Arc::new), None, None)
+                let envelope = Arc::default();
+                (
+                    d,
+                    webhook.map(Arc::new),
+                    event.map(Arc::new),
+                    None,
+                    envelope,
+                )
             }
         };
         let (webhook, event) = match (webhook, event) {
@@ -302,7 +307,7 @@ impl Deliverer {
             .shape_and_send(
                 &event,
                 &webhook,
-                (ctx, (shared, envelope.as_deref())),
+                (ctx, (shared, &envelope)),
                 (timeout, slot_until),
                 &mut delivery,
                 &mut attempt,
@@ -474,16 +479,13 @@ impl Deliverer {
         event: &Event,
         webhook: &Webhook,
         ctx: &AttemptContext,
-        envelope: Option<&OnceLock<Bytes>>,
+        envelope: &OnceLock<Bytes>,
         version: &mut Option<Arc<LoadedPlugin>>,
         attempt: &mut Attempt,
     ) -> Result<Shaped, String> {
         let shaped = match &webhook.plugin {
             None => {
-                let body = match envelope {
-                    Some(made) => made.get_or_init(|| shape::envelope(event)).clone(),
-                    None => shape::envelope(event),
-                };
+                let body = envelope.get_or_init(|| shape::envelope(event)).clone();
                 Shaped::Deliver(shape::standard_webhooks_with(body, ctx))
             }
             Some(name) => {

@@ -246,18 +246,19 @@ impl EmbeddedStore {
         self.queue(f, move |outcome| {
             let _ = tx.send(outcome);
         })
-        .await?;
+        .await;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Hands `f` to the writer, to run in the next group transaction; once
-    /// that is committed (or failed), `answer` gets the outcome. Returns as
-    /// soon as the writer has it.
+    /// Hands `f` to the writer, to run in the next group transaction, and
+    /// returns as soon as the writer has it. `answer` is called exactly
+    /// once: with the outcome when that group is committed (or failed), or
+    /// at once with [`StoreError::Closed`] if the store is closing.
     async fn queue<R: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Batch<'_>) -> Result<R, StoreError> + Send + 'static,
         answer: impl FnOnce(Result<R, StoreError>) + Send + 'static,
-    ) -> Result<(), StoreError> {
+    ) {
         let op: Op = Box::new(move |batch| {
             let result = match batch {
                 Some(batch) => f(batch),
@@ -267,8 +268,14 @@ impl EmbeddedStore {
                 answer(committed.map_err(StoreError::Commit).and(result));
             })
         });
-        let writer = self.writer.as_ref().ok_or(StoreError::Closed)?;
-        writer.send(op).await.map_err(|_| StoreError::Closed)
+        let refused = match &self.writer {
+            Some(writer) => writer.send(op).await.err().map(|refused| refused.0),
+            None => Some(op),
+        };
+        // Run without a batch, the write answers `Closed` itself.
+        if let Some(op) = refused {
+            op(None)(Ok(()));
+        }
     }
 
     fn read<R>(
@@ -1049,20 +1056,15 @@ impl Store for EmbeddedStore {
     async fn finish_final(&self, delivery: Delivery, attempt: Option<Attempt>) {
         let id = delivery.id.clone();
         let write = finishing(delivery, attempt);
-        let logged = id.clone();
-        let queued = self
-            .queue(
-                move |batch| write(batch.hot()?),
-                move |outcome| {
-                    if let Err(e) = outcome {
-                        super::unrecorded(&logged, &e);
-                    }
-                },
-            )
-            .await;
-        if let Err(e) = queued {
-            super::unrecorded(&id, &e);
-        }
+        self.queue(
+            move |batch| write(batch.hot()?),
+            move |outcome| {
+                if let Err(e) = outcome {
+                    super::unrecorded(&id, &e);
+                }
+            },
+        )
+        .await;
     }
 
     async fn retry_delivery(
