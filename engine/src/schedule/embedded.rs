@@ -137,36 +137,44 @@ pub(crate) fn known_fresh_slot(d: &Delivery) -> Option<u64> {
 /// Moves a delivery in the schedule from `from`, the slot of its stored
 /// record, to where its new record `next` puts it: its own entry, and, when
 /// it leaves the event lease that covered it, that lease (removed when its
-/// last delivery leaves).
+/// last delivery leaves). A covered delivery has no entry of its own to
+/// remove, so the usual case (a fresh delivery's first attempt) only
+/// touches the writer's memory, and the lease's entry once per event.
 pub(crate) fn moved(
     hot: &mut Hot<'_>,
     from: Option<u64>,
     next: &Delivery,
 ) -> Result<(), redb::Error> {
     let to = slot(next);
-    reschedule(hot, next.id.as_str(), from, to)?;
     let Some(due) = from.filter(|&due| to != Some(due)) else {
-        return Ok(());
+        return reschedule(hot, next.id.as_str(), from, to);
     };
     let (tenant, event_id) = (next.tenant.as_str(), next.event_id.as_str());
-    let last = COVERED.with(|c| {
+    // Whether `next` was covered by its event's lease at `due`, and if so,
+    // whether it was the last one.
+    let left = COVERED.with(|c| {
         let mut covered = c.borrow_mut();
-        let Some(events) = covered.get_mut(tenant) else {
-            return false;
-        };
-        let Some((at, members)) = events.get_mut(event_id) else {
-            return false;
-        };
+        let events = covered.get_mut(tenant)?;
+        let (at, members) = events.get_mut(event_id)?;
         // Each delivery leaves once, even if a later retry lands on `due`.
-        let last = *at == due && members.remove(next.id.as_str()) && members.is_empty();
+        if *at != due || !members.remove(next.id.as_str()) {
+            return None;
+        }
+        let last = members.is_empty();
         if last {
             events.remove(event_id);
         }
-        last
+        Some(last)
     });
-    if last {
-        hot.schedule
-            .remove((due, event_lease_key(tenant, event_id).as_str()))?;
+    match left {
+        None => reschedule(hot, next.id.as_str(), from, to)?,
+        Some(last) => {
+            reschedule(hot, next.id.as_str(), None, to)?;
+            if last {
+                hot.schedule
+                    .remove((due, event_lease_key(tenant, event_id).as_str()))?;
+            }
+        }
     }
     Ok(())
 }
