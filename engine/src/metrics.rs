@@ -72,6 +72,7 @@ pub struct Metrics {
     pub attempt_seconds: Histogram,
     pub in_flight: Gauge,
     pub origin_waits: Counter,
+    pub waiting_for_origin: Gauge,
 }
 
 impl Default for Metrics {
@@ -93,6 +94,7 @@ impl Metrics {
         let attempt_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         let in_flight = Gauge::default();
         let origin_waits = Counter::default();
+        let waiting_for_origin = Gauge::default();
         let plugins = PluginMetrics::default();
         registry.register(
             "plugin_calls",
@@ -160,6 +162,11 @@ impl Metrics {
             "Attempts that waited for a slot to their origin (origin_concurrency)",
             origin_waits.clone(),
         );
+        registry.register(
+            "deliveries_waiting_for_origin",
+            "Fresh deliveries waiting for admission to their origin (at most twice origin_concurrency attempts per origin at once)",
+            waiting_for_origin.clone(),
+        );
         if let Some(store) = store {
             registry.register(
                 "store_commits",
@@ -194,6 +201,7 @@ impl Metrics {
             attempt_seconds,
             in_flight,
             origin_waits,
+            waiting_for_origin,
         }
     }
 

@@ -439,21 +439,26 @@ async fn slow_receiver(delay: Duration) -> (String, Arc<(AtomicUsize, AtomicUsiz
     (url, counts)
 }
 
+/// One `order.created` webhook per path under `base` (one origin).
+async fn hooks_on_one_origin(engine: &TestEngine, key: &str, base: &str, paths: &[&str]) {
+    for path in paths {
+        engine
+            .webhook(
+                key,
+                &format!("{base}/{path}"),
+                json!({"events": ["order.created"]}),
+            )
+            .await;
+    }
+}
+
 #[tokio::test]
 async fn one_origin_gets_at_most_origin_concurrency_attempts_at_once() {
     let engine = TestEngine::spawn_tuned(|s| s.origin_concurrency = 2).await;
     let key = engine.tenant("acme").await;
     let (slow, counts) = slow_receiver(Duration::from_millis(300)).await;
     // Three webhooks on one origin (different paths), two events: six deliveries.
-    for path in ["a", "b", "c"] {
-        engine
-            .webhook(
-                &key,
-                &format!("{slow}/{path}"),
-                json!({"events": ["order.created"]}),
-            )
-            .await;
-    }
+    hooks_on_one_origin(&engine, &key, &slow, &["a", "b", "c"]).await;
     let other = TestReceiver::spawn().await;
     engine
         .webhook(&key, &other.url, json!({"events": ["ping"]}))
@@ -482,6 +487,66 @@ async fn one_origin_gets_at_most_origin_concurrency_attempts_at_once() {
         .await
         .expect("origin waits are counted");
     assert!(waits >= 4.0, "{waits} attempts waited");
+}
+
+/// A burst to one origin beyond twice `origin_concurrency` waits as queued
+/// jobs (counted in `wasmhook_deliveries_waiting_for_origin`), each started
+/// as an attempt before it ends: every delivery arrives once, and the
+/// origin never has more than its limit in flight.
+#[tokio::test]
+async fn a_burst_to_one_origin_waits_for_admission_and_all_arrive() {
+    let engine = TestEngine::spawn_tuned(|s| s.origin_concurrency = 1).await;
+    let key = engine.tenant("acme").await;
+    let (slow, counts) = slow_receiver(Duration::from_millis(500)).await;
+    hooks_on_one_origin(&engine, &key, &slow, &["a", "b", "c", "d"]).await;
+    let event = engine.trigger(&key, "order.created", json!({})).await;
+    assert_eq!(event["deliveries"], 4);
+    // Two are admitted (one sending, one waiting for the slot); two wait.
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(450);
+    loop {
+        let waiting = engine
+            .metric("wasmhook_deliveries_waiting_for_origin")
+            .await;
+        if waiting == Some(2.0) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "waiting for admission: {waiting:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while counts.2.load(Ordering::SeqCst) < 4 {
+        assert!(tokio::time::Instant::now() < deadline, "not all delivered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(counts.1.load(Ordering::SeqCst), 1, "most in flight at once");
+    assert_eq!(
+        engine
+            .metric("wasmhook_deliveries_waiting_for_origin")
+            .await,
+        Some(0.0)
+    );
+    let (_, deliveries) = engine
+        .get(
+            &format!("/api/events/{}", event["id"].as_str().unwrap()),
+            &key,
+        )
+        .await;
+    for d in deliveries["deliveries"].as_array().unwrap() {
+        let d = engine
+            .wait_delivery(
+                &key,
+                d["webhook_id"].as_str().unwrap(),
+                d["id"].as_str().unwrap(),
+                WAIT,
+                |d| d["status"] == "succeeded",
+            )
+            .await;
+        assert_eq!(d["attempts"], 1, "{d}");
+    }
+    assert_eq!(counts.2.load(Ordering::SeqCst), 4, "each sent once");
 }
 
 /// With no time left in the lease to wait for a slot, the attempt is not

@@ -5,7 +5,10 @@
 //! Two ways in: fresh deliveries are handed over by the trigger API right
 //! after they are durable (already leased to this process, so they go out at
 //! once), and a dispatcher claims whatever the schedule says is due (retries,
-//! manual retries, and leases that ran out). An attempt shapes its request,
+//! manual retries, and leases that ran out). A fresh delivery is first
+//! admitted to its origin ([`admission`]: at most twice `origin_concurrency`
+//! attempt tasks per origin; the rest wait as jobs, and a finishing task
+//! runs its origin's next one). An attempt shapes its request,
 //! then takes a slot to its webhook's origin ([`origins`]), holds it while
 //! sending, and records its result after giving it back. A final result
 //! (succeeded, failed, skipped) is handed to the store without waiting for
@@ -19,6 +22,7 @@
 //! attempted twice (see [`crate::schedule`]). A request that waited long for
 //! its slot is shaped twice (see `RESHAPE_AFTER`).
 
+mod admission;
 pub mod client;
 pub mod origins;
 pub mod request;
@@ -36,6 +40,7 @@ use crate::plugin::{LoadedPlugin, PluginRuntime};
 use crate::schedule::Schedule;
 use crate::schedule::policy::{next_delay, parse_retry_after};
 use crate::store::Store;
+use admission::{Admission, Admitted, Ticket};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use bytes::Bytes;
 use client::{HttpClient, SendError};
@@ -49,6 +54,9 @@ use tokio::sync::{Notify, Semaphore, mpsc};
 
 /// How many due deliveries one claim takes at most.
 const CLAIM_BATCH: usize = 256;
+/// Fresh deliveries waiting to be taken, at most: in the queue from the
+/// trigger API, and again waiting for their origin ([`admission`]).
+const FRESH_QUEUE: usize = 65_536;
 /// Longest the dispatcher sleeps without looking at the schedule.
 const MAX_IDLE: Duration = Duration::from_secs(1);
 /// How long shutdown waits for attempts in flight.
@@ -96,6 +104,7 @@ pub struct Deliverer {
     wake: Notify,
     fresh_tx: mpsc::Sender<Job>,
     fresh_rx: tokio::sync::Mutex<mpsc::Receiver<Job>>,
+    admission: Admission<Fresh>,
 }
 
 impl Deliverer {
@@ -110,7 +119,12 @@ impl Deliverer {
         concurrency: usize,
         origin_concurrency: usize,
     ) -> Self {
-        let (fresh_tx, fresh_rx) = mpsc::channel(65_536);
+        let (fresh_tx, fresh_rx) = mpsc::channel(FRESH_QUEUE);
+        let admission = Admission::new(
+            2 * origin_concurrency,
+            FRESH_QUEUE,
+            metrics.waiting_for_origin.clone(),
+        );
         Deliverer {
             store,
             schedule,
@@ -124,6 +138,7 @@ impl Deliverer {
             wake: Notify::new(),
             fresh_tx,
             fresh_rx: tokio::sync::Mutex::new(fresh_rx),
+            admission,
         }
     }
 
@@ -201,6 +216,13 @@ impl Deliverer {
                 _ = tokio::time::sleep_until(next_look) => {}
             }
         }
+        let dropped = self.admission.close();
+        if dropped > 0 {
+            tracing::info!(
+                dropped,
+                "deliveries waiting for their origin go out when their leases end"
+            );
+        }
         let drained =
             tokio::time::timeout(DRAIN, self.permits.acquire_many(self.concurrency as u32)).await;
         if drained.is_err() {
@@ -226,7 +248,20 @@ impl Deliverer {
         Ok(full)
     }
 
+    /// Starts an attempt task for `job` once a permit is free; a fresh
+    /// delivery first needs admission to its origin, or waits there.
     async fn spawn(self: Arc<Self>, job: Job) {
+        let (job, ticket) = match job {
+            Job::Fresh(fresh) => match self.admission.admit(&origin_of(&fresh.webhook), fresh) {
+                Admitted::Now(fresh, ticket) => (Job::Fresh(fresh), Some(ticket)),
+                Admitted::Queued => return,
+                Admitted::Refused(fresh) => {
+                    tracing::warn!(delivery = %fresh.delivery.id, "delivery queue full; it goes out when its lease ends");
+                    return;
+                }
+            },
+            claimed => (claimed, None),
+        };
         let permit = self
             .permits
             .clone()
@@ -234,6 +269,15 @@ impl Deliverer {
             .await
             .expect("the semaphore is never closed");
         tokio::spawn(async move {
+            self.run_attempts(job, ticket).await;
+            drop(permit);
+        });
+    }
+
+    /// Runs `job`, then, while its origin has fresh deliveries waiting for
+    /// admission, the next of them with the same ticket (and permit).
+    async fn run_attempts(&self, mut job: Job, mut ticket: Option<Ticket<Fresh>>) {
+        loop {
             self.metrics.in_flight.inc();
             let id = match &job {
                 Job::Claimed(_, id) => id.clone(),
@@ -243,8 +287,19 @@ impl Deliverer {
                 crate::store::unrecorded(&id, &e);
             }
             self.metrics.in_flight.dec();
-            drop(permit);
-        });
+            job = loop {
+                let Some((next, next_ticket)) = ticket.take().and_then(Ticket::finish) else {
+                    return;
+                };
+                ticket = Some(next_ticket);
+                if in_lease(&next.delivery, self.lease, now_ms()) {
+                    break Job::Fresh(next);
+                }
+                // Waited for most of its lease: it goes out when that ends
+                // (an attempt started now could outlive it).
+                tracing::debug!(delivery = %next.delivery.id, "waited too long for its origin; it goes out when its lease ends");
+            };
+        }
     }
 
     /// One attempt of one delivery, start to finish.
@@ -663,6 +718,24 @@ pub fn build(
 
 /// A shaped header's name: the default format's constants are taken as
 /// they are, a plugin's are parsed (and copied).
+/// True while at least half of a fresh delivery's lease (`lease` long,
+/// ending at its `next_attempt_at_ms`) is left at `now_ms`.
+fn in_lease(delivery: &Delivery, lease: Duration, now_ms: u64) -> bool {
+    let half = lease.as_millis() as u64 / 2;
+    delivery
+        .next_attempt_at_ms
+        .is_some_and(|end| end.saturating_sub(now_ms) >= half)
+}
+
+/// The origin (`scheme://host:port`) a webhook's deliveries go to.
+fn origin_of(webhook: &Webhook) -> String {
+    let uri: hyper::Uri = webhook
+        .url
+        .parse()
+        .expect("webhook URLs are checked on write");
+    origins::origin(&uri)
+}
+
 fn header_name(name: &request::Text) -> HeaderName {
     match name {
         Cow::Borrowed(name) => HeaderName::from_static(name),
@@ -680,5 +753,36 @@ fn outcome_name(o: AttemptOutcome) -> &'static str {
         AttemptOutcome::Timeout => "timeout",
         AttemptOutcome::PluginError => "plugin_error",
         AttemptOutcome::Skipped => "skipped",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::TenantId;
+
+    #[test]
+    fn a_fresh_delivery_is_started_only_with_half_its_lease_left() {
+        let tenant = TenantId::from_trusted("t");
+        let event = Event {
+            id: crate::ids::EventId::generate(),
+            tenant: tenant.clone(),
+            event_type: "x".into(),
+            data: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+            occurred_at_ms: 0,
+        };
+        let webhook = Webhook::new(tenant, "http://127.0.0.1/h", vec!["*".into()], 0);
+        let lease = Duration::from_secs(90);
+        // Triggered at 1,000: leased until 91,000.
+        let d = crate::store::new_delivery(&event, &webhook, 91_000);
+        assert!(in_lease(&d, lease, 1_000));
+        assert!(in_lease(&d, lease, 46_000), "exactly half left");
+        assert!(!in_lease(&d, lease, 46_001));
+        assert!(!in_lease(&d, lease, 95_000), "lease over");
+        let done = Delivery {
+            next_attempt_at_ms: None,
+            ..d
+        };
+        assert!(!in_lease(&done, lease, 1_000));
     }
 }
