@@ -89,22 +89,19 @@ impl<J> Admission<J> {
     /// Admits `job` to `origin` if it has room (or the first of that
     /// origin's waiting jobs, `job` then waiting behind them); queues it
     /// otherwise.
-    pub fn admit(&self, origin: &str, job: J) -> Admitted<J> {
+    pub fn admit(&self, origin: Arc<str>, job: J) -> Admitted<J> {
         let mut state = self.state.lock().expect("admission lock");
         if state.closed {
             return Admitted::Refused(job);
         }
         let full = state.waiting >= self.max_waiting;
-        let entry = match state.origins.get_mut(origin) {
-            Some(entry) => entry,
-            None => state
-                .origins
-                .entry(Arc::from(origin))
-                .or_insert_with(|| Origin {
-                    admitted: 0,
-                    queue: VecDeque::new(),
-                }),
-        };
+        let entry = state
+            .origins
+            .entry(origin.clone())
+            .or_insert_with(|| Origin {
+                admitted: 0,
+                queue: VecDeque::new(),
+            });
         if entry.admitted < self.per_origin {
             // Room: the first job waiting goes (only a dropped ticket
             // leaves jobs waiting with room free), and this one waits.
@@ -116,12 +113,6 @@ impl<J> Admission<J> {
                 None => job,
             };
             entry.admitted += 1;
-            let origin = state
-                .origins
-                .get_key_value(origin)
-                .expect("just found")
-                .0
-                .clone();
             return Admitted::Now(
                 job,
                 Ticket {
@@ -214,12 +205,12 @@ mod tests {
     #[test]
     fn an_origin_admits_up_to_its_limit_and_hands_on_in_order() {
         let admission = Admission::new(2, 10, Gauge::default());
-        let (_, a) = now(admission.admit("o1", 1));
-        let (_, b) = now(admission.admit("o1", 2));
-        assert!(matches!(admission.admit("o1", 3), Admitted::Queued));
-        assert!(matches!(admission.admit("o1", 4), Admitted::Queued));
+        let (_, a) = now(admission.admit("o1".into(), 1));
+        let (_, b) = now(admission.admit("o1".into(), 2));
+        assert!(matches!(admission.admit("o1".into(), 3), Admitted::Queued));
+        assert!(matches!(admission.admit("o1".into(), 4), Admitted::Queued));
         // Another origin is not held up behind the busy one.
-        let (_, c) = now(admission.admit("o2", 5));
+        let (_, c) = now(admission.admit("o2".into(), 5));
         assert_eq!(admission.state.lock().unwrap().gauge.get(), 2);
 
         let (job, a) = a.finish().expect("3 waits");
@@ -229,7 +220,7 @@ mod tests {
         assert_eq!(admission.state.lock().unwrap().gauge.get(), 0);
         assert!(a.finish().is_none());
         // A new job is admitted at once when a place is free.
-        let (_, d) = now(admission.admit("o1", 6));
+        let (_, d) = now(admission.admit("o1".into(), 6));
         assert!(b.finish().is_none());
         assert!(d.finish().is_none());
         assert!(c.finish().is_none());
@@ -239,12 +230,12 @@ mod tests {
     #[test]
     fn a_new_job_waits_behind_those_already_waiting() {
         let admission = Admission::new(1, 10, Gauge::default());
-        let (_, a) = now(admission.admit("o", 1));
-        assert!(matches!(admission.admit("o", 2), Admitted::Queued));
+        let (_, a) = now(admission.admit("o".into(), 1));
+        assert!(matches!(admission.admit("o".into(), 2), Admitted::Queued));
         // A ticket dropped without finishing (a panicked task) frees its
         // place: the next job to come lets 2 go first, and waits.
         drop(a);
-        let (job, b) = now(admission.admit("o", 3));
+        let (job, b) = now(admission.admit("o".into(), 3));
         assert_eq!(job, 2);
         assert_eq!(admission.state.lock().unwrap().gauge.get(), 1);
         let (job, b) = b.finish().expect("3 waits");
@@ -256,11 +247,17 @@ mod tests {
     #[test]
     fn full_or_closed_refuses_and_closing_drops_the_waiting() {
         let admission = Admission::new(1, 1, Gauge::default());
-        let (_, a) = now(admission.admit("o", 1));
-        assert!(matches!(admission.admit("o", 2), Admitted::Queued));
-        assert!(matches!(admission.admit("o", 3), Admitted::Refused(3)));
+        let (_, a) = now(admission.admit("o".into(), 1));
+        assert!(matches!(admission.admit("o".into(), 2), Admitted::Queued));
+        assert!(matches!(
+            admission.admit("o".into(), 3),
+            Admitted::Refused(3)
+        ));
         assert_eq!(admission.close(), 1);
         assert!(a.finish().is_none(), "nothing is handed on once closed");
-        assert!(matches!(admission.admit("p", 4), Admitted::Refused(4)));
+        assert!(matches!(
+            admission.admit("p".into(), 4),
+            Admitted::Refused(4)
+        ));
     }
 }

@@ -44,7 +44,7 @@ use admission::{Admission, Admitted, Ticket};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use bytes::Bytes;
 use client::{HttpClient, SendError};
-use origins::Origins;
+use origins::{Origins, Target};
 use request::{AttemptContext, Shaped};
 use shared::SharedShaping;
 use std::borrow::Cow;
@@ -80,6 +80,7 @@ struct Fresh {
     delivery: Box<Delivery>,
     event: Arc<Event>,
     webhook: Arc<Webhook>,
+    target: Target,
     shared: Option<(Arc<SharedShaping>, usize)>,
     /// The event's default-format body, made by the first of its
     /// deliveries to need it.
@@ -161,6 +162,7 @@ impl Deliverer {
             let job = Job::Fresh(Fresh {
                 delivery: Box::new(d),
                 event: event.clone(),
+                target: Target::of(&webhook.url),
                 webhook,
                 shared: shared.next().flatten(),
                 envelope: envelope.clone(),
@@ -252,7 +254,7 @@ impl Deliverer {
     /// delivery first needs admission to its origin, or waits there.
     async fn spawn(self: Arc<Self>, job: Job) {
         let (job, ticket) = match job {
-            Job::Fresh(fresh) => match self.admission.admit(&origin_of(&fresh.webhook), fresh) {
+            Job::Fresh(fresh) => match self.admission.admit(fresh.target.origin.clone(), fresh) {
                 Admitted::Now(fresh, ticket) => (Job::Fresh(fresh), Some(ticket)),
                 Admitted::Queued => return,
                 Admitted::Refused(fresh) => {
@@ -304,13 +306,14 @@ impl Deliverer {
 
     /// One attempt of one delivery, start to finish.
     async fn attempt(&self, job: Job) -> Result<(), crate::store::StoreError> {
-        let (mut delivery, webhook, event, shared, envelope) = match job {
+        let (mut delivery, webhook, event, shared, envelope, target) = match job {
             Job::Fresh(f) => (
                 *f.delivery,
                 Some(f.webhook),
                 Some(f.event),
                 f.shared,
                 f.envelope,
+                Some(f.target),
             ),
             Job::Claimed(tenant, id) => {
                 let Some(d) = self.store.get_delivery(&tenant, &id).await? else {
@@ -328,6 +331,7 @@ impl Deliverer {
                     event.map(Arc::new),
                     None,
                     envelope,
+                    None,
                 )
             }
         };
@@ -337,6 +341,7 @@ impl Deliverer {
             (None, _) => return self.give_up(delivery, "webhook was deleted").await,
             (_, None) => return self.give_up(delivery, "event no longer exists").await,
         };
+        let target = target.unwrap_or_else(|| Target::of(&webhook.url));
 
         // An attempt never outlives its lease, or another engine could claim
         // the delivery while this one is still sending it: waiting for a slot
@@ -361,7 +366,7 @@ impl Deliverer {
         let retry_after = self
             .shape_and_send(
                 &event,
-                &webhook,
+                (&webhook, &target),
                 (ctx, (shared, &envelope)),
                 (timeout, slot_until),
                 &mut delivery,
@@ -451,7 +456,7 @@ impl Deliverer {
     async fn shape_and_send(
         &self,
         event: &Event,
-        webhook: &Webhook,
+        (webhook, target): (&Webhook, &Target),
         (mut ctx, (shared, envelope)): (AttemptContext, Sharing<'_>),
         (timeout, slot_until): (Duration, tokio::time::Instant),
         delivery: &mut Delivery,
@@ -474,11 +479,7 @@ impl Deliverer {
             }
         };
         let mut req = noted(first, delivery, attempt)?;
-        let uri: hyper::Uri = webhook
-            .url
-            .parse()
-            .expect("webhook URLs are checked on write");
-        let _slot = match self.origins.acquire(&uri, slot_until).await {
+        let _slot = match self.origins.acquire(&target.origin, slot_until).await {
             Err(busy) => {
                 attempt.outcome = AttemptOutcome::Timeout;
                 attempt.error = Some(busy.to_string());
@@ -499,7 +500,7 @@ impl Deliverer {
             }
         };
         let (headers, body) = build(webhook, req, &ctx, now_ms());
-        match self.client.post(&uri, headers, body, timeout).await {
+        match self.client.post(&target.uri, headers, body, timeout).await {
             Ok((answer, took)) => {
                 attempt.duration_ms = took.as_millis() as u64;
                 attempt.status_code = Some(answer.status);
@@ -725,15 +726,6 @@ fn in_lease(delivery: &Delivery, lease: Duration, now_ms: u64) -> bool {
     delivery
         .next_attempt_at_ms
         .is_some_and(|end| end.saturating_sub(now_ms) >= half)
-}
-
-/// The origin (`scheme://host:port`) a webhook's deliveries go to.
-fn origin_of(webhook: &Webhook) -> String {
-    let uri: hyper::Uri = webhook
-        .url
-        .parse()
-        .expect("webhook URLs are checked on write");
-    origins::origin(&uri)
 }
 
 fn header_name(name: &request::Text) -> HeaderName {

@@ -47,6 +47,23 @@ pub struct Busy {
     pub waited_ms: u64,
 }
 
+/// Where a webhook's deliveries go: its URL, parsed, and that URL's origin.
+/// Made once per fresh delivery, used for its admission, its slot and its
+/// request.
+pub struct Target {
+    pub uri: hyper::Uri,
+    pub origin: std::sync::Arc<str>,
+}
+
+impl Target {
+    /// The target of a webhook URL, which was checked when it was written.
+    pub fn of(url: &str) -> Target {
+        let uri: hyper::Uri = url.parse().expect("webhook URLs are checked on write");
+        let origin = origin(&uri).into();
+        Target { uri, origin }
+    }
+}
+
 /// `scheme://host:port` of `uri`: what one pool of connections serves. No
 /// user info or path, so it is safe to show.
 pub fn origin(uri: &hyper::Uri) -> String {
@@ -76,10 +93,9 @@ impl Origins {
         }
     }
 
-    /// A slot to `uri`'s origin, waiting until `until` at most.
-    pub async fn acquire(&self, uri: &hyper::Uri, until: Instant) -> Result<Slot, Busy> {
-        let origin = origin(uri);
-        let semaphore = self.semaphore(&origin);
+    /// A slot to `origin` (see [`origin`]), waiting until `until` at most.
+    pub async fn acquire(&self, origin: &str, until: Instant) -> Result<Slot, Busy> {
+        let semaphore = self.semaphore(origin);
         if let Ok(permit) = semaphore.clone().try_acquire_owned() {
             return Ok(Slot {
                 _permit: permit,
@@ -93,7 +109,7 @@ impl Origins {
                 waited: started.elapsed(),
             }),
             Err(_) => Err(Busy {
-                origin,
+                origin: origin.to_owned(),
                 in_flight: self.per_origin,
                 waited_ms: started.elapsed().as_millis() as u64,
             }),
@@ -132,6 +148,11 @@ mod tests {
         s.parse().expect("test URI")
     }
 
+    /// The origin of a test URL, as [`Target::of`] makes it.
+    fn at(s: &str) -> String {
+        Target::of(s).origin.to_string()
+    }
+
     #[test]
     fn an_origin_is_scheme_host_and_port_without_user_info() {
         assert_eq!(
@@ -149,18 +170,18 @@ mod tests {
     async fn attempts_to_one_origin_wait_their_turn() {
         let origins = Origins::new(2);
         let far = Instant::now() + Duration::from_secs(60);
-        let a = origins.acquire(&uri("http://a.test/1"), far).await.unwrap();
-        let b = origins.acquire(&uri("http://a.test/2"), far).await.unwrap();
+        let a = origins.acquire(&at("http://a.test/1"), far).await.unwrap();
+        let b = origins.acquire(&at("http://a.test/2"), far).await.unwrap();
         assert!(a.waited.is_zero() && b.waited.is_zero());
         // Another origin is not held up by this one.
-        let other = origins.acquire(&uri("http://b.test/"), far).await.unwrap();
+        let other = origins.acquire(&at("http://b.test/"), far).await.unwrap();
         assert!(other.waited.is_zero());
 
         // A third waits until a slot is given back...
         let origins = Arc::new(origins);
         let waiting = {
             let origins = origins.clone();
-            tokio::spawn(async move { origins.acquire(&uri("http://a.test/3"), far).await })
+            tokio::spawn(async move { origins.acquire(&at("http://a.test/3"), far).await })
         };
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(!waiting.is_finished());
@@ -171,7 +192,7 @@ mod tests {
         // ...and gives up at its deadline, saying why without the path.
         let soon = Instant::now() + Duration::from_millis(200);
         let busy = match origins
-            .acquire(&uri("http://a.test/secret-path"), soon)
+            .acquire(&at("http://a.test/secret-path"), soon)
             .await
         {
             Err(busy) => busy,
@@ -189,17 +210,17 @@ mod tests {
         let origins = Origins::new(1);
         let far = Instant::now() + Duration::from_secs(60);
         let held = origins
-            .acquire(&uri("http://held.test/"), far)
+            .acquire(&at("http://held.test/"), far)
             .await
             .unwrap();
         for i in 0..SWEEP_AT + 10 {
             let uri = uri(&format!("http://h{i}.test/"));
-            drop(origins.acquire(&uri, far).await.unwrap());
+            drop(origins.acquire(&origin(&uri), far).await.unwrap());
         }
         // Swept once at SWEEP_AT: only the held origin and those added since stay.
         assert!(origins.known() < 20, "{}", origins.known());
         let again = origins
-            .acquire(&uri("http://held.test/"), Instant::now())
+            .acquire(&at("http://held.test/"), Instant::now())
             .await;
         assert!(again.is_err(), "the held origin kept its slot count");
         drop(held);
