@@ -1,7 +1,7 @@
 //! The README walkthrough, fan-out, wildcards, idempotent and batch
 //! triggers, payload fidelity, the per-origin limit.
 
-use crate::harness::{TestEngine, TestReceiver, verify_standard};
+use crate::harness::{Received, TestEngine, TestReceiver, verify_standard};
 use axum::http::StatusCode;
 use serde_json::json;
 use std::sync::Arc;
@@ -602,12 +602,10 @@ async fn a_delivery_that_gets_no_slot_in_its_lease_is_retried() {
     assert_eq!(counts.2.load(Ordering::SeqCst), 2, "each sent once");
 }
 
-/// A request shaped before a long wait for its origin's slot would carry an
-/// old timestamp; it is shaped again once it has the slot, so what it signs
-/// is fresh when it is sent (and still verifies), by the plugin version it
-/// started with although a new one was uploaded while it waited.
-#[tokio::test]
-async fn a_request_that_waited_for_its_slot_is_signed_fresh() {
+/// An engine with one slot per origin, a tenant (its key) with the
+/// `standard-webhooks` plugin as `fmt`, and a receiver that holds the first
+/// request it gets for 2.5 s.
+async fn one_slot_with_fmt() -> (TestEngine, String, TestReceiver) {
     let engine = TestEngine::spawn_tuned(|s| s.origin_concurrency = 1).await;
     let key = engine.tenant("acme").await;
     let receiver = TestReceiver::spawn().await;
@@ -615,6 +613,68 @@ async fn a_request_that_waited_for_its_slot_is_signed_fresh() {
     engine
         .install_plugin(&key, "fmt", wasmhook_tests::plugins::STANDARD_WEBHOOKS)
         .await;
+    (engine, key, receiver)
+}
+
+/// Request `i` arrived within a second of the timestamp it signs.
+fn assert_signed_fresh(i: usize, req: &Received) {
+    let arrived = (std::time::SystemTime::now() - req.at.elapsed())
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let signed: u64 = req
+        .header("webhook-timestamp")
+        .parse()
+        .unwrap_or_else(|_| panic!("request {i} is not Standard Webhooks: {}", req.text()));
+    assert!(
+        arrived.saturating_sub(signed) <= 1,
+        "request {i} arrived at {arrived} signed at {signed}"
+    );
+}
+
+/// A fan-out's deliveries with one plugin are shaped by one call, made when
+/// the first of them needs it. One that then waited for admission to its
+/// origin is shaped again before it is sent if that call is over a second
+/// old, even when it gets its slot at once.
+#[tokio::test]
+async fn a_request_shaped_by_its_group_before_admission_is_signed_fresh() {
+    // One slot, so two attempts admitted; the third waits for admission.
+    let (engine, key, receiver) = one_slot_with_fmt().await;
+    let mut secrets = Vec::new();
+    for path in ["a", "b", "c"] {
+        let hook = engine
+            .webhook(
+                &key,
+                &format!("{}/{path}", receiver.url),
+                json!({"events": ["order.created"], "plugin": "fmt"}),
+            )
+            .await;
+        secrets.push(hook["secret"].as_str().unwrap().to_owned());
+    }
+    engine.trigger(&key, "order.created", json!({})).await;
+    let got = receiver.wait_for(3, WAIT).await;
+    for (i, req) in got.iter().enumerate() {
+        assert_signed_fresh(i, req);
+        // Each verifies with its own webhook's secret.
+        assert!(
+            secrets.iter().any(|secret| {
+                standardwebhooks::Webhook::new(secret)
+                    .unwrap()
+                    .verify(&req.body, &req.headers)
+                    .is_ok()
+            }),
+            "request {i} does not verify"
+        );
+    }
+}
+
+/// A request shaped before a long wait for its origin's slot would carry an
+/// old timestamp; it is shaped again once it has the slot, so what it signs
+/// is fresh when it is sent (and still verifies), by the plugin version it
+/// started with although a new one was uploaded while it waited.
+#[tokio::test]
+async fn a_request_that_waited_for_its_slot_is_signed_fresh() {
+    let (engine, key, receiver) = one_slot_with_fmt().await;
     let hook = engine
         .webhook(
             &key,
@@ -635,20 +695,8 @@ async fn a_request_that_waited_for_its_slot_is_signed_fresh() {
         .install_plugin(&key, "fmt", wasmhook_tests::plugins::GESTIQCLOUD)
         .await;
     let got = receiver.wait_for(2, WAIT).await;
-    let now = std::time::SystemTime::now();
     for (i, req) in got.iter().enumerate() {
-        let arrived = (now - req.at.elapsed())
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        let signed: u64 = req
-            .header("webhook-timestamp")
-            .parse()
-            .unwrap_or_else(|_| panic!("request {i} is not Standard Webhooks: {}", req.text()));
-        assert!(
-            arrived.saturating_sub(signed) <= 1,
-            "request {i} arrived at {arrived} signed at {signed}"
-        );
+        assert_signed_fresh(i, req);
         verify_standard(secret, req);
     }
     let metrics = engine.metrics().await;

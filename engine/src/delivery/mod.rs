@@ -20,7 +20,8 @@
 //! make their own). A delivery is
 //! attempted by one task at a time in this process; across a crash it may be
 //! attempted twice (see [`crate::schedule`]). A request that waited long for
-//! its slot is shaped twice (see `RESHAPE_AFTER`).
+//! its slot (or, shaped with its event's group, for admission) is shaped
+//! twice (see `RESHAPE_AFTER`).
 
 mod admission;
 pub mod client;
@@ -447,12 +448,14 @@ impl Deliverer {
     /// The slot is taken once the request is shaped and given back as soon
     /// as the exchange ends, before the attempt is recorded: requests go out
     /// as soon as they get a slot (measured in BENCHMARKS.md, session 8), and
-    /// a skipped delivery or a plugin error takes none. A request that
-    /// waited longer than [`RESHAPE_AFTER`] for its slot is shaped again
+    /// a skipped delivery or a plugin error takes none. A request shaped
+    /// longer than [`RESHAPE_AFTER`] before it gets its slot is shaped again
     /// with the time it is sent (by the same plugin version, even if a new
     /// one was uploaded meanwhile), so what it signs is never older than that.
     /// A fresh delivery that shares its shaping with others of its event
-    /// ([`shared`]) takes its context and first request from there.
+    /// ([`shared`]) takes its context and first request from there: shaped
+    /// when the group's first attempt needed it, which may be long before
+    /// this one was admitted to its origin ([`admission`]).
     async fn shape_and_send(
         &self,
         event: &Event,
@@ -463,7 +466,7 @@ impl Deliverer {
         attempt: &mut Attempt,
     ) -> Option<Duration> {
         let mut version = None;
-        let first = match shared {
+        let (first, shaped_at_ms) = match shared {
             Some((shared, place)) => {
                 let (plugin, (shared_ctx, shaped)) = shared.take(self, place).await;
                 ctx = shared_ctx;
@@ -471,11 +474,13 @@ impl Deliverer {
                     attempt.plugin = Some(plugin.label());
                     version = Some(plugin);
                 }
-                shaped
+                (shaped, ctx.at_ms())
             }
             None => {
-                self.shape(event, webhook, &ctx, envelope, &mut version, attempt)
-                    .await
+                let shaped = self
+                    .shape(event, webhook, &ctx, envelope, &mut version, attempt)
+                    .await;
+                (shaped, now_ms())
             }
         };
         let mut req = noted(first, delivery, attempt)?;
@@ -489,7 +494,7 @@ impl Deliverer {
                 if !slot.waited.is_zero() {
                     self.metrics.origin_waits.inc();
                 }
-                if slot.waited > RESHAPE_AFTER {
+                if now_ms().saturating_sub(shaped_at_ms) > RESHAPE_AFTER.as_millis() as u64 {
                     ctx = AttemptContext::new(&ctx.delivery_id, ctx.attempt, now_ms());
                     let again = self
                         .shape(event, webhook, &ctx, envelope, &mut version, attempt)

@@ -81,6 +81,11 @@ impl AttemptContext {
         }
     }
 
+    /// The attempt's instant in Unix milliseconds.
+    pub fn at_ms(&self) -> u64 {
+        self.at_ms
+    }
+
     /// The attempt's instant in RFC 3339 with milliseconds, as plugins see
     /// it; made on demand, since the default format does not use it.
     pub fn time(&self) -> String {

@@ -5,9 +5,10 @@
 //! the others takes its request from that call. The plugin parses the
 //! event's data once instead of once per webhook.
 //!
-//! What may happen twice: nothing here is sent twice. A request that then
-//! waits past `RESHAPE_AFTER` for its origin's slot is shaped again on its
-//! own, with the same plugin version, like any other.
+//! What may happen twice: nothing here is sent twice. A request taken from
+//! here more than `RESHAPE_AFTER` after the call shaped it (it waited for
+//! admission to its origin, or for a slot) is shaped again on its own, with
+//! the same plugin version, like any other.
 
 use super::Deliverer;
 use super::request::{AttemptContext, Shaped};
