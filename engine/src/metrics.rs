@@ -164,7 +164,7 @@ impl Metrics {
         );
         registry.register(
             "deliveries_waiting_for_origin",
-            "Fresh deliveries waiting for admission to their origin (at most twice origin_concurrency attempts per origin at once)",
+            "Deliveries waiting for admission to their origin (at most twice origin_concurrency attempts per origin at once)",
             waiting_for_origin.clone(),
         );
         if let Some(store) = store {

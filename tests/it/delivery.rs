@@ -415,6 +415,15 @@ async fn payload_filters_decide_before_any_plugin() {
 /// A receiver that takes `delay` to answer and notes the most requests it
 /// ever had in flight at once, and how many it answered.
 async fn slow_receiver(delay: Duration) -> (String, Arc<(AtomicUsize, AtomicUsize, AtomicUsize)>) {
+    failing_then_slow_receiver(0, delay).await
+}
+
+/// [`slow_receiver`], but the first `failing` requests are answered `500`
+/// at once (and not counted as answered).
+async fn failing_then_slow_receiver(
+    failing: usize,
+    delay: Duration,
+) -> (String, Arc<(AtomicUsize, AtomicUsize, AtomicUsize)>) {
     // (in flight now, most in flight at once, answered)
     let counts = Arc::new((
         AtomicUsize::new(0),
@@ -422,15 +431,19 @@ async fn slow_receiver(delay: Duration) -> (String, Arc<(AtomicUsize, AtomicUsiz
         AtomicUsize::new(0),
     ));
     let c = counts.clone();
+    let seen = Arc::new(AtomicUsize::new(0));
     let app = axum::Router::new().fallback(move || {
-        let c = c.clone();
+        let (c, seen) = (c.clone(), seen.clone());
         async move {
+            if seen.fetch_add(1, Ordering::SeqCst) < failing {
+                return StatusCode::INTERNAL_SERVER_ERROR;
+            }
             let now = c.0.fetch_add(1, Ordering::SeqCst) + 1;
             c.1.fetch_max(now, Ordering::SeqCst);
             tokio::time::sleep(delay).await;
             c.0.fetch_sub(1, Ordering::SeqCst);
             c.2.fetch_add(1, Ordering::SeqCst);
-            "ok"
+            StatusCode::OK
         }
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -476,17 +489,63 @@ async fn one_origin_gets_at_most_origin_concurrency_attempts_at_once() {
         sent.elapsed()
     );
 
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while counts.2.load(Ordering::SeqCst) < 6 {
-        assert!(tokio::time::Instant::now() < deadline, "not all delivered");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_answered(&counts, 6).await;
     assert_eq!(counts.1.load(Ordering::SeqCst), 2, "most in flight at once");
     let waits = engine
         .metric("wasmhook_origin_waits_total")
         .await
         .expect("origin waits are counted");
     assert!(waits >= 4.0, "{waits} attempts waited");
+}
+
+/// Waits until `n` deliveries wait for admission to their origin.
+async fn wait_for_admission_queue(engine: &TestEngine, n: f64, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let waiting = engine
+            .metric("wasmhook_deliveries_waiting_for_origin")
+            .await;
+        if waiting == Some(n) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "waiting for admission: {waiting:?}, not {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until a receiver counted `n` requests answered.
+async fn wait_answered(counts: &(AtomicUsize, AtomicUsize, AtomicUsize), n: usize) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while counts.2.load(Ordering::SeqCst) < n {
+        assert!(tokio::time::Instant::now() < deadline, "not all delivered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until every delivery of `event` (a trigger's answer) is `done`;
+/// answers them.
+async fn wait_event_deliveries(
+    engine: &TestEngine,
+    key: &str,
+    event: &serde_json::Value,
+    done: impl Fn(&serde_json::Value) -> bool + Copy,
+) -> Vec<serde_json::Value> {
+    let (_, listed) = engine
+        .get(
+            &format!("/api/events/{}", event["id"].as_str().unwrap()),
+            key,
+        )
+        .await;
+    let mut out = Vec::new();
+    for d in listed["deliveries"].as_array().unwrap() {
+        let webhook = d["webhook_id"].as_str().unwrap();
+        let id = d["id"].as_str().unwrap();
+        out.push(engine.wait_delivery(key, webhook, id, WAIT, done).await);
+    }
+    out
 }
 
 /// A burst to one origin beyond twice `origin_concurrency` waits as queued
@@ -502,51 +561,48 @@ async fn a_burst_to_one_origin_waits_for_admission_and_all_arrive() {
     let event = engine.trigger(&key, "order.created", json!({})).await;
     assert_eq!(event["deliveries"], 4);
     // Two are admitted (one sending, one waiting for the slot); two wait.
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(450);
-    loop {
-        let waiting = engine
-            .metric("wasmhook_deliveries_waiting_for_origin")
-            .await;
-        if waiting == Some(2.0) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "waiting for admission: {waiting:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while counts.2.load(Ordering::SeqCst) < 4 {
-        assert!(tokio::time::Instant::now() < deadline, "not all delivered");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_admission_queue(&engine, 2.0, Duration::from_millis(450)).await;
+    wait_answered(&counts, 4).await;
     assert_eq!(counts.1.load(Ordering::SeqCst), 1, "most in flight at once");
-    assert_eq!(
-        engine
-            .metric("wasmhook_deliveries_waiting_for_origin")
-            .await,
-        Some(0.0)
-    );
-    let (_, deliveries) = engine
-        .get(
-            &format!("/api/events/{}", event["id"].as_str().unwrap()),
-            &key,
-        )
-        .await;
-    for d in deliveries["deliveries"].as_array().unwrap() {
-        let d = engine
-            .wait_delivery(
-                &key,
-                d["webhook_id"].as_str().unwrap(),
-                d["id"].as_str().unwrap(),
-                WAIT,
-                |d| d["status"] == "succeeded",
-            )
-            .await;
+    wait_for_admission_queue(&engine, 0.0, WAIT).await;
+    for d in wait_event_deliveries(&engine, &key, &event, |d| d["status"] == "succeeded").await {
         assert_eq!(d["attempts"], 1, "{d}");
     }
     assert_eq!(counts.2.load(Ordering::SeqCst), 4, "each sent once");
+}
+
+/// Retries that come due together are admitted to their origin like fresh
+/// deliveries: once read back, those beyond twice `origin_concurrency` wait
+/// as queued jobs, and all of them land.
+#[tokio::test]
+async fn a_burst_of_retries_to_one_origin_waits_for_admission() {
+    let engine = TestEngine::spawn_tuned(|s| s.origin_concurrency = 1).await;
+    let key = engine.tenant("acme").await;
+    // The first attempts fail at once; the retries take 500 ms each.
+    let (url, counts) = failing_then_slow_receiver(4, Duration::from_millis(500)).await;
+    for path in ["a", "b", "c", "d"] {
+        engine
+            .webhook(
+                &key,
+                &format!("{url}/{path}"),
+                json!({
+                    "events": ["order.created"],
+                    "retry_policy": {"strategy": "fixed", "retries": 3, "delay_ms": 1000, "jitter": false}
+                }),
+            )
+            .await;
+    }
+    let event = engine.trigger(&key, "order.created", json!({})).await;
+    assert_eq!(event["deliveries"], 4);
+    // Every first attempt is recorded (failed, a retry due in a second)
+    // before any retry is claimed: whatever waits from now on is a retry.
+    wait_event_deliveries(&engine, &key, &event, |d| d["attempts"] == 1).await;
+    wait_for_admission_queue(&engine, 2.0, WAIT).await;
+    wait_answered(&counts, 4).await;
+    assert_eq!(counts.1.load(Ordering::SeqCst), 1, "most in flight at once");
+    for d in wait_event_deliveries(&engine, &key, &event, |d| d["status"] == "succeeded").await {
+        assert_eq!(d["attempts"], 2, "{d}");
+    }
 }
 
 /// With no time left in the lease to wait for a slot, the attempt is not

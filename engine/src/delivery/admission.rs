@@ -1,7 +1,7 @@
-//! Admission of fresh deliveries, per origin: at most twice
-//! `origin_concurrency` attempt tasks for one origin at a time; the rest
-//! wait here as plain jobs, in order, until one of that origin's tasks
-//! finishes and takes the next one on.
+//! Admission of deliveries, per origin: at most twice `origin_concurrency`
+//! attempt tasks for one origin at a time; the rest wait here as plain
+//! jobs, in order, until one of that origin's tasks finishes and takes the
+//! next one on.
 //!
 //! Why: a burst to one receiver used to become hundreds of tasks, each
 //! shaped, holding a timer, and parked on the origin's slots
@@ -11,9 +11,9 @@
 //! keeps every slot busy while the next attempts shape and record.
 //!
 //! Owns each origin's count of admitted tasks and its queue of waiting
-//! jobs. Claimed deliveries (retries, leases that ran out) are not admitted
-//! here: their origin is known only once their records are read, and they
-//! wait for a slot as before. What may happen twice: nothing; a job that
+//! jobs. A fresh delivery is admitted before its task starts; a claimed one
+//! (a retry, a lease that ran out) once its task has read its records, since
+//! only then is its origin known. What may happen twice: nothing; a job that
 //! waits here is never handed out twice, and one dropped (the queue is
 //! full, or the engine is stopping) is still leased in the store and goes
 //! out when its lease ends.

@@ -5,10 +5,11 @@
 //! Two ways in: fresh deliveries are handed over by the trigger API right
 //! after they are durable (already leased to this process, so they go out at
 //! once), and a dispatcher claims whatever the schedule says is due (retries,
-//! manual retries, and leases that ran out). A fresh delivery is first
-//! admitted to its origin ([`admission`]: at most twice `origin_concurrency`
-//! attempt tasks per origin; the rest wait as jobs, and a finishing task
-//! runs its origin's next one). An attempt shapes its request,
+//! manual retries, and leases that ran out). Each delivery is admitted to
+//! its origin ([`admission`]: at most twice `origin_concurrency` attempt
+//! tasks per origin; the rest wait as jobs, and a finishing task runs its
+//! origin's next one): a fresh one before its task starts, a claimed one
+//! once its records are read. An attempt shapes its request,
 //! then takes a slot to its webhook's origin ([`origins`]), holds it while
 //! sending, and records its result after giving it back. A final result
 //! (succeeded, failed, skipped) is handed to the store without waiting for
@@ -55,8 +56,8 @@ use tokio::sync::{Notify, Semaphore, mpsc};
 
 /// How many due deliveries one claim takes at most.
 const CLAIM_BATCH: usize = 256;
-/// Fresh deliveries waiting to be taken, at most: in the queue from the
-/// trigger API, and again waiting for their origin ([`admission`]).
+/// Deliveries waiting to be taken, at most: fresh ones in the queue from
+/// the trigger API, and again any waiting for their origin ([`admission`]).
 const FRESH_QUEUE: usize = 65_536;
 /// Longest the dispatcher sleeps without looking at the schedule.
 const MAX_IDLE: Duration = Duration::from_secs(1);
@@ -74,10 +75,12 @@ const RESHAPE_AFTER: Duration = Duration::from_secs(1);
 /// store.
 enum Job {
     Claimed(TenantId, DeliveryId),
-    Fresh(Fresh),
+    Fresh(Ready),
 }
 
-struct Fresh {
+/// A delivery with what its attempt needs: handed over fresh, or read back
+/// after a claim (then it shares nothing).
+struct Ready {
     delivery: Box<Delivery>,
     event: Arc<Event>,
     webhook: Arc<Webhook>,
@@ -106,7 +109,7 @@ pub struct Deliverer {
     wake: Notify,
     fresh_tx: mpsc::Sender<Job>,
     fresh_rx: tokio::sync::Mutex<mpsc::Receiver<Job>>,
-    admission: Admission<Fresh>,
+    admission: Admission<Ready>,
 }
 
 impl Deliverer {
@@ -160,7 +163,7 @@ impl Deliverer {
         let mut shared = SharedShaping::group(&event, &deliveries, &webhooks).into_iter();
         let envelope = Arc::new(OnceLock::new());
         for (d, webhook) in deliveries.into_iter().zip(webhooks) {
-            let job = Job::Fresh(Fresh {
+            let job = Job::Fresh(Ready {
                 delivery: Box::new(d),
                 event: event.clone(),
                 target: Target::of(&webhook.url),
@@ -252,7 +255,8 @@ impl Deliverer {
     }
 
     /// Starts an attempt task for `job` once a permit is free; a fresh
-    /// delivery first needs admission to its origin, or waits there.
+    /// delivery first needs admission to its origin, or waits there (a
+    /// claimed one is admitted once its task has read its records).
     async fn spawn(self: Arc<Self>, job: Job) {
         let (job, ticket) = match job {
             Job::Fresh(fresh) => match self.admission.admit(fresh.target.origin.clone(), fresh) {
@@ -277,26 +281,42 @@ impl Deliverer {
         });
     }
 
-    /// Runs `job`, then, while its origin has fresh deliveries waiting for
-    /// admission, the next of them with the same ticket (and permit).
-    async fn run_attempts(&self, mut job: Job, mut ticket: Option<Ticket<Fresh>>) {
+    /// Runs `job`, then, while its origin has deliveries waiting for
+    /// admission, the next of them with the same ticket (and permit). A
+    /// claimed job comes without a ticket: once its records are read it is
+    /// admitted, or left waiting for its origin (and this task ends).
+    async fn run_attempts(&self, job: Job, mut ticket: Option<Ticket<Ready>>) {
+        let mut ready = match job {
+            Job::Fresh(ready) => ready,
+            Job::Claimed(tenant, id) => match self.load(&tenant, &id).await {
+                Ok(Some(ready)) => match self.admission.admit(ready.target.origin.clone(), ready) {
+                    Admitted::Now(ready, admitted) => {
+                        ticket = Some(admitted);
+                        ready
+                    }
+                    Admitted::Queued => return,
+                    // Already read and holding a permit: attempted
+                    // without admission, waiting for a slot as a task.
+                    Admitted::Refused(ready) => ready,
+                },
+                Ok(None) => return,
+                Err(e) => return crate::store::unrecorded(&id, &e),
+            },
+        };
         loop {
             self.metrics.in_flight.inc();
-            let id = match &job {
-                Job::Claimed(_, id) => id.clone(),
-                Job::Fresh(fresh) => fresh.delivery.id.clone(),
-            };
-            if let Err(e) = self.attempt(job).await {
+            let id = ready.delivery.id.clone();
+            if let Err(e) = self.attempt(ready).await {
                 crate::store::unrecorded(&id, &e);
             }
             self.metrics.in_flight.dec();
-            job = loop {
+            ready = loop {
                 let Some((next, next_ticket)) = ticket.take().and_then(Ticket::finish) else {
                     return;
                 };
                 ticket = Some(next_ticket);
                 if in_lease(&next.delivery, self.lease, now_ms()) {
-                    break Job::Fresh(next);
+                    break next;
                 }
                 // Waited for most of its lease: it goes out when that ends
                 // (an attempt started now could outlive it).
@@ -305,44 +325,56 @@ impl Deliverer {
         }
     }
 
-    /// One attempt of one delivery, start to finish.
-    async fn attempt(&self, job: Job) -> Result<(), crate::store::StoreError> {
-        let (mut delivery, webhook, event, shared, envelope, target) = match job {
-            Job::Fresh(f) => (
-                *f.delivery,
-                Some(f.webhook),
-                Some(f.event),
-                f.shared,
-                f.envelope,
-                Some(f.target),
-            ),
-            Job::Claimed(tenant, id) => {
-                let Some(d) = self.store.get_delivery(&tenant, &id).await? else {
-                    return Ok(());
-                };
-                if d.status != DeliveryStatus::Pending {
-                    return Ok(());
-                }
-                let webhook = self.store.get_webhook(&d.tenant, &d.webhook_id).await?;
-                let event = self.store.get_event(&d.tenant, &d.event_id).await?;
-                let envelope = Arc::default();
-                (
-                    d,
-                    webhook.map(Arc::new),
-                    event.map(Arc::new),
-                    None,
-                    envelope,
-                    None,
-                )
+    /// A claimed delivery's records, read back: what its attempt needs, or
+    /// none if there is nothing to attempt (it is no longer pending, or its
+    /// webhook or event is gone, and it was given up here).
+    async fn load(
+        &self,
+        tenant: &TenantId,
+        id: &DeliveryId,
+    ) -> Result<Option<Ready>, crate::store::StoreError> {
+        let Some(d) = self.store.get_delivery(tenant, id).await? else {
+            return Ok(None);
+        };
+        if d.status != DeliveryStatus::Pending {
+            return Ok(None);
+        }
+        let webhook = self.store.get_webhook(&d.tenant, &d.webhook_id).await?;
+        let event = self.store.get_event(&d.tenant, &d.event_id).await?;
+        let (webhook, event) = match (webhook, event) {
+            (Some(w), Some(e)) => (w, e),
+            (None, _) => return self.give_up(d, "webhook was deleted").await.map(|()| None),
+            (_, None) => {
+                return self
+                    .give_up(d, "event no longer exists")
+                    .await
+                    .map(|()| None);
             }
         };
-        let (webhook, event) = match (webhook, event) {
-            (Some(w), Some(e)) if w.active => (w, e),
-            (Some(_), Some(_)) => return self.give_up(delivery, "webhook is disabled").await,
-            (None, _) => return self.give_up(delivery, "webhook was deleted").await,
-            (_, None) => return self.give_up(delivery, "event no longer exists").await,
-        };
-        let target = target.unwrap_or_else(|| Target::of(&webhook.url));
+        Ok(Some(Ready {
+            target: Target::of(&webhook.url),
+            delivery: Box::new(d),
+            event: Arc::new(event),
+            webhook: Arc::new(webhook),
+            shared: None,
+            envelope: Arc::default(),
+        }))
+    }
+
+    /// One attempt of one delivery, start to finish.
+    async fn attempt(&self, ready: Ready) -> Result<(), crate::store::StoreError> {
+        let Ready {
+            delivery,
+            event,
+            webhook,
+            target,
+            shared,
+            envelope,
+        } = ready;
+        let mut delivery = *delivery;
+        if !webhook.active {
+            return self.give_up(delivery, "webhook is disabled").await;
+        }
 
         // An attempt never outlives its lease, or another engine could claim
         // the delivery while this one is still sending it: waiting for a slot
