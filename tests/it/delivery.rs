@@ -573,14 +573,19 @@ async fn a_burst_to_one_origin_waits_for_admission_and_all_arrive() {
 
 /// Retries that come due together are admitted to their origin like fresh
 /// deliveries: once read back, those beyond twice `origin_concurrency` wait
-/// as queued jobs, and all of them land.
+/// as queued jobs, each keeping the permit its claim took, so no more are
+/// claimed than `delivery_concurrency`; all of them land.
 #[tokio::test]
 async fn a_burst_of_retries_to_one_origin_waits_for_admission() {
-    let engine = TestEngine::spawn_tuned(|s| s.origin_concurrency = 1).await;
+    let engine = TestEngine::spawn_tuned(|s| {
+        s.origin_concurrency = 1;
+        s.delivery_concurrency = 4;
+    })
+    .await;
     let key = engine.tenant("acme").await;
-    // The first attempts fail at once; the retries take 500 ms each.
-    let (url, counts) = failing_then_slow_receiver(4, Duration::from_millis(500)).await;
-    for path in ["a", "b", "c", "d"] {
+    // The first attempts fail at once; the retries take 300 ms each.
+    let (url, counts) = failing_then_slow_receiver(8, Duration::from_millis(300)).await;
+    for path in ["a", "b", "c", "d", "e", "f", "g", "h"] {
         engine
             .webhook(
                 &key,
@@ -593,12 +598,24 @@ async fn a_burst_of_retries_to_one_origin_waits_for_admission() {
             .await;
     }
     let event = engine.trigger(&key, "order.created", json!({})).await;
-    assert_eq!(event["deliveries"], 4);
+    assert_eq!(event["deliveries"], 8);
     // Every first attempt is recorded (failed, a retry due in a second)
     // before any retry is claimed: whatever waits from now on is a retry.
     wait_event_deliveries(&engine, &key, &event, |d| d["attempts"] == 1).await;
-    wait_for_admission_queue(&engine, 2.0, WAIT).await;
-    wait_answered(&counts, 4).await;
+    // Two admitted (one sending, one waiting for the slot), and two more
+    // claimed and waiting: four permits.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut most = 0.0_f64;
+    while counts.2.load(Ordering::SeqCst) < 8 {
+        assert!(tokio::time::Instant::now() < deadline, "not all delivered");
+        let waiting = engine
+            .metric("wasmhook_deliveries_waiting_for_origin")
+            .await
+            .unwrap_or_default();
+        most = most.max(waiting);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(most, 2.0, "most retries waiting for admission at once");
     assert_eq!(counts.1.load(Ordering::SeqCst), 1, "most in flight at once");
     for d in wait_event_deliveries(&engine, &key, &event, |d| d["status"] == "succeeded").await {
         assert_eq!(d["attempts"], 2, "{d}");

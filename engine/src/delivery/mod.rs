@@ -52,7 +52,7 @@ use shared::SharedShaping;
 use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 
 /// How many due deliveries one claim takes at most.
 const CLAIM_BATCH: usize = 256;
@@ -89,6 +89,10 @@ struct Ready {
     /// The event's default-format body, made by the first of its
     /// deliveries to need it.
     envelope: Arc<OnceLock<Bytes>>,
+    /// A claimed delivery waiting for admission keeps the permit its task
+    /// had: claims stay bounded by `delivery_concurrency`, as when each
+    /// waited for its slot as a task.
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 /// What an attempt shares with its event's other deliveries: the plugin
@@ -170,6 +174,7 @@ impl Deliverer {
                 webhook,
                 shared: shared.next().flatten(),
                 envelope: envelope.clone(),
+                permit: None,
             });
             if let Err(e) = self.fresh_tx.try_send(job)
                 && let Job::Fresh(fresh) = e.into_inner()
@@ -275,34 +280,43 @@ impl Deliverer {
             .acquire_owned()
             .await
             .expect("the semaphore is never closed");
-        tokio::spawn(async move {
-            self.run_attempts(job, ticket).await;
-            drop(permit);
-        });
+        tokio::spawn(async move { self.run_attempts(job, ticket, permit).await });
     }
 
     /// Runs `job`, then, while its origin has deliveries waiting for
     /// admission, the next of them with the same ticket (and permit). A
     /// claimed job comes without a ticket: once its records are read it is
     /// admitted, or left waiting for its origin (and this task ends).
-    async fn run_attempts(&self, job: Job, mut ticket: Option<Ticket<Ready>>) {
+    async fn run_attempts(
+        &self,
+        job: Job,
+        mut ticket: Option<Ticket<Ready>>,
+        permit: OwnedSemaphorePermit,
+    ) {
+        let mut permit = Some(permit);
         let mut ready = match job {
             Job::Fresh(ready) => ready,
             Job::Claimed(tenant, id) => match self.load(&tenant, &id).await {
-                Ok(Some(ready)) => match self.admission.admit(ready.target.origin.clone(), ready) {
-                    Admitted::Now(ready, admitted) => {
-                        ticket = Some(admitted);
-                        ready
+                Ok(Some(mut ready)) => {
+                    // If it waits, it waits with this task's permit.
+                    ready.permit = permit.take();
+                    match self.admission.admit(ready.target.origin.clone(), ready) {
+                        Admitted::Now(ready, admitted) => {
+                            ticket = Some(admitted);
+                            ready
+                        }
+                        Admitted::Queued => return,
+                        // Already read and holding a permit: attempted
+                        // without admission, waiting for a slot as a task.
+                        Admitted::Refused(ready) => ready,
                     }
-                    Admitted::Queued => return,
-                    // Already read and holding a permit: attempted
-                    // without admission, waiting for a slot as a task.
-                    Admitted::Refused(ready) => ready,
-                },
+                }
                 Ok(None) => return,
                 Err(e) => return crate::store::unrecorded(&id, &e),
             },
         };
+        // This task's permit, wherever it is now, is held until it ends.
+        let _permit = ready.permit.take().or(permit);
         loop {
             self.metrics.in_flight.inc();
             let id = ready.delivery.id.clone();
@@ -358,6 +372,7 @@ impl Deliverer {
             webhook: Arc::new(webhook),
             shared: None,
             envelope: Arc::default(),
+            permit: None,
         }))
     }
 
@@ -370,6 +385,9 @@ impl Deliverer {
             target,
             shared,
             envelope,
+            // One waiting for admission held a permit; the task that runs
+            // it has its own.
+            permit: _,
         } = ready;
         let mut delivery = *delivery;
         if !webhook.active {
