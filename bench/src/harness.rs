@@ -360,7 +360,7 @@ impl Engine {
             Backend::Embedded => None,
             Backend::Redis => Some(RedisServer::start(dir.path()).await?),
         };
-        let raw = wasmhook::config::RawConfig {
+        let mut raw = wasmhook::config::RawConfig {
             data_dir: dir.path().join("data"),
             admin_token: Some(ADMIN.into()),
             allow_private_targets: vec!["127.0.0.0/8".into()],
@@ -368,7 +368,6 @@ impl Engine {
             plugin_timeout_ms: 1000,
             ..Default::default()
         };
-        let mut raw = raw;
         change(&mut raw);
         let settings = raw.validate()?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

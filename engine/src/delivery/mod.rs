@@ -20,9 +20,9 @@
 //! body, made once by the first of them to need it (claimed deliveries
 //! make their own). A delivery is
 //! attempted by one task at a time in this process; across a crash it may be
-//! attempted twice (see [`crate::schedule`]). A request that waited long for
-//! its slot (or, shaped with its event's group, for admission) is shaped
-//! twice (see `RESHAPE_AFTER`).
+//! attempted twice (see [`crate::schedule`]). A request whose signed time is
+//! old when it gets its slot (it waited for the slot, or for admission after
+//! its event's shared call shaped it) is shaped twice (see `RESHAPE_AFTER`).
 
 mod admission;
 pub mod client;
@@ -290,33 +290,20 @@ impl Deliverer {
     async fn run_attempts(
         &self,
         job: Job,
-        mut ticket: Option<Ticket<Ready>>,
+        ticket: Option<Ticket<Ready>>,
         permit: OwnedSemaphorePermit,
     ) {
-        let mut permit = Some(permit);
-        let mut ready = match job {
-            Job::Fresh(ready) => ready,
+        let (mut ready, mut ticket, _permit) = match job {
+            Job::Fresh(ready) => (ready, ticket, Some(permit)),
             Job::Claimed(tenant, id) => match self.load(&tenant, &id).await {
-                Ok(Some(mut ready)) => {
-                    // If it waits, it waits with this task's permit.
-                    ready.permit = permit.take();
-                    match self.admission.admit(ready.target.origin.clone(), ready) {
-                        Admitted::Now(ready, admitted) => {
-                            ticket = Some(admitted);
-                            ready
-                        }
-                        Admitted::Queued => return,
-                        // Already read and holding a permit: attempted
-                        // without admission, waiting for a slot as a task.
-                        Admitted::Refused(ready) => ready,
-                    }
-                }
+                Ok(Some(ready)) => match self.admit_claimed(ready, permit) {
+                    Some(admitted) => admitted,
+                    None => return,
+                },
                 Ok(None) => return,
                 Err(e) => return crate::store::unrecorded(&id, &e),
             },
         };
-        // This task's permit, wherever it is now, is held until it ends.
-        let _permit = ready.permit.take().or(permit);
         loop {
             self.metrics.in_flight.inc();
             let id = ready.delivery.id.clone();
@@ -324,18 +311,45 @@ impl Deliverer {
                 crate::store::unrecorded(&id, &e);
             }
             self.metrics.in_flight.dec();
-            ready = loop {
-                let Some((next, next_ticket)) = ticket.take().and_then(Ticket::finish) else {
-                    return;
-                };
-                ticket = Some(next_ticket);
-                if in_lease(&next.delivery, self.lease, now_ms()) {
-                    break next;
-                }
-                // Waited for most of its lease: it goes out when that ends
-                // (an attempt started now could outlive it).
-                tracing::debug!(delivery = %next.delivery.id, "waited too long for its origin; it goes out when its lease ends");
-            };
+            match self.next_of_origin(&mut ticket) {
+                Some(next) => ready = next,
+                None => return,
+            }
+        }
+    }
+
+    /// Admits a claimed delivery, read back, to its origin. One that must
+    /// wait keeps `permit` while it waits, so claims stay bounded by
+    /// `delivery_concurrency` (and the task ends: none). Otherwise, what
+    /// to run now, its ticket (none when too many wait: it is attempted
+    /// anyway, waiting for a slot as a task) and the permit to hold.
+    fn admit_claimed(
+        &self,
+        mut ready: Ready,
+        permit: OwnedSemaphorePermit,
+    ) -> Option<(Ready, Option<Ticket<Ready>>, Option<OwnedSemaphorePermit>)> {
+        ready.permit = Some(permit);
+        let (mut ready, ticket) = match self.admission.admit(ready.target.origin.clone(), ready) {
+            Admitted::Now(ready, ticket) => (ready, Some(ticket)),
+            Admitted::Queued => return None,
+            Admitted::Refused(ready) => (ready, None),
+        };
+        let permit = ready.permit.take();
+        Some((ready, ticket, permit))
+    }
+
+    /// The next delivery waiting for the ticket's origin, with the ticket
+    /// handed on to it; none (and the ticket given back) when none waits.
+    /// One that waited for over half its lease is passed over: it goes out
+    /// when that ends (an attempt started now could outlive it).
+    fn next_of_origin(&self, ticket: &mut Option<Ticket<Ready>>) -> Option<Ready> {
+        loop {
+            let (next, next_ticket) = ticket.take()?.finish()?;
+            *ticket = Some(next_ticket);
+            if in_lease(&next.delivery, self.lease, now_ms()) {
+                return Some(next);
+            }
+            tracing::debug!(delivery = %next.delivery.id, "waited too long for its origin; it goes out when its lease ends");
         }
     }
 
@@ -498,8 +512,9 @@ impl Deliverer {
     /// The slot is taken once the request is shaped and given back as soon
     /// as the exchange ends, before the attempt is recorded: requests go out
     /// as soon as they get a slot (measured in BENCHMARKS.md, session 8), and
-    /// a skipped delivery or a plugin error takes none. A request shaped
-    /// longer than [`RESHAPE_AFTER`] before it gets its slot is shaped again
+    /// a skipped delivery or a plugin error takes none. A request whose
+    /// context (the time it signs) is over [`RESHAPE_AFTER`] old when it
+    /// gets its slot is shaped again
     /// with the time it is sent (by the same plugin version, even if a new
     /// one was uploaded meanwhile), so what it signs is never older than that.
     /// A fresh delivery that shares its shaping with others of its event
@@ -516,7 +531,7 @@ impl Deliverer {
         attempt: &mut Attempt,
     ) -> Option<Duration> {
         let mut version = None;
-        let (first, shaped_at_ms) = match shared {
+        let first = match shared {
             Some((shared, place)) => {
                 let (plugin, (shared_ctx, shaped)) = shared.take(self, place).await;
                 ctx = shared_ctx;
@@ -524,13 +539,11 @@ impl Deliverer {
                     attempt.plugin = Some(plugin.label());
                     version = Some(plugin);
                 }
-                (shaped, ctx.at_ms())
+                shaped
             }
             None => {
-                let shaped = self
-                    .shape(event, webhook, &ctx, envelope, &mut version, attempt)
-                    .await;
-                (shaped, now_ms())
+                self.shape(event, webhook, &ctx, envelope, &mut version, attempt)
+                    .await
             }
         };
         let mut req = noted(first, delivery, attempt)?;
@@ -544,8 +557,9 @@ impl Deliverer {
                 if !slot.waited.is_zero() {
                     self.metrics.origin_waits.inc();
                 }
-                if now_ms().saturating_sub(shaped_at_ms) > RESHAPE_AFTER.as_millis() as u64 {
-                    ctx = AttemptContext::new(&ctx.delivery_id, ctx.attempt, now_ms());
+                let now = now_ms();
+                if now.saturating_sub(ctx.at_ms()) > RESHAPE_AFTER.as_millis() as u64 {
+                    ctx = AttemptContext::new(&ctx.delivery_id, ctx.attempt, now);
                     let again = self
                         .shape(event, webhook, &ctx, envelope, &mut version, attempt)
                         .await;
@@ -772,10 +786,8 @@ pub fn build(
     (headers, req.body)
 }
 
-/// A shaped header's name: the default format's constants are taken as
-/// they are, a plugin's are parsed (and copied).
-/// True while at least half of a fresh delivery's lease (`lease` long,
-/// ending at its `next_attempt_at_ms`) is left at `now_ms`.
+/// True while at least half of a delivery's lease (`lease` long, ending at
+/// its `next_attempt_at_ms`) is left at `now_ms`.
 fn in_lease(delivery: &Delivery, lease: Duration, now_ms: u64) -> bool {
     let half = lease.as_millis() as u64 / 2;
     delivery
@@ -783,6 +795,8 @@ fn in_lease(delivery: &Delivery, lease: Duration, now_ms: u64) -> bool {
         .is_some_and(|end| end.saturating_sub(now_ms) >= half)
 }
 
+/// A shaped header's name: the default format's constants are taken as
+/// they are, a plugin's are parsed (and copied).
 fn header_name(name: &request::Text) -> HeaderName {
     match name {
         Cow::Borrowed(name) => HeaderName::from_static(name),

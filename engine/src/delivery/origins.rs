@@ -48,8 +48,8 @@ pub struct Busy {
 }
 
 /// Where a webhook's deliveries go: its URL, parsed, and that URL's origin.
-/// Made once per fresh delivery, used for its admission, its slot and its
-/// request.
+/// Made once per delivery to attempt (as it is handed over or read back),
+/// used for its admission, its slot and its request.
 pub struct Target {
     pub uri: hyper::Uri,
     pub origin: std::sync::Arc<str>,
@@ -72,7 +72,7 @@ pub fn origin(uri: &hyper::Uri) -> String {
     let port = uri
         .port_u16()
         .unwrap_or(if scheme == "https" { 443 } else { 80 });
-    // Made for every attempt: pieces pushed, not a `format!`.
+    // Made for every delivery: pieces pushed, not a `format!`.
     let mut origin = String::with_capacity(scheme.len() + host.len() + 9);
     origin.push_str(scheme);
     origin.push_str("://");
@@ -214,8 +214,8 @@ mod tests {
             .await
             .unwrap();
         for i in 0..SWEEP_AT + 10 {
-            let uri = uri(&format!("http://h{i}.test/"));
-            drop(origins.acquire(&origin(&uri), far).await.unwrap());
+            let origin = at(&format!("http://h{i}.test/"));
+            drop(origins.acquire(&origin, far).await.unwrap());
         }
         // Swept once at SWEEP_AT: only the held origin and those added since stay.
         assert!(origins.known() < 20, "{}", origins.known());
