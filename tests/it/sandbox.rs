@@ -38,6 +38,7 @@ async fn misbehaving_plugins_fail_only_their_own_attempts() {
         ("host-header", "set by the engine"),
         ("crlf-header", "invalid value"),
         ("signature-header", "signature header"),
+        ("sleep", "may not wait"),
     ];
     let mut pending = Vec::new();
     for (mode, expected) in cases {
@@ -97,8 +98,8 @@ async fn misbehaving_plugins_fail_only_their_own_attempts() {
         (v1["version"].as_u64(), v1["current"].as_bool()),
         (Some(1), Some(true))
     );
-    assert_eq!(v1["failures"], 7, "{plugin}");
-    assert_eq!(v1["calls"], 7, "{plugin}");
+    assert_eq!(v1["failures"], 8, "{plugin}");
+    assert_eq!(v1["calls"], 8, "{plugin}");
     engine
         .assert_metrics(&[
             "wasmhook_plugin_calls_total{outcome=\"timeout\"} 1",
@@ -237,5 +238,72 @@ async fn a_trap_in_a_shared_call_fails_only_its_own_webhook() {
             "wasmhook_plugin_calls_total{outcome=\"trap\"} 1",
             "wasmhook_plugin_shared_calls_total 0",
         ])
+        .await;
+}
+
+/// A version that proved quick runs on the async workers; a guest that then
+/// prints (or traps, which prints its panic) must still end its attempt as
+/// recorded, never as a panicked task that leaves the delivery pending with
+/// no attempt and the in-flight gauge one higher.
+#[tokio::test]
+async fn printing_or_trapping_on_the_async_workers_ends_as_a_recorded_attempt() {
+    let engine = TestEngine::spawn().await;
+    let receiver = TestReceiver::spawn().await;
+    let key = engine.tenant("inline").await;
+    engine.install_plugin(&key, "chaos", CHAOS).await;
+    let hook = engine
+        .webhook(
+            &key,
+            &receiver.url,
+            json!({
+                "plugin": "chaos",
+                "plugin_config": {"mode": "ok"},
+                "retry_policy": {"strategy": "fixed", "retries": 3, "delay_ms": 60_000, "jitter": false}
+            }),
+        )
+        .await;
+    let hook_id = hook["id"].as_str().unwrap();
+    // Enough quick calls for the version to run inline.
+    for i in 0..20 {
+        engine.trigger(&key, "doc.signed", json!({"i": i})).await;
+    }
+    receiver.wait_for(20, WAIT).await;
+    for (n, mode) in ["print", "trap", "sleep"].into_iter().enumerate() {
+        let (status, _) = engine
+            .call(
+                axum::http::Method::PATCH,
+                &format!("/api/webhooks/{hook_id}"),
+                &key,
+                Some(json!({"plugin_config": {"mode": mode}})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let delivery = only_delivery(&engine.trigger(&key, "doc.signed", json!({"m": mode})).await);
+        let d = engine
+            .wait_delivery(&key, hook_id, &delivery, Duration::from_secs(20), |d| {
+                d["attempts"] == 1
+            })
+            .await;
+        let attempt = &d["attempt_log"][0];
+        match mode {
+            "print" => {
+                assert_eq!(d["status"], "succeeded", "{d}");
+                assert_eq!(receiver.wait_for(21 + n, WAIT).await.len(), 21);
+            }
+            "trap" => {
+                assert_eq!(attempt["outcome"], "plugin_error", "{d}");
+                assert!(
+                    attempt["error"].as_str().unwrap().contains("trapped"),
+                    "{d}"
+                );
+            }
+            _ => assert!(
+                attempt["error"].as_str().unwrap().contains("may not wait"),
+                "{d}"
+            ),
+        }
+    }
+    engine
+        .assert_metrics(&["wasmhook_deliveries_in_flight 0"])
         .await;
 }

@@ -178,6 +178,11 @@ impl HostState {
         }
     }
 
+    /// The instance's resources (streams, pollables), for [`super::wasi`].
+    pub(super) fn table(&mut self) -> &mut ResourceTable {
+        &mut self.table
+    }
+
     /// Before each call: the clocks read the delivery's timestamp (seconds)
     /// and the per-call log allowance starts again.
     pub fn begin_call(&mut self, timestamp: u64) {

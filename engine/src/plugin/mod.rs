@@ -23,6 +23,7 @@ mod epoch;
 mod host;
 mod instances;
 mod loaded;
+mod wasi;
 pub mod watch;
 
 use crate::ids::TenantId;
@@ -157,7 +158,7 @@ impl PluginRuntime {
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&wasm).map_err(fail)?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(fail)?;
+        wasi::add_to_linker(&mut linker).map_err(fail)?;
         bindings::Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(fail)?;
         let disk = match &config.cache_dir {

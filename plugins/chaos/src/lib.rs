@@ -9,6 +9,7 @@
 //! - `host-header` / `crlf-header` / `signature-header`: a request with a
 //!   forbidden or malformed header;
 //! - `print`: writes to stdout and stderr (routed to the engine's logs);
+//! - `sleep`: sleeps for an hour (a plugin may not wait: the call traps);
 //! - `clock`: reports what the WASI clocks say (frozen at the delivery time);
 //! - `count`: reports how many calls this instance served (instance reuse).
 //!
@@ -51,6 +52,10 @@ impl Plugin for Chaos {
             "print" => {
                 println!("chaos: hello from stdout for {}", input.event.id);
                 eprintln!("chaos: hello from stderr");
+                ok()
+            }
+            "sleep" => {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
                 ok()
             }
             "clock" => {
