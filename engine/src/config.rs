@@ -63,6 +63,16 @@ pub struct RawConfig {
     pub schedule_partitions: u32,
     /// Days events, deliveries and attempts are kept (both backends).
     pub retention_days: u32,
+    /// Webhooks one tenant may have.
+    pub max_webhooks_per_tenant: usize,
+    /// API connections open at once; one more is closed when accepted.
+    pub max_connections: usize,
+    /// Time a connection may take to send a request's headers, from when it
+    /// opens or its previous answer was sent (so also the keep-alive idle
+    /// limit).
+    pub http_header_timeout_ms: u64,
+    /// Time a request's body may take to arrive, from its headers.
+    pub http_body_timeout_ms: u64,
 }
 
 impl Default for RawConfig {
@@ -89,6 +99,10 @@ impl Default for RawConfig {
             redis_prefix: "wasmhook".into(),
             schedule_partitions: 16,
             retention_days: 30,
+            max_webhooks_per_tenant: 1000,
+            max_connections: 4096,
+            http_header_timeout_ms: 30_000,
+            http_body_timeout_ms: 60_000,
         }
     }
 }
@@ -113,6 +127,10 @@ pub struct Settings {
     pub redis_prefix: String,
     pub schedule_partitions: u32,
     pub retention: Duration,
+    pub max_webhooks_per_tenant: usize,
+    pub max_connections: usize,
+    pub http_header_timeout: Duration,
+    pub http_body_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -239,6 +257,18 @@ impl RawConfig {
         if !(1..=3650).contains(&self.retention_days) {
             return Err(invalid("retention_days", "must be 1 to 3650"));
         }
+        if !(1..=1_000_000).contains(&self.max_webhooks_per_tenant) {
+            return Err(invalid("max_webhooks_per_tenant", "must be 1 to 1000000"));
+        }
+        if self.max_connections == 0 {
+            return Err(invalid("max_connections", "must be at least 1"));
+        }
+        if !(100..=600_000).contains(&self.http_header_timeout_ms) {
+            return Err(invalid("http_header_timeout_ms", "must be 100 to 600000"));
+        }
+        if !(100..=3_600_000).contains(&self.http_body_timeout_ms) {
+            return Err(invalid("http_body_timeout_ms", "must be 100 to 3600000"));
+        }
         Ok(Settings {
             listen,
             data_dir: self.data_dir.clone(),
@@ -267,6 +297,10 @@ impl RawConfig {
             redis_prefix: self.redis_prefix,
             schedule_partitions: self.schedule_partitions,
             retention: Duration::from_secs(u64::from(self.retention_days) * 86_400),
+            max_webhooks_per_tenant: self.max_webhooks_per_tenant,
+            max_connections: self.max_connections,
+            http_header_timeout: Duration::from_millis(self.http_header_timeout_ms),
+            http_body_timeout: Duration::from_millis(self.http_body_timeout_ms),
         })
     }
 }

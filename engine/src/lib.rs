@@ -21,6 +21,7 @@ pub mod filter;
 pub mod ids;
 pub mod metrics;
 pub mod model;
+pub mod payload;
 pub mod plugin;
 pub mod schedule;
 pub mod store;
@@ -51,6 +52,10 @@ pub struct App {
     /// Tenants of API keys already seen, so a trigger reads nothing to
     /// authenticate.
     pub known_keys: api::KnownKeys,
+    /// Held while a webhook is created, so the per-tenant cap holds.
+    pub webhook_creates: tokio::sync::Mutex<()>,
+    /// Plugin uploads, rollbacks and dry runs in progress (see `api::plugins`).
+    pub plugin_work: api::PluginWork,
 }
 
 /// Runs the engine on `listener` until `shutdown` resolves: serves the API,
@@ -121,6 +126,8 @@ pub async fn run(
         deliverer: deliverer.clone(),
         metrics,
         known_keys: Default::default(),
+        webhook_creates: Default::default(),
+        plugin_work: Default::default(),
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -139,9 +146,7 @@ pub async fn run(
         ));
     }
     tracing::info!(addr = %listener.local_addr()?, "wasmhook listening");
-    axum::serve(listener, api::router(app.clone()))
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    api::serve::serve(listener, api::router(app.clone()), &app.settings, shutdown).await?;
     let _ = stop_tx.send(true);
     worker.await?;
     drop((app, deliverer));

@@ -234,6 +234,8 @@ pub enum AttemptOutcome {
     PluginError,
     /// The plugin skipped the delivery.
     Skipped,
+    /// The engine failed during the attempt (a bug; the reason is recorded).
+    EngineError,
 }
 
 /// Delivery counters of one webhook.

@@ -61,6 +61,15 @@ impl TestEngine {
     /// An engine on a Redis (several may share one), with a short lease so
     /// tests see expired leases quickly.
     pub async fn spawn_redis(url: &str, prefix: &str) -> TestEngine {
+        Self::spawn_redis_tuned(url, prefix, |_| {}).await
+    }
+
+    /// [`TestEngine::spawn_redis`] with the settings as `tune` changes them.
+    pub async fn spawn_redis_tuned(
+        url: &str,
+        prefix: &str,
+        tune: impl FnOnce(&mut Settings),
+    ) -> TestEngine {
         let mut raw = wasmhook::config::RawConfig {
             admin_token: Some(ADMIN.into()),
             allow_private_targets: vec!["127.0.0.0/8".into()],
@@ -71,7 +80,9 @@ impl TestEngine {
             ..Default::default()
         };
         raw.data_dir = std::env::temp_dir().join("wasmhook-unused");
-        Self::spawn_with(raw.validate().unwrap()).await
+        let mut settings = raw.validate().unwrap();
+        tune(&mut settings);
+        Self::spawn_with(settings).await
     }
 
     pub async fn spawn_with(settings: Settings) -> TestEngine {

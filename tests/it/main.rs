@@ -9,6 +9,7 @@ mod delivery;
 mod devkit;
 mod durability;
 mod formats;
+mod hostile;
 mod plugin_ops;
 mod plugins;
 mod redis_scale;

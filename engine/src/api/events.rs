@@ -49,6 +49,12 @@ pub fn check_event_type(t: &str) -> Result<(), ApiError> {
     }
 }
 
+/// Event data as the engine accepts it (see [`crate::payload`]), or a 422
+/// saying what is wrong.
+pub fn check_data(data: &RawValue) -> Result<(), ApiError> {
+    crate::payload::check(data.get()).map_err(|e| ApiError::invalid(format!("data: {e}")))
+}
+
 /// Most events one batch trigger takes.
 pub const MAX_BATCH: usize = 100;
 
@@ -164,9 +170,7 @@ fn new_event(
     idempotency_key: Option<String>,
 ) -> Result<NewEvent, ApiError> {
     check_event_type(&input.event_type)?;
-    if !input.data.get().starts_with('{') {
-        return Err(ApiError::invalid("data: must be a JSON object"));
-    }
+    check_data(&input.data)?;
     let id = match &input.id {
         Some(id) => {
             EventId::parse_external(id).map_err(|e| ApiError::invalid(format!("id: {e}")))?

@@ -45,6 +45,13 @@ fn json_error(rejection: JsonRejection) -> ApiError {
 }
 
 fn bytes_error(e: BytesRejection) -> ApiError {
+    if super::serve::timed_out(&e) {
+        return ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "the request body did not arrive within http_body_timeout_ms",
+        );
+    }
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,

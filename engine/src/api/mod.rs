@@ -7,11 +7,13 @@ mod error;
 mod events;
 mod extract;
 mod plugins;
+pub mod serve;
 mod tenants;
 mod views;
 mod webhooks;
 
 pub use auth::KnownKeys;
+pub use plugins::PluginWork;
 
 use crate::App;
 use axum::Router;

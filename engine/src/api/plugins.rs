@@ -81,15 +81,29 @@ fn uploader(caller: &Caller) -> String {
 
 /// Makes `upload` the current version and answers `201` with it.
 async fn publish(
-    app: &App,
+    app: &Arc<App>,
     caller: &Caller,
     upload: PluginUpload,
 ) -> ApiResult<(StatusCode, axum::Json<Value>)> {
-    let meta = app
-        .plugins
-        .publish(app.store.as_ref(), caller.id(), upload)
-        .await
-        .map_err(plugin_error)?;
+    let slot = WorkSlot::take(app, caller.id(), false)?;
+    // A task of its own: the compile and the write go on (in their turn,
+    // holding the tenant's slot) if the client gives up.
+    let (app, tenant) = (app.clone(), caller.id().clone());
+    let meta = tokio::spawn(async move {
+        let _slot = slot;
+        let _turn = app
+            .plugin_work
+            .compiles
+            .acquire()
+            .await
+            .expect("never closed");
+        app.plugins
+            .publish(app.store.as_ref(), &tenant, upload)
+            .await
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(plugin_error)?;
     Ok((StatusCode::CREATED, axum::Json(views::plugin(&meta))))
 }
 
@@ -239,6 +253,82 @@ pub struct DryRunEvent {
 
 const DRY_RUN_DEFAULT: usize = 10;
 const DRY_RUN_MAX: usize = 100;
+/// Most (event, webhook) pairs one dry run runs, each a call of the
+/// candidate and of the current version; past it the answer says
+/// `"truncated": true`.
+const DRY_RUN_MAX_RUNS: usize = 100;
+/// Longest a dry run keeps starting runs (wall clock); past it, truncated.
+const DRY_RUN_BUDGET: std::time::Duration = std::time::Duration::from_secs(5);
+/// Dry runs in progress at once in one engine (each keeps a core busy).
+const DRY_RUNS_AT_ONCE: usize = 1;
+
+/// Plugin work in progress: uploads, rollbacks and dry runs compile a
+/// component (seconds of a core for a large one) and dry runs call
+/// plugins up to [`DRY_RUN_MAX_RUNS`] times. A tenant has one of them at a
+/// time (another is answered `429`); the engine compiles one upload or
+/// rollback at a time (the others wait their turn) and runs at most
+/// [`DRY_RUNS_AT_ONCE`] dry runs (another is answered `429`), so this work
+/// cannot take the cores deliveries need.
+pub struct PluginWork {
+    busy: std::sync::Mutex<(HashSet<TenantId>, usize)>,
+    compiles: tokio::sync::Semaphore,
+}
+
+impl Default for PluginWork {
+    fn default() -> Self {
+        PluginWork {
+            busy: Default::default(),
+            compiles: tokio::sync::Semaphore::new(1),
+        }
+    }
+}
+
+/// A tenant's place in [`PluginWork`], given back when it is dropped
+/// (with the blocking work it goes with, which goes on if the client gives
+/// up).
+struct WorkSlot {
+    app: Arc<App>,
+    tenant: TenantId,
+    dry_run: bool,
+}
+
+impl WorkSlot {
+    fn take(app: &Arc<App>, tenant: &TenantId, dry_run: bool) -> Result<WorkSlot, ApiError> {
+        let mut busy = app.plugin_work.busy.lock().expect("plugin work lock");
+        let refuse = |message: String| {
+            Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "plugin_busy",
+                message,
+            ))
+        };
+        if busy.0.contains(tenant) {
+            return refuse(
+                "a plugin upload, rollback or dry run of this tenant is still running; try again when it ends".into(),
+            );
+        }
+        if dry_run && busy.1 >= DRY_RUNS_AT_ONCE {
+            return refuse(format!(
+                "{DRY_RUNS_AT_ONCE} dry run(s) are running in this engine, the most it runs at once; try again in a few seconds"
+            ));
+        }
+        busy.0.insert(tenant.clone());
+        busy.1 += usize::from(dry_run);
+        Ok(WorkSlot {
+            app: app.clone(),
+            tenant: tenant.clone(),
+            dry_run,
+        })
+    }
+}
+
+impl Drop for WorkSlot {
+    fn drop(&mut self) {
+        let mut busy = self.app.plugin_work.busy.lock().expect("plugin work lock");
+        busy.0.remove(&self.tenant);
+        busy.1 -= usize::from(self.dry_run);
+    }
+}
 
 /// Runs a candidate component and the current version side by side over
 /// recent (or given) events, for every webhook using the plugin that would
@@ -255,6 +345,7 @@ pub async fn dry_run(
 ) -> ApiResult<axum::Json<Value>> {
     check_name(&path.name)?;
     let tenant = caller.id().clone();
+    let slot = WorkSlot::take(&app, &tenant, true)?;
     let (component, given, limit) = if content_type(&headers) == "application/json" {
         let body: DryRunBody = serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::invalid(format!("the body is not a dry-run request: {e}")))?;
@@ -288,10 +379,12 @@ pub async fn dry_run(
 
     let sha = hex::encode(Sha256::digest(&component));
     let runtime = app.plugins.clone();
-    let candidate_pre = tokio::task::spawn_blocking(move || runtime.compile(&component))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(plugin_error)?;
+    // The slot goes with the compile, which goes on if the client gives up.
+    let (candidate_pre, slot) =
+        tokio::task::spawn_blocking(move || (runtime.compile(&component), slot))
+            .await
+            .map_err(ApiError::internal)?;
+    let candidate_pre = candidate_pre.map_err(plugin_error)?;
     let candidate_meta = PluginVersion {
         sha256: sha.clone(),
         ..PluginVersion::unstored(&path.name, 0, &uploader(&caller))
@@ -310,8 +403,11 @@ pub async fn dry_run(
 
     let current_version = current.as_ref().map(|p| p.version);
     let runtime = app.plugins.clone();
-    let (results, filtered) = tokio::task::spawn_blocking(move || {
+    let (results, filtered, truncated) = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
         let now = now_ms();
+        let started = std::time::Instant::now();
+        let mut truncated = false;
         let mut out = Vec::new();
         // Fan-out decides which webhooks get each event (subscription and
         // payload filter), as for a real trigger; a dry run also shows the
@@ -325,10 +421,13 @@ pub async fn dry_run(
         let mut filtered = 0u32;
         for (i, event) in events.iter().enumerate() {
             let (targets, stopped) =
-                crate::store::fan_out(&hooks, &event.event_type, &event.data, None)
-                    .map_err(ApiError::internal)?;
+                crate::store::fan_out(&hooks, &event.event_type, &event.data, None);
             filtered += stopped;
             for webhook in &targets {
+                if out.len() >= DRY_RUN_MAX_RUNS || started.elapsed() > DRY_RUN_BUDGET {
+                    truncated = true;
+                    break;
+                }
                 let ctx = AttemptContext::new(&format!("dlv_dryrun{i}"), 1, now);
                 let current_view = current
                     .as_ref()
@@ -349,7 +448,7 @@ pub async fn dry_run(
                 }));
             }
         }
-        Ok::<_, ApiError>((out, filtered))
+        Ok::<_, ApiError>((out, filtered, truncated))
     })
     .await
     .map_err(ApiError::internal)??;
@@ -364,6 +463,7 @@ pub async fn dry_run(
         "runs": results.len(),
         "changed": changed,
         "filtered": filtered,
+        "truncated": truncated,
         "results": results,
     })))
 }
@@ -385,11 +485,8 @@ fn given_events(
         .enumerate()
         .map(|(i, e)| {
             super::events::check_event_type(&e.event_type)?;
-            if !e.data.get().starts_with('{') {
-                return Err(ApiError::invalid(format!(
-                    "events[{i}].data: must be a JSON object"
-                )));
-            }
+            crate::payload::check(e.data.get())
+                .map_err(|err| ApiError::invalid(format!("events[{i}].data: {err}")))?;
             Ok(Event {
                 id: EventId::from_trusted(e.id.unwrap_or_else(|| format!("evt_dryrun{i}"))),
                 tenant: tenant.clone(),

@@ -86,42 +86,64 @@ async fn load(app: &App, caller: &Caller, id: &str) -> ApiResult<Webhook> {
         .ok_or_else(|| ApiError::not_found("webhook"))
 }
 
-fn check_url(url: &str, allow: &[ipnet::IpNet]) -> Result<(), ApiError> {
+/// Checks a webhook URL and gives it in the form it is stored and sent to:
+/// parsed the WHATWG way (as browsers do), so every spelling of a host
+/// (`2130706433`, `0x7f.1`, `0177.0.0.1`, `LOCALHOST.`) is judged as the
+/// address it names, and what is stored is what delivery parses.
+fn check_url(url: &str, allow: &[ipnet::IpNet]) -> Result<String, ApiError> {
     let bad = |why: &str| ApiError::invalid(format!("url: {why}"));
     if url.len() > 2048 {
         return Err(bad("longer than 2048 characters"));
     }
-    let uri: hyper::Uri = url.parse().map_err(|_| bad("not a valid URL"))?;
-    match uri.scheme_str() {
-        Some("http") | Some("https") => {}
-        _ => return Err(bad("must start with http:// or https://")),
+    let mut parsed = url::Url::parse(url).map_err(|e| bad(&format!("not a valid URL ({e})")))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(bad("must start with http:// or https://"));
     }
-    let authority = uri.authority().ok_or_else(|| bad("has no host"))?;
-    if authority.as_str().contains('@') {
+    if !parsed.username().is_empty() || parsed.password().is_some() {
         return Err(bad(
             "must not carry credentials; use the webhook's headers for auth",
         ));
     }
-    let host = authority
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    if host.is_empty() {
-        return Err(bad("has no host"));
+    if parsed.port() == Some(0) {
+        return Err(bad("port 0 cannot be connected to"));
     }
-    let literal: Option<IpAddr> = if host.eq_ignore_ascii_case("localhost")
-        || host.to_ascii_lowercase().ends_with(".localhost")
-    {
-        Some(IpAddr::from([127, 0, 0, 1]))
-    } else {
-        host.parse().ok()
+    let ip: Option<IpAddr> = match parsed.host() {
+        None => return Err(bad("has no host")),
+        Some(url::Host::Ipv4(v4)) => Some(v4.into()),
+        Some(url::Host::Ipv6(v6)) => Some(v6.into()),
+        Some(url::Host::Domain(name)) => {
+            check_hostname(name).map_err(|why| bad(&why))?;
+            let name = name.strip_suffix('.').unwrap_or(name);
+            (name == "localhost" || name.ends_with(".localhost"))
+                .then_some(IpAddr::from([127, 0, 0, 1]))
+        }
     };
-    if let Some(ip) = literal
+    if let Some(ip) = ip
         && !ssrf::allowed(ip, allow)
     {
+        let host = parsed.host_str().unwrap_or_default();
         return Err(bad(&format!(
             "{host} is a private address; the operator can allow its range with allow_private_targets"
         )));
+    }
+    parsed.set_fragment(None);
+    Ok(parsed.into())
+}
+
+/// A DNS name as DNS allows it: at most 253 characters, labels of 1 to 63.
+fn check_hostname(name: &str) -> Result<(), String> {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if name.len() > 253 {
+        return Err("the host name is longer than the 253 characters DNS allows".into());
+    }
+    if let Some(label) = name.split('.').find(|l| l.is_empty() || l.len() > 63) {
+        return Err(if label.is_empty() {
+            "the host name has an empty label".into()
+        } else {
+            format!(
+                "the host name has a label longer than the 63 characters DNS allows ({label:.20}...)"
+            )
+        });
     }
     Ok(())
 }
@@ -188,8 +210,7 @@ async fn check_plugin(app: &App, caller: &Caller, name: &str) -> Result<(), ApiE
 /// Applies `input` to `w`, checking every field given.
 async fn apply(app: &App, caller: &Caller, w: &mut Webhook, input: WebhookInput) -> ApiResult<()> {
     if let Some(url) = input.url {
-        check_url(&url, &app.settings.allow_private_targets)?;
-        w.url = url;
+        w.url = check_url(&url, &app.settings.allow_private_targets)?;
     }
     if let Some(events) = input.events {
         check_events(&events)?;
@@ -230,8 +251,12 @@ async fn apply(app: &App, caller: &Caller, w: &mut Webhook, input: WebhookInput)
         w.plugin_config = config;
     }
     if let Some(filter) = input.filter {
-        if let Some(spec) = &filter {
-            crate::filter::Filter::compile(spec)
+        if let Some(spec) = filter.clone() {
+            // Compiled now (off the async workers: a regex's DFA may take
+            // milliseconds) and kept, so fan-out finds it compiled.
+            tokio::task::spawn_blocking(move || crate::filter::Filter::shared(&spec))
+                .await
+                .map_err(ApiError::internal)?
                 .map_err(|e| ApiError::invalid(format!("filter: {e}")))?;
         }
         w.filter = filter;
@@ -274,17 +299,69 @@ pub async fn create(
     let now = now_ms();
     let mut w = Webhook::new(caller.id().clone(), String::new(), Vec::new(), now);
     apply(&app, &caller, &mut w, input).await?;
+    // Counted and written under one lock, so concurrent creates cannot pass
+    // the cap together (within this engine).
+    let _one_at_a_time = app.webhook_creates.lock().await;
+    let have = app.store.list_webhooks(caller.id()).await?.len();
+    let cap = app.settings.max_webhooks_per_tenant;
+    if have >= cap {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "limit_reached",
+            format!(
+                "this tenant already has {have} webhooks, the most max_webhooks_per_tenant allows ({cap}); delete one first"
+            ),
+        ));
+    }
     app.store.put_webhook(w.clone()).await?;
     let mut body = views::webhook(&w);
     body["secret"] = json!(w.secret.expose());
     Ok((StatusCode::CREATED, axum::Json(body)))
 }
 
-pub async fn list(caller: Caller, State(app): State<Arc<App>>) -> ApiResult<axum::Json<Value>> {
-    let hooks = app.store.list_webhooks(caller.id()).await?;
-    Ok(axum::Json(
-        json!({"data": hooks.iter().map(views::webhook).collect::<Vec<_>>()}),
-    ))
+/// A list's page size: 1 to 250, 50 when not given.
+fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
+    let limit = limit.unwrap_or(50);
+    if !(1..=250).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "limit: must be 1 to 250",
+        ));
+    }
+    Ok(limit)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    limit: Option<usize>,
+    after: Option<String>,
+}
+
+/// `GET /webhooks?limit=&after=`: oldest first, `limit` (1 to 250, default
+/// 50) at a time; `next_after` is the cursor of the next page (none on the
+/// last).
+pub async fn list(
+    caller: Caller,
+    State(app): State<Arc<App>>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<axum::Json<Value>> {
+    let limit = page_limit(q.limit)?;
+    let mut hooks = app.store.list_webhooks(caller.id()).await?;
+    // Ids sort by creation time.
+    hooks.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+    let start = match &q.after {
+        Some(after) => hooks.partition_point(|w| w.id.as_str() <= after.as_str()),
+        None => 0,
+    };
+    let page = &hooks[start..hooks.len().min(start + limit)];
+    let next = (start + page.len() < hooks.len())
+        .then(|| page.last().map(|w| w.id.clone()))
+        .flatten();
+    Ok(axum::Json(json!({
+        "data": page.iter().map(views::webhook).collect::<Vec<_>>(),
+        "next_after": next,
+    })))
 }
 
 pub async fn get(
@@ -370,9 +447,8 @@ pub async fn test(
         let raw: Box<RawValue> = serde_json::from_str(text).map_err(|e| {
             ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}"))
         })?;
-        if !raw.get().starts_with('{') {
-            return Err(ApiError::invalid("the test data must be a JSON object"));
-        }
+        crate::payload::check(raw.get())
+            .map_err(|e| ApiError::invalid(format!("the test data {e}")))?;
         raw
     };
     let new = events::test_event(&app, caller.id(), &w.id, data);
@@ -501,13 +577,7 @@ pub async fn deliveries(
             )
         })?),
     };
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=250).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            "limit: must be 1 to 250",
-        ));
-    }
+    let limit = page_limit(q.limit)?;
     let before = q.before.as_deref().map(DeliveryId::from_trusted);
     let list = app
         .store

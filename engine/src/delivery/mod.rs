@@ -26,6 +26,8 @@
 
 mod admission;
 pub mod client;
+#[cfg(feature = "faults")]
+mod faults;
 pub mod origins;
 pub mod request;
 pub mod shape;
@@ -46,10 +48,14 @@ use admission::{Admission, Admitted, Ticket};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use bytes::Bytes;
 use client::{HttpClient, SendError};
+use futures_util::FutureExt;
 use origins::{Origins, Target};
+use prometheus_client::metrics::gauge::Gauge;
 use request::{AttemptContext, Shaped};
 use shared::SharedShaping;
+use std::any::Any;
 use std::borrow::Cow;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
@@ -305,12 +311,17 @@ impl Deliverer {
             },
         };
         loop {
-            self.metrics.in_flight.inc();
-            let id = ready.delivery.id.clone();
-            if let Err(e) = self.attempt(ready).await {
-                crate::store::unrecorded(&id, &e);
+            let in_flight = InFlight::count(&self.metrics.in_flight);
+            let (id, webhook) = (ready.delivery.id.clone(), ready.webhook.clone());
+            match AssertUnwindSafe(self.attempt(ready)).catch_unwind().await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => crate::store::unrecorded(&id, &e),
+                Err(panic) => {
+                    let what = panic_message(&*panic);
+                    self.record_panic(&webhook.tenant, &id, what).await
+                }
             }
-            self.metrics.in_flight.dec();
+            drop(in_flight);
             match self.next_of_origin(&mut ticket) {
                 Some(next) => ready = next,
                 None => return,
@@ -404,6 +415,8 @@ impl Deliverer {
             permit: _,
         } = ready;
         let mut delivery = *delivery;
+        #[cfg(feature = "faults")]
+        faults::attempt(&webhook);
         if !webhook.active {
             return self.give_up(delivery, "webhook is disabled").await;
         }
@@ -438,7 +451,48 @@ impl Deliverer {
                 &mut attempt,
             )
             .await;
+        self.record(delivery, attempt, &webhook, retry_after).await
+    }
 
+    /// A panic in an attempt (an engine bug, never a plugin's: a plugin's
+    /// trap is an error) ends as a failed attempt with the reason, retried
+    /// on the webhook's schedule, not as a delivery left leased with no
+    /// attempt recorded. The delivery is read back as stored: what the
+    /// attempt held went with its task.
+    async fn record_panic(&self, tenant: &TenantId, id: &DeliveryId, what: String) {
+        tracing::error!(delivery = %id, panic = %what, "a delivery attempt panicked; recorded as failed");
+        let ready = match self.load(tenant, id).await {
+            Ok(Some(ready)) => ready,
+            Ok(None) => return,
+            Err(e) => return crate::store::unrecorded(id, &e),
+        };
+        let delivery = *ready.delivery;
+        let now = now_ms();
+        let attempt = Attempt {
+            delivery_id: delivery.id.clone(),
+            attempt: delivery.attempts + 1,
+            started_at_ms: now,
+            duration_ms: 0,
+            status_code: None,
+            response_body: None,
+            error: Some(format!("the engine failed during this attempt: {what}")),
+            plugin: None,
+            outcome: AttemptOutcome::EngineError,
+        };
+        if let Err(e) = self.record(delivery, attempt, &ready.webhook, None).await {
+            crate::store::unrecorded(id, &e);
+        }
+    }
+
+    /// Records an attempt's end and decides what follows: done, a retry
+    /// at a time, or failed (and the webhook disabled on `410 Gone`).
+    async fn record(
+        &self,
+        mut delivery: Delivery,
+        attempt: Attempt,
+        webhook: &Webhook,
+        retry_after: Option<Duration>,
+    ) -> Result<(), crate::store::StoreError> {
         let now = now_ms();
         delivery.attempts = attempt.attempt;
         delivery.last_status_code = attempt.status_code;
@@ -500,7 +554,7 @@ impl Deliverer {
             self.store.finish_final(delivery, Some(attempt)).await;
         }
         if gone {
-            self.disable(&webhook, "receiver answered 410 Gone").await?;
+            self.disable(webhook, "receiver answered 410 Gone").await?;
         }
         Ok(())
     }
@@ -786,6 +840,32 @@ pub fn build(
     (headers, req.body)
 }
 
+/// What a panic said, if it said it in text.
+fn panic_message(panic: &(dyn Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into())
+}
+
+/// One attempt counted in `wasmhook_deliveries_in_flight` while it lives,
+/// however its task ends.
+struct InFlight<'a>(&'a Gauge);
+
+impl<'a> InFlight<'a> {
+    fn count(gauge: &'a Gauge) -> Self {
+        gauge.inc();
+        InFlight(gauge)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// True while at least half of a delivery's lease (`lease` long, ending at
 /// its `next_attempt_at_ms`) is left at `now_ms`.
 fn in_lease(delivery: &Delivery, lease: Duration, now_ms: u64) -> bool {
@@ -814,6 +894,7 @@ fn outcome_name(o: AttemptOutcome) -> &'static str {
         AttemptOutcome::Timeout => "timeout",
         AttemptOutcome::PluginError => "plugin_error",
         AttemptOutcome::Skipped => "skipped",
+        AttemptOutcome::EngineError => "engine_error",
     }
 }
 

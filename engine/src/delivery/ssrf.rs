@@ -30,13 +30,22 @@ pub fn is_private(ip: IpAddr) -> bool {
                 return is_private(IpAddr::V4(v4));
             }
             let s = v6.segments();
+            let o = v6.octets();
+            let embedded =
+                |at: usize| is_private(IpAddr::from([o[at], o[at + 1], o[at + 2], o[at + 3]]));
             v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
+                || (s[..6] == [0; 6] && embedded(12)) // IPv4-compatible ::a.b.c.d
+                || (s[0] == 0x2002 && embedded(2)) // 6to4: routed to the IPv4 it embeds
+                || (s[0] == 0x2001 && s[1] == 0) // Teredo (embeds IPv4, tunnels anywhere)
                 || (s[0] & 0xfe00) == 0xfc00 // unique local
                 || (s[0] & 0xffc0) == 0xfe80 // link-local
-                || (s[0] == 0x64 && s[1] == 0xff9b) // NAT64 (embeds IPv4)
+                || (s[0] & 0xffc0) == 0xfec0 // site-local (deprecated, still routed locally)
+                || (s[0] == 0x64 && s[1] == 0xff9b) // NAT64 (embeds IPv4), incl. local-use
+                || (s[0] == 0x100 && s[1..4] == [0; 3]) // discard-only 100::/64
                 || (s[0] == 0x2001 && s[1] == 0xdb8) // documentation
+                || (s[0] & 0xfff0) == 0x3ff0 // documentation 3fff::/20
         }
     }
 }
@@ -69,10 +78,26 @@ mod tests {
             "fe80::1",
             "::ffff:127.0.0.1",
             "224.0.0.1",
+            "::127.0.0.1",
+            "::10.0.0.1",
+            "2002:7f00:1::",
+            "2002:c0a8:101::1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "fec0::1",
+            "64:ff9b:1::a00:1",
+            "100::1",
+            "3fff::1",
         ] {
             assert!(is_private(ip(s)), "{s}");
         }
-        for s in ["8.8.8.8", "1.1.1.1", "2606:4700::1111", "172.32.0.1"] {
+        for s in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "2606:4700::1111",
+            "172.32.0.1",
+            "::8.8.8.8",
+            "2002:808:808::1",
+        ] {
             assert!(!is_private(ip(s)), "{s}");
         }
     }

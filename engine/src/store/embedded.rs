@@ -86,7 +86,6 @@ type Keyed2 = (&'static str, &'static str);
 
 /// The tables hot-path writes use, open together.
 pub(crate) struct Hot<'t> {
-    pub txn: &'t WriteTransaction,
     pub events: Table<'t, Keyed2, Json>,
     pub idempotency: Table<'t, Keyed2, Json>,
     pub event_types: Table<'t, Keyed2, Json>,
@@ -100,7 +99,6 @@ pub(crate) struct Hot<'t> {
 impl<'t> Hot<'t> {
     pub fn open(txn: &'t WriteTransaction) -> Result<Hot<'t>, redb::Error> {
         Ok(Hot {
-            txn,
             events: txn.open_table(EVENTS)?,
             idempotency: txn.open_table(IDEMPOTENCY)?,
             event_types: txn.open_table(EVENT_TYPES)?,
@@ -135,7 +133,7 @@ impl<'t> Batch<'t> {
         Ok(self.hot.as_mut().expect("just opened"))
     }
 }
-use super::{CachedHook, WebhookCache};
+use super::{FanOutGate, VersionedHooks, WebhookCache};
 
 pub struct EmbeddedStore {
     db: Arc<Database>,
@@ -145,6 +143,7 @@ pub struct EmbeddedStore {
     /// Each tenant's webhooks, for fan-out. Only the writer thread fills or
     /// clears it, inside the transactions that read or change webhooks.
     webhooks: Arc<WebhookCache>,
+    gate: FanOutGate,
 }
 
 impl EmbeddedStore {
@@ -215,6 +214,7 @@ impl EmbeddedStore {
             writer_thread: Some(writer_thread),
             retention_ms: retention.as_millis() as u64,
             webhooks: Arc::default(),
+            gate: FanOutGate::default(),
         })
     }
 
@@ -550,29 +550,18 @@ fn finishing(
     }
 }
 
-fn tenant_webhooks(
-    txn: &WriteTransaction,
-    cache: &WebhookCache,
-    tenant: &TenantId,
-) -> Result<Arc<Vec<CachedHook>>, StoreError> {
-    if let Some((_, hooks)) = cache.get(tenant) {
-        return Ok(hooks);
-    }
-    let list: Vec<Webhook> = list_json(&table!(txn, WEBHOOKS), tenant.as_str())?;
-    Ok(cache.fill(tenant, 0, list).1)
-}
-
 /// The key of the idempotency record every event has, under its id; it also
 /// lists the event's deliveries.
 fn id_key(event_id: &str) -> String {
     format!("id:{event_id}")
 }
 
-/// A trigger as the writer needs it, built on the caller's thread so that the
-/// single writer only checks and inserts: the event record encoded, and the
-/// fan-out made with the webhooks cached at that moment. The writer uses that
-/// fan-out only if the cache still holds the same list (webhook writes clear
-/// it inside their own transactions); otherwise it fans out again.
+/// A trigger as the writer needs it, planned on the caller's side so that
+/// the single writer only checks and inserts: the event record encoded, and
+/// the fan-out made (off the async workers when filters run, see
+/// [`FanOutGate`]) with the tenant's webhooks at `version`. The writer
+/// writes it only if that is still the tenant's version; otherwise it hands
+/// it back to be planned again. The writer never fans out.
 pub(crate) struct Trigger {
     event: Event,
     event_bytes: Vec<u8>,
@@ -580,11 +569,11 @@ pub(crate) struct Trigger {
     fingerprint: String,
     only_webhook: Option<WebhookId>,
     due_at_ms: u64,
-    fanned: Option<FanOut>,
+    version: i64,
+    fanned: FanOut,
 }
 
 struct FanOut {
-    hooks: Arc<Vec<CachedHook>>,
     targets: Vec<Arc<Webhook>>,
     filtered: u32,
     /// Each new delivery with its encoded record.
@@ -592,7 +581,7 @@ struct FanOut {
 }
 
 impl Trigger {
-    fn new(new: NewEvent, cache: &WebhookCache) -> Trigger {
+    fn new(new: NewEvent, version: i64, targets: Vec<Arc<Webhook>>, filtered: u32) -> Trigger {
         let event = Event {
             id: new.id,
             tenant: new.tenant,
@@ -600,56 +589,61 @@ impl Trigger {
             data: new.data,
             occurred_at_ms: new.occurred_at_ms,
         };
-        let mut trigger = Trigger {
+        let deliveries = targets
+            .iter()
+            .map(|w| {
+                let d = super::new_delivery(&event, w, new.due_at_ms);
+                let bytes = compact(&d);
+                (d, bytes)
+            })
+            .collect();
+        Trigger {
             event_bytes: enc(&event),
             event,
             idempotency_key: new.idempotency_key,
             fingerprint: new.fingerprint,
             only_webhook: new.only_webhook,
             due_at_ms: new.due_at_ms,
-            fanned: None,
-        };
-        // A fan-out that fails here fails again in the writer, which answers.
-        trigger.fanned = cache.get(&trigger.event.tenant).and_then(|(_, hooks)| {
-            let t = &trigger;
-            fan_out(hooks, &t.event, t.only_webhook.as_ref(), t.due_at_ms).ok()
-        });
-        trigger
+            version,
+            fanned: FanOut {
+                targets,
+                filtered,
+                deliveries,
+            },
+        }
+    }
+
+    /// The trigger as it came, to be planned again.
+    fn into_new(self) -> NewEvent {
+        NewEvent {
+            id: self.event.id,
+            tenant: self.event.tenant,
+            event_type: self.event.event_type,
+            data: self.event.data,
+            occurred_at_ms: self.event.occurred_at_ms,
+            idempotency_key: self.idempotency_key,
+            fingerprint: self.fingerprint,
+            only_webhook: self.only_webhook,
+            due_at_ms: self.due_at_ms,
+        }
+    }
+
+    /// True while the tenant's webhooks are the ones it was planned with.
+    fn current(&self, cache: &WebhookCache) -> bool {
+        cache.version(&self.event.tenant).0 == self.version
     }
 }
 
-fn fan_out(
-    hooks: Arc<Vec<CachedHook>>,
-    event: &Event,
-    only_webhook: Option<&WebhookId>,
-    due_at_ms: u64,
-) -> Result<FanOut, StoreError> {
-    let (targets, filtered) = super::fan_out(&hooks, &event.event_type, &event.data, only_webhook)?;
-    let deliveries = targets
-        .iter()
-        .map(|w| {
-            let d = super::new_delivery(event, w, due_at_ms);
-            let bytes = compact(&d);
-            (d, bytes)
-        })
-        .collect();
-    Ok(FanOut {
-        hooks,
-        targets,
-        filtered,
-        deliveries,
-    })
-}
-
-fn ingest(hot: &mut Hot<'_>, cache: &WebhookCache, t: Trigger) -> Result<Ingested, StoreError> {
+/// Writes a planned trigger (whose version the writer checked).
+fn ingest(hot: &mut Hot<'_>, t: Trigger) -> Result<Ingested, StoreError> {
     let Trigger {
         event,
         event_bytes,
         idempotency_key,
         fingerprint,
-        only_webhook,
         due_at_ms,
         fanned,
+        ..
     } = t;
     let tenant = event.tenant.as_str();
     let id_key = id_key(event.id.as_str());
@@ -666,11 +660,6 @@ fn ingest(hot: &mut Hot<'_>, cache: &WebhookCache, t: Trigger) -> Result<Ingeste
         }
     }
 
-    let hooks = tenant_webhooks(hot.txn, cache, &event.tenant)?;
-    let fanned = match fanned {
-        Some(f) if Arc::ptr_eq(&f.hooks, &hooks) => f,
-        _ => fan_out(hooks, &event, only_webhook.as_ref(), due_at_ms)?,
-    };
     hot.events
         .insert((tenant, event.id.as_str()), event_bytes.as_slice())
         .map_err(redb::Error::from)?;
@@ -891,15 +880,14 @@ impl Store for EmbeddedStore {
     }
 
     async fn put_webhook(&self, webhook: Webhook) -> Result<(), StoreError> {
-        let cache = self.webhooks.clone();
-        self.write(move |txn| {
+        let tenant = webhook.tenant.clone();
+        self.write_webhooks(tenant, move |txn| {
             table!(txn, WEBHOOKS)
                 .insert(
                     (webhook.tenant.as_str(), webhook.id.as_str()),
                     enc(&webhook).as_slice(),
                 )
                 .map_err(redb::Error::from)?;
-            cache.forget(&webhook.tenant);
             Ok(())
         })
         .await
@@ -918,40 +906,25 @@ impl Store for EmbeddedStore {
     }
 
     async fn delete_webhook(&self, tenant: &TenantId, id: &WebhookId) -> Result<bool, StoreError> {
-        let (tenant, id) = (tenant.clone(), id.clone());
-        let cache = self.webhooks.clone();
-        self.write(move |txn| {
+        let (key, id) = (tenant.clone(), id.clone());
+        self.write_webhooks(tenant.clone(), move |txn| {
             let removed = table!(txn, WEBHOOKS)
-                .remove((tenant.as_str(), id.as_str()))
+                .remove((key.as_str(), id.as_str()))
                 .map_err(redb::Error::from)?
                 .is_some();
-            cache.forget(&tenant);
             Ok(removed)
         })
         .await
     }
 
-    async fn insert_event(&self, event: NewEvent) -> Result<Ingested, StoreError> {
-        let cache = self.webhooks.clone();
-        let trigger = Trigger::new(event, &cache);
-        self.write_hot(move |hot| ingest(hot, &cache, trigger))
-            .await
+    async fn insert_event(&self, new: NewEvent) -> Result<Ingested, StoreError> {
+        let mut batch = self.insert_planned(vec![new]).await?;
+        Ok(batch.pop().expect("one trigger, one answer"))
     }
 
     /// One transaction, and so one disk sync, for the whole batch.
     async fn insert_events(&self, events: Vec<NewEvent>) -> Result<Vec<Ingested>, StoreError> {
-        let cache = self.webhooks.clone();
-        let triggers: Vec<Trigger> = events
-            .into_iter()
-            .map(|e| Trigger::new(e, &cache))
-            .collect();
-        self.write_hot(move |hot| {
-            triggers
-                .into_iter()
-                .map(|t| ingest(hot, &cache, t))
-                .collect()
-        })
-        .await
+        self.insert_planned(events).await
     }
 
     async fn get_event(
@@ -1208,6 +1181,107 @@ impl Store for EmbeddedStore {
             }
             Ok(out)
         })
+    }
+}
+
+impl EmbeddedStore {
+    /// Writes a change of `tenant`'s webhooks, telling the webhook cache
+    /// as the writer applies it and once it is committed (see
+    /// [`WebhookCache`]).
+    async fn write_webhooks<R: Send + 'static>(
+        &self,
+        tenant: TenantId,
+        f: impl FnOnce(&WriteTransaction) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let (applying, committed) = (self.webhooks.clone(), self.webhooks.clone());
+        let applied = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let noted = applied.clone();
+        let who = tenant.clone();
+        let (tx, rx) = oneshot::channel();
+        self.queue(
+            move |b| {
+                applying.changing(&who);
+                noted.store(true, std::sync::atomic::Ordering::Relaxed);
+                f(b.txn())
+            },
+            move |outcome| {
+                if applied.load(std::sync::atomic::Ordering::Relaxed) {
+                    committed.changed(&tenant);
+                }
+                let _ = tx.send(outcome);
+            },
+        )
+        .await;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// The tenant's webhooks for fan-out, filters compiled, and their
+    /// version: remembered, or read from committed state (when no change
+    /// of them is waiting for its commit) and compiled off the writer.
+    async fn hooks(&self, tenant: &TenantId) -> Result<VersionedHooks, StoreError> {
+        for _ in 0..20 {
+            if let Some(known) = self.webhooks.get(tenant) {
+                return Ok(known);
+            }
+            let (version, uncommitted) = self.webhooks.version(tenant);
+            if uncommitted {
+                // Committed within the writer's next group commit.
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                continue;
+            }
+            let list: Vec<Webhook> =
+                self.read(|txn| list_json(&table!(txn, WEBHOOKS), tenant.as_str()))?;
+            let hooks = super::with_filters_off_thread(list).await;
+            return Ok(self.webhooks.fill_if(tenant, version, hooks));
+        }
+        // Changes keep coming: read the list as the writer has it.
+        let cache = self.webhooks.clone();
+        let who = tenant.clone();
+        let (version, list) = self
+            .write(move |txn| {
+                let list: Vec<Webhook> = list_json(&table!(txn, WEBHOOKS), who.as_str())?;
+                Ok((cache.version(&who).0, list))
+            })
+            .await?;
+        Ok((
+            version,
+            Arc::new(super::with_filters_off_thread(list).await),
+        ))
+    }
+
+    /// Plans each trigger (fan-out with the tenant's current webhooks) and
+    /// writes them all in one transaction; if any tenant's webhooks changed
+    /// since its trigger was planned, nothing is written and all are
+    /// planned again.
+    async fn insert_planned(&self, mut news: Vec<NewEvent>) -> Result<Vec<Ingested>, StoreError> {
+        for _ in 0..5 {
+            let mut triggers = Vec::with_capacity(news.len());
+            for new in news {
+                let (version, hooks) = self.hooks(&new.tenant).await?;
+                let (new, targets, filtered) = self.gate.fan_out(hooks, new).await;
+                triggers.push(Trigger::new(new, version, targets, filtered));
+            }
+            let cache = self.webhooks.clone();
+            let written = self
+                .write_hot(move |hot| {
+                    if !triggers.iter().all(|t| t.current(&cache)) {
+                        return Ok(Err(triggers));
+                    }
+                    triggers
+                        .into_iter()
+                        .map(|t| ingest(hot, t))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map(Ok)
+                })
+                .await?;
+            match written {
+                Ok(done) => return Ok(done),
+                Err(stale) => news = stale.into_iter().map(Trigger::into_new).collect(),
+            }
+        }
+        Err(StoreError::Commit(
+            "the tenant's webhooks kept changing during the trigger; nothing was written".into(),
+        ))
     }
 }
 

@@ -39,7 +39,7 @@
 //!   time).
 
 use super::{
-    CachedHook, IdempotentAnswer, Ingested, NewEvent, Page, PluginUpload, Store, StoreError,
+    FanOutGate, IdempotentAnswer, Ingested, NewEvent, Page, PluginUpload, Store, StoreError,
     VersionedHooks, WebhookCache,
 };
 use crate::ids::{DeliveryId, EventId, TenantId, WebhookId};
@@ -79,6 +79,7 @@ pub struct RedisStore {
     finish: Script,
     create_tenant: Script,
     hooks: WebhookCache,
+    gate: FanOutGate,
 }
 
 /// Stored webhook records, in id order (as the embedded store lists them).
@@ -228,6 +229,7 @@ impl RedisStore {
             finish: Script::new(FINISH),
             create_tenant: Script::new(CREATE_TENANT),
             hooks: WebhookCache::default(),
+            gate: FanOutGate::default(),
         })
     }
 
@@ -303,9 +305,8 @@ impl RedisStore {
             .hvals(self.key(tenant, &format!("wh:{tenant}")))
             .query_async(&mut self.conn())
             .await?;
-        Ok(self
-            .hooks
-            .fill(tenant, version.unwrap_or(0), webhooks_by_id(&raw)?))
+        let hooks = super::with_filters_off_thread(webhooks_by_id(&raw)?).await;
+        Ok(self.hooks.fill(tenant, version.unwrap_or(0), hooks))
     }
 
     /// One try of a trigger with the webhooks read at `version`: `None` if
@@ -314,11 +315,9 @@ impl RedisStore {
         &self,
         new: &NewEvent,
         version: i64,
-        hooks: &[CachedHook],
+        (targets, filtered): (Vec<std::sync::Arc<Webhook>>, u32),
     ) -> Result<Option<Ingested>, StoreError> {
         let t = new.tenant.clone();
-        let (targets, filtered) =
-            super::fan_out(hooks, &new.event_type, &new.data, new.only_webhook.as_ref())?;
         let event = Event {
             id: new.id.clone(),
             tenant: t.clone(),
@@ -551,9 +550,12 @@ impl Store for RedisStore {
     async fn insert_event(&self, new: NewEvent) -> Result<Ingested, StoreError> {
         // Another engine may change the webhooks between our read and the
         // script; a few tries always suffice unless they change nonstop.
+        let mut new = new;
         for _ in 0..5 {
             let (version, hooks) = self.hooks(&new.tenant).await?;
-            if let Some(done) = self.try_ingest(&new, version, &hooks).await? {
+            let (back, targets, filtered) = self.gate.fan_out(hooks, new).await;
+            new = back;
+            if let Some(done) = self.try_ingest(&new, version, (targets, filtered)).await? {
                 return Ok(done);
             }
             self.hooks.forget(&new.tenant);
