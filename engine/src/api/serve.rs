@@ -12,7 +12,8 @@
 //! far past them (or that are not HTTP at all) get hyper's bare answer.
 //!
 //! Invariants: shutdown stops accepting at once and lets requests in flight
-//! finish; a slow client holds one connection slot and nothing else.
+//! finish (for up to 10 s); a slow client holds one connection slot and
+//! nothing else.
 
 use super::error::ApiError;
 use crate::config::Settings;
@@ -40,6 +41,8 @@ pub const MAX_HEADERS: usize = 100;
 pub const MAX_HEADER_BYTES: usize = 32 << 10;
 /// Longest request target (path and query).
 pub const MAX_URI_BYTES: usize = 8 << 10;
+/// How long shutdown waits for requests in flight.
+const DRAIN: Duration = Duration::from_secs(10);
 
 /// Serves `router` on `listener` until `shutdown`, then waits for the
 /// requests in flight.
@@ -111,7 +114,9 @@ pub async fn serve(
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
+        tracing::warn!("stopped with requests still in flight after {DRAIN:?}");
+    }
     Ok(())
 }
 
@@ -142,17 +147,21 @@ fn limits(req: &Request<Incoming>) -> Option<ApiError> {
     None
 }
 
-/// A request body that fails once its deadline passes.
+/// A request body that fails once its deadline passes. The timer is set
+/// only when the body is not all there at once (a small body usually comes
+/// with its headers), so most requests never touch the timer wheel.
 struct Timed {
     body: Incoming,
-    deadline: Pin<Box<tokio::time::Sleep>>,
+    deadline: tokio::time::Instant,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Timed {
     fn new(body: Incoming, within: Duration) -> Timed {
         Timed {
             body,
-            deadline: Box::pin(tokio::time::sleep(within)),
+            deadline: tokio::time::Instant::now() + within,
+            timer: None,
         }
     }
 }
@@ -173,7 +182,11 @@ impl HttpBody for Timed {
         if let Poll::Ready(frame) = Pin::new(&mut self.body).poll_frame(cx) {
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
-        match self.deadline.as_mut().poll(cx) {
+        let deadline = self.deadline;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        match timer.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTimeout)))),
             Poll::Pending => Poll::Pending,
         }

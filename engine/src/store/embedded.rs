@@ -140,8 +140,8 @@ pub struct EmbeddedStore {
     writer: Option<mpsc::Sender<Op>>,
     writer_thread: Option<std::thread::JoinHandle<()>>,
     retention_ms: u64,
-    /// Each tenant's webhooks, for fan-out. Only the writer thread fills or
-    /// clears it, inside the transactions that read or change webhooks.
+    /// Each tenant's webhooks for fan-out, and their version: the writer
+    /// tells it of every change (see [`WebhookCache`]), callers fill it.
     webhooks: Arc<WebhookCache>,
     gate: FanOutGate,
 }
