@@ -438,7 +438,17 @@ async fn dry_runs_are_one_at_a_time_and_bounded() {
         )
         .await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{answer}");
-    assert_eq!(answer["error"]["code"], "dry_run_busy");
+    assert_eq!(answer["error"]["code"], "plugin_busy");
+    // So is an upload of the same tenant meanwhile: one compile at a time.
+    let (status, answer) = engine
+        .upload(
+            &key,
+            "fmt",
+            std::fs::read(STANDARD_WEBHOOKS).unwrap(),
+            "application/wasm",
+        )
+        .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{answer}");
     // Another tenant waits too: one dry run at a time in the engine.
     let other = engine.tenant("other-dryer").await;
     engine
