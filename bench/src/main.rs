@@ -10,7 +10,7 @@ mod scenarios;
 use clap::{Parser, Subcommand};
 
 /// mimalloc: malloc/free were ~11 % of CPU samples under load with glibc's
-/// allocator (BENCHMARKS.md).
+/// allocator.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -58,7 +58,7 @@ enum Scenario {
         backend: Option<String>,
     },
     /// The fan-out 10 row alone, no ceiling: a workload for `perf` or
-    /// callgrind (see BENCHMARKS.md, "Counting instructions").
+    /// callgrind (see BENCHMARKS.md, "Comparing two builds").
     Workload {
         /// Shape with this plugin from `plugins/` (e.g. `gestiqcloud`)
         /// instead of the default format.

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use wasmhook::config::Settings;
 
 /// mimalloc: malloc/free were ~11 % of CPU samples under load with glibc's
-/// allocator (BENCHMARKS.md).
+/// allocator.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

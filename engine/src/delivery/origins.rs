@@ -3,8 +3,8 @@
 //! one receiver then waits its turn instead of opening a connection per
 //! delivery: the receiver sees a bounded number of connections, and the
 //! engine keeps a small, warm set of them (hundreds of connections to one
-//! host cost a third more CPU per request than tens, measured in
-//! BENCHMARKS.md). Waiters are served in order.
+//! host cost a third more CPU per request than tens, measured on the bench
+//! machine). Waiters are served in order.
 //!
 //! Owns the table of origins and their slots; an origin is forgotten once
 //! nothing holds or waits for its slots and the table has grown. What may
