@@ -63,9 +63,9 @@ async fn timed<T>(f: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<
 /// HTTP work per request as the engine's deliveries (the signing is the
 /// engine's own cost, so the ceiling reuses one signature).
 pub fn engine_request() -> anyhow::Result<(hyper::HeaderMap, Bytes)> {
-    use wasmhook::delivery::request::AttemptContext;
     use wasmhook::ids::{EventId, TenantId};
     use wasmhook::model::{Event, Webhook};
+    use wasmhook::plugin::request::AttemptContext;
     let now = wasmhook::clock::now_ms();
     let tenant = TenantId::from_trusted("bench");
     let event = Event {
@@ -79,7 +79,8 @@ pub fn engine_request() -> anyhow::Result<(hyper::HeaderMap, Bytes)> {
     let delivery = wasmhook::ids::DeliveryId::generate();
     let ctx = AttemptContext::new(delivery.as_str(), 1, now);
     let req = wasmhook::delivery::shape::standard_webhooks(&event, &ctx);
-    let (headers, body) = wasmhook::delivery::build(&webhook, req, &ctx, now);
+    let wasmhook::delivery::Outgoing { headers, body } =
+        wasmhook::delivery::Outgoing::build(&webhook, req, &ctx, now);
     Ok((headers, body))
 }
 
@@ -480,10 +481,10 @@ fn latency_cells(sorted: &[Duration]) -> String {
 /// attempts).
 pub async fn plugin_overhead() -> anyhow::Result<()> {
     const FAN_OUT: usize = 10;
-    use wasmhook::delivery::request::AttemptContext;
     use wasmhook::delivery::shape;
     use wasmhook::ids::{EventId, TenantId};
     use wasmhook::model::{Event, PluginVersion, Webhook};
+    use wasmhook::plugin::request::AttemptContext;
     use wasmhook::plugin::{PluginConfig, PluginRuntime};
 
     let wasm = crate::harness::plugin("gestiqcloud")?;

@@ -3,11 +3,11 @@
 //! outside the server to show the exact request the engine would send.
 
 use crate::clock::now_ms;
-use crate::delivery::request::{AttemptContext, Shaped};
-use crate::delivery::{build, shape_with};
+use crate::delivery::{Outgoing, shape_with};
 use crate::ids::{EventId, TenantId, WebhookId};
 use crate::metrics::PluginMetrics;
 use crate::model::{Event, Secret, Webhook};
+use crate::plugin::request::{AttemptContext, Shaped};
 use crate::plugin::{PluginConfig, PluginRuntime};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -115,10 +115,12 @@ pub fn test_plugin(
     };
     let ctx = AttemptContext::new("dlv_test", 1, now);
     // Exactly what a delivery attempt does: call, then check the request.
-    match shape_with(&runtime, &plugin, &event, &webhook, &ctx).map_err(DevkitError::Plugin)? {
+    match shape_with(&runtime, &plugin, &event, &webhook, &ctx)
+        .map_err(|e| DevkitError::Plugin(e.to_string()))?
+    {
         Shaped::Skip(reason) => Ok(TestOutcome::Skipped(reason)),
         Shaped::Deliver(req) => {
-            let (headers, body) = build(&webhook, req, &ctx, now);
+            let Outgoing { headers, body } = Outgoing::build(&webhook, req, &ctx, now);
             let uri: axum::http::Uri = webhook
                 .url
                 .parse()

@@ -115,9 +115,11 @@ pub async fn run(
         plugins.clone(),
         HttpClient::new(&settings.allow_private_targets),
         metrics.clone(),
-        settings.lease,
-        settings.delivery_concurrency,
-        settings.origin_concurrency,
+        delivery::Limits {
+            lease: settings.lease,
+            concurrency: settings.delivery_concurrency,
+            origin_concurrency: settings.origin_concurrency,
+        },
     ));
     let app = Arc::new(App {
         settings,

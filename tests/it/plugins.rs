@@ -7,11 +7,11 @@ use serde_json::json;
 use serde_json::value::RawValue;
 use std::sync::Arc;
 use std::time::Duration;
-use wasmhook::delivery::request::{AttemptContext, Shaped};
 use wasmhook::delivery::{shape, sign};
 use wasmhook::ids::{EventId, TenantId};
 use wasmhook::metrics::PluginMetrics;
 use wasmhook::model::{Event, PluginVersion, Secret, Webhook};
+use wasmhook::plugin::request::{AttemptContext, Shaped};
 use wasmhook::plugin::{LoadedPlugin, PluginConfig, PluginRuntime};
 use wasmhook_tests::plugins::STANDARD_WEBHOOKS;
 

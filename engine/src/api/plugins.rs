@@ -9,10 +9,10 @@ use super::extract::{JsonOrDefault, Query, RawBody};
 use super::views;
 use crate::App;
 use crate::clock::now_ms;
-use crate::delivery::request::{AttemptContext, Shaped};
-use crate::delivery::{build, shape_with};
+use crate::delivery::{Outgoing, shape_with};
 use crate::ids::{EventId, TenantId};
 use crate::model::{Event, PluginVersion, Webhook};
+use crate::plugin::request::{AttemptContext, Shaped};
 use crate::plugin::{LoadedPlugin, PluginError, PluginRuntime};
 use crate::store::{Page, PluginUpload};
 use axum::extract::{Path, State};
@@ -545,10 +545,10 @@ fn outcome(
     now: u64,
 ) -> Value {
     match shape_with(runtime, plugin, event, webhook, ctx) {
-        Err(error) => json!({"outcome": "error", "error": error}),
+        Err(error) => json!({"outcome": "error", "error": error.to_string()}),
         Ok(Shaped::Skip(reason)) => json!({"outcome": "skip", "reason": reason}),
         Ok(Shaped::Deliver(req)) => {
-            let (headers, body) = build(webhook, req, ctx, now);
+            let Outgoing { headers, body } = Outgoing::build(webhook, req, ctx, now);
             let headers: serde_json::Map<String, Value> = headers
                 .iter()
                 .map(|(k, v)| {

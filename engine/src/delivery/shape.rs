@@ -1,9 +1,13 @@
-//! Shaping: the engine's native default format (Standard Webhooks), and the
-//! checks every shaped request passes before it is signed and sent, whoever
-//! shaped it.
+//! Shaping: the engine's native default format (Standard Webhooks), a
+//! plugin's call, and the checks every shaped request passes before it is
+//! signed and sent, whoever shaped it ([`ShapeError`] says why one could
+//! not be).
 
-use super::request::{AttemptContext, KeyFormat, OutRequest, SigEncoding, SignSpec, SignedContent};
-use crate::model::Event;
+use crate::model::{Event, Webhook};
+use crate::plugin::request::{
+    AttemptContext, KeyFormat, OutRequest, SigEncoding, SignSpec, SignedContent,
+};
+use crate::plugin::{LoadedPlugin, PluginError, PluginRuntime, request::Shaped};
 use axum::http::{HeaderName, HeaderValue};
 use bytes::Bytes;
 
@@ -65,6 +69,52 @@ pub fn envelope(event: &Event) -> Bytes {
     body.extend_from_slice(data.as_bytes());
     body.push(b'}');
     body.into()
+}
+
+/// Why a delivery's request could not be shaped; recorded as the attempt's
+/// error (`plugin_error`), and the attempt is retried.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum ShapeError {
+    /// The plugin could not be had, or its call failed (trap, time limit,
+    /// memory cap, an error result).
+    #[error("{0}")]
+    Plugin(String),
+    /// The plugin's request was refused (see [`check`]).
+    #[error("plugin produced an invalid request: {0}")]
+    Invalid(String),
+    /// The thread running the call panicked.
+    #[error("plugin call panicked: {0}")]
+    Panicked(String),
+}
+
+/// Calls `plugin` and checks what it produced (see [`checked`]). CPU-bound,
+/// like [`PluginRuntime::call`].
+pub fn shape_with(
+    runtime: &PluginRuntime,
+    plugin: &LoadedPlugin,
+    event: &Event,
+    webhook: &Webhook,
+    ctx: &AttemptContext,
+) -> Result<Shaped, ShapeError> {
+    checked(runtime, plugin, runtime.call(plugin, event, webhook, ctx))
+}
+
+/// What a plugin call produced, checked: a request with forbidden or
+/// malformed headers is refused with the reason (and counted as invalid).
+pub(super) fn checked(
+    runtime: &PluginRuntime,
+    plugin: &LoadedPlugin,
+    result: Result<Shaped, PluginError>,
+) -> Result<Shaped, ShapeError> {
+    let shaped = result.map_err(|e| ShapeError::Plugin(e.to_string()))?;
+    if let Shaped::Deliver(req) = &shaped
+        && let Err(e) = check(req)
+    {
+        let error = ShapeError::Invalid(e);
+        runtime.count_invalid(plugin, &error.to_string());
+        return Err(error);
+    }
+    Ok(shaped)
 }
 
 /// Checks a shaped request: valid header names and values (no CR/LF), none

@@ -11,10 +11,11 @@
 //! the same plugin version, like any other.
 
 use super::Deliverer;
-use super::request::{AttemptContext, Shaped};
+use super::shape::ShapeError;
 use crate::clock::now_ms;
 use crate::ids::DeliveryId;
 use crate::model::{Delivery, Event, Webhook};
+use crate::plugin::request::{AttemptContext, Shaped};
 use crate::plugin::{LoadedPlugin, PluginRuntime};
 use std::sync::{Arc, Mutex};
 use tokio::sync::OnceCell;
@@ -29,10 +30,10 @@ pub struct SharedShaping {
 
 /// What the one call gave: the version used and each target's attempt and
 /// result (taken by its own attempt), or why no version could be had.
-type Outcome = Result<(Arc<LoadedPlugin>, Mutex<Vec<Option<Taken>>>), String>;
+type Outcome = Result<(Arc<LoadedPlugin>, Mutex<Vec<Option<Taken>>>), ShapeError>;
 
 /// What one attempt takes: its context and its result.
-pub type Taken = (AttemptContext, Result<Shaped, String>);
+pub type Taken = (AttemptContext, Result<Shaped, ShapeError>);
 
 impl SharedShaping {
     /// The shapings for a trigger's fresh deliveries: for each delivery, in
@@ -107,7 +108,7 @@ impl SharedShaping {
             .plugins
             .get(deliverer.store.as_ref(), tenant, &self.plugin)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| ShapeError::Plugin(e.to_string()))?;
         let now = now_ms();
         let contexts: Vec<AttemptContext> = self
             .targets
@@ -131,7 +132,7 @@ impl SharedShaping {
                 shape_all(&runtime, &plugin, &event, &targets, &contexts)
             })
             .await
-            .map_err(|e| format!("plugin call panicked: {e}"))?
+            .map_err(|e| ShapeError::Panicked(e.to_string()))?
         };
         let taken = contexts
             .into_iter()
@@ -143,14 +144,14 @@ impl SharedShaping {
 }
 
 /// Calls `plugin` for every target at once and checks each request (see
-/// `super::checked`). CPU-bound, like `PluginRuntime::call_many`.
+/// `super::shape::checked`). CPU-bound, like `PluginRuntime::call_many`.
 fn shape_all(
     runtime: &PluginRuntime,
     plugin: &LoadedPlugin,
     event: &Event,
     targets: &[(Arc<Webhook>, DeliveryId)],
     contexts: &[AttemptContext],
-) -> Vec<Result<Shaped, String>> {
+) -> Vec<Result<Shaped, ShapeError>> {
     let pairs: Vec<_> = targets
         .iter()
         .map(|(webhook, _)| webhook.as_ref())
@@ -159,6 +160,6 @@ fn shape_all(
     runtime
         .call_many(plugin, event, &pairs)
         .into_iter()
-        .map(|result| super::checked(runtime, plugin, result))
+        .map(|result| super::shape::checked(runtime, plugin, result))
         .collect()
 }

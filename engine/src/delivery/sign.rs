@@ -2,8 +2,8 @@
 //! the webhook's live secrets. The secret never leaves this module's callers
 //! and never reaches a plugin.
 
-use super::request::{KeyFormat, SigEncoding, SignSpec, SignedContent};
 use crate::model::Secret;
+use crate::plugin::request::{KeyFormat, SigEncoding, SignSpec, SignedContent};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};

@@ -3,9 +3,7 @@
 //! request types. Nothing outside `plugin/` uses these types.
 
 use self::wasmhook::plugin::types as wit;
-use crate::delivery::request::{
-    KeyFormat, OutRequest, Shaped, SigEncoding, SignSpec, SignedContent,
-};
+use crate::plugin::request::{KeyFormat, OutRequest, Shaped, SigEncoding, SignSpec, SignedContent};
 
 wasmtime::component::bindgen!({
     path: "../wit",

@@ -56,19 +56,30 @@ pub struct LoadedPlugin {
     shared_limit: AtomicUsize,
 }
 
+/// Which version a [`LoadedPlugin`] is: a tenant's plugin, its version
+/// number and its component's hash.
+pub(super) struct Which {
+    pub name: String,
+    pub version: u32,
+    pub sha256: String,
+    pub tenant: TenantId,
+}
+
 impl LoadedPlugin {
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
-        name: String,
-        version: u32,
-        sha256: String,
-        tenant: TenantId,
+        which: Which,
         pre: Arc<PluginPre<HostState>>,
         budget: Arc<Budget>,
         counts: Option<Arc<CallCounts>>,
         inline: InlinePolicy,
         now_ms: u64,
     ) -> Self {
+        let Which {
+            name,
+            version,
+            sha256,
+            tenant,
+        } = which;
         LoadedPlugin {
             name,
             version,

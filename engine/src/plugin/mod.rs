@@ -23,6 +23,7 @@ mod epoch;
 mod host;
 mod instances;
 mod loaded;
+pub mod request;
 mod wasi;
 pub mod watch;
 
@@ -34,8 +35,8 @@ use bindings::PluginPre;
 use epoch::{EPOCH_TICK, Ticker};
 use host::HostState;
 use instances::Budget;
-use loaded::InlinePolicy;
 pub use loaded::{CallCounts, LoadedPlugin};
+use loaded::{InlinePolicy, Which};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -292,10 +293,12 @@ impl PluginRuntime {
                 .clone()
         });
         Arc::new(LoadedPlugin::new(
-            meta.name.clone(),
-            meta.version,
-            meta.sha256.clone(),
-            tenant.clone(),
+            Which {
+                name: meta.name.clone(),
+                version: meta.version,
+                sha256: meta.sha256.clone(),
+                tenant: tenant.clone(),
+            },
             pre,
             self.budget.clone(),
             counts,
@@ -431,10 +434,12 @@ impl PluginRuntime {
     /// a dry run must not show up in the version's counts or metrics.
     pub fn uncounted(&self, plugin: &LoadedPlugin) -> Arc<LoadedPlugin> {
         Arc::new(LoadedPlugin::new(
-            plugin.name.clone(),
-            plugin.version,
-            plugin.sha256.clone(),
-            plugin.tenant.clone(),
+            Which {
+                name: plugin.name.clone(),
+                version: plugin.version,
+                sha256: plugin.sha256.clone(),
+                tenant: plugin.tenant.clone(),
+            },
             plugin.pre.clone(),
             self.budget.clone(),
             None,

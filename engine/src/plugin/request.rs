@@ -1,6 +1,8 @@
-//! The request the engine is about to send, in plain Rust: what the native
-//! default format or a plugin produced, before the core checks, signs and
-//! sends it.
+//! What shaping a delivery produces, in plain Rust: the request the native
+//! default format or a plugin decided on (before the core checks, signs
+//! and sends it), how it is to be signed, and the attempt it is shaped
+//! for. Owned here, with the plugin host that makes these from a plugin's
+//! answer; delivery imports them, never the reverse.
 
 use bytes::Bytes;
 use std::borrow::Cow;
