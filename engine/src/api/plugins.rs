@@ -45,7 +45,10 @@ fn plugin_error(e: PluginError) -> ApiError {
         PluginError::Invalid(msg) => {
             ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_plugin", msg)
         }
-        PluginError::Store(e) => e.into(),
+        PluginError::Versions(e) => match e.downcast::<crate::store::StoreError>() {
+            Ok(e) => (*e).into(),
+            Err(e) => ApiError::internal(e),
+        },
         other => ApiError::internal(other),
     }
 }

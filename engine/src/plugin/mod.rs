@@ -24,13 +24,13 @@ mod host;
 mod instances;
 mod loaded;
 pub mod request;
+mod versions;
 mod wasi;
 pub mod watch;
 
 use crate::ids::TenantId;
 use crate::metrics::{PluginMetrics, SourceLabel};
 use crate::model::PluginVersion;
-use crate::store::{PluginUpload, Store, StoreError};
 use bindings::PluginPre;
 use epoch::{EPOCH_TICK, Ticker};
 use host::HostState;
@@ -42,6 +42,7 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
+pub use versions::{PluginUpload, Versions, VersionsError};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
@@ -70,8 +71,9 @@ pub enum PluginError {
     /// The plugin returned an error result.
     #[error("plugin error: {0}")]
     Failed(String),
-    #[error(transparent)]
-    Store(#[from] StoreError),
+    /// Where versions are kept could not answer.
+    #[error("{0}")]
+    Versions(VersionsError),
 }
 
 impl PluginError {
@@ -343,9 +345,9 @@ impl PluginRuntime {
     /// current: the one path for uploads, rollbacks and the plugins
     /// directory. A component that does not compile or link is refused
     /// before anything is stored, so the current version keeps serving.
-    pub async fn publish(
+    pub async fn publish<V: Versions + ?Sized>(
         self: &Arc<Self>,
-        store: &dyn Store,
+        store: &V,
         tenant: &TenantId,
         upload: PluginUpload,
     ) -> Result<PluginVersion, PluginError> {
@@ -357,7 +359,10 @@ impl PluginRuntime {
         .await
         .map_err(|e| PluginError::Trap(e.to_string()))?;
         let pre = pre?;
-        let meta = store.put_plugin(tenant, upload).await?;
+        let meta = store
+            .add(tenant, upload)
+            .await
+            .map_err(PluginError::Versions)?;
         self.install(tenant, &meta, pre);
         tracing::info!(%tenant, plugin = %meta.name, version = meta.version, by = %meta.uploaded_by, "plugin version installed");
         Ok(meta)
@@ -397,9 +402,9 @@ impl PluginRuntime {
     }
 
     /// The current version of a tenant's plugin, loaded on first use.
-    pub async fn get(
+    pub async fn get<V: Versions + ?Sized>(
         self: &Arc<Self>,
-        store: &dyn Store,
+        store: &V,
         tenant: &TenantId,
         name: &str,
     ) -> Result<Arc<LoadedPlugin>, PluginError> {
@@ -410,8 +415,9 @@ impl PluginRuntime {
             return Ok(p.clone());
         }
         let (meta, bytes) = store
-            .current_plugin(tenant, name)
-            .await?
+            .current(tenant, name)
+            .await
+            .map_err(PluginError::Versions)?
             .ok_or_else(|| PluginError::NotFound(name.to_owned()))?;
         let this = self.clone();
         let sha = meta.sha256.clone();

@@ -12,10 +12,10 @@
 //! result is an extra version with the same content.
 
 use super::{PluginRuntime, valid_name};
+use super::{PluginUpload, Versions};
 use crate::Shutdown;
 use crate::clock::now_ms;
 use crate::ids::TenantId;
-use crate::store::{PluginUpload, Store};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -36,9 +36,9 @@ struct Seen {
     done: bool,
 }
 
-pub async fn run(
+pub async fn run<V: Versions + ?Sized + 'static>(
     runtime: Arc<PluginRuntime>,
-    store: Arc<dyn Store>,
+    store: Arc<V>,
     dir: PathBuf,
     mut stop: Shutdown,
 ) {
@@ -111,9 +111,9 @@ fn files(dir: &Path) -> Vec<(TenantId, String, PathBuf, Stamp)> {
 /// Uploads one settled file if it differs from the current version. True
 /// when done with this content (including a refusal); false to try again
 /// on the next poll (the store was unreachable).
-async fn pick_up(
+async fn pick_up<V: Versions + ?Sized>(
     runtime: &Arc<PluginRuntime>,
-    store: &dyn Store,
+    store: &V,
     tenant: &TenantId,
     name: &str,
     path: &Path,
@@ -122,9 +122,9 @@ async fn pick_up(
     let Ok(component) = std::fs::read(path) else {
         return false;
     };
-    match store.get_tenant(tenant).await {
-        Ok(Some(_)) => {}
-        Ok(None) => {
+    match store.tenant_exists(tenant).await {
+        Ok(true) => {}
+        Ok(false) => {
             tracing::warn!(%file, %tenant, "plugins directory: no such tenant; file ignored");
             return true;
         }
@@ -135,7 +135,7 @@ async fn pick_up(
     }
     let sha256 = hex::encode(Sha256::digest(&component));
     // The newest version is the current one.
-    match store.plugin_versions(tenant, name).await {
+    match store.versions(tenant, name).await {
         Ok(versions) if versions.last().is_some_and(|v| v.sha256 == sha256) => return true,
         Ok(_) => {}
         Err(e) => {

@@ -28,6 +28,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 pub use self::redis::RedisStore;
+pub use crate::plugin::PluginUpload;
 pub use embedded::EmbeddedStore;
 
 /// A webhook with its payload filter compiled (shared with every webhook
@@ -401,34 +402,6 @@ pub enum Ingested {
     KeyReused(IdempotentAnswer),
 }
 
-/// A new plugin version to store: an upload, or a rollback bringing back an
-/// earlier version's component.
-#[derive(Debug)]
-pub struct PluginUpload {
-    pub name: String,
-    pub component: Vec<u8>,
-    pub sha256: String,
-    /// `admin`, `tenant` or `plugins_dir`.
-    pub uploaded_by: String,
-    pub restored_from: Option<u32>,
-    pub now_ms: u64,
-}
-
-impl PluginUpload {
-    /// The version record this upload becomes as version `version`.
-    pub fn version(&self, version: u32) -> PluginVersion {
-        PluginVersion {
-            name: self.name.clone(),
-            version,
-            sha256: self.sha256.clone(),
-            size: self.component.len() as u64,
-            uploaded_at_ms: self.now_ms,
-            uploaded_by: self.uploaded_by.clone(),
-            restored_from: self.restored_from,
-        }
-    }
-}
-
 #[derive(Clone, Copy, Debug)]
 pub struct Page<'a> {
     pub limit: usize,
@@ -563,4 +536,33 @@ pub trait Store: Send + Sync + 'static {
     /// keys older than the retention period (pending deliveries and their
     /// events stay). Returns how many records went. Run periodically.
     async fn sweep(&self, now_ms: u64) -> Result<u64, StoreError>;
+}
+
+/// The plugin host's view of a store (see [`crate::plugin::Versions`]).
+#[async_trait]
+impl<S: Store + ?Sized> crate::plugin::Versions for S {
+    async fn tenant_exists(&self, tenant: &TenantId) -> Result<bool, crate::plugin::VersionsError> {
+        Ok(self.get_tenant(tenant).await?.is_some())
+    }
+    async fn versions(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+    ) -> Result<Vec<PluginVersion>, crate::plugin::VersionsError> {
+        Ok(self.plugin_versions(tenant, name).await?)
+    }
+    async fn current(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+    ) -> Result<Option<(PluginVersion, Vec<u8>)>, crate::plugin::VersionsError> {
+        Ok(self.current_plugin(tenant, name).await?)
+    }
+    async fn add(
+        &self,
+        tenant: &TenantId,
+        upload: PluginUpload,
+    ) -> Result<PluginVersion, crate::plugin::VersionsError> {
+        Ok(self.put_plugin(tenant, upload).await?)
+    }
 }
