@@ -1,7 +1,9 @@
 //! The README walkthrough, fan-out, wildcards, idempotent and batch
 //! triggers, payload fidelity, the per-origin limit.
 
-use crate::harness::{Received, TestEngine, TestReceiver, verify_standard};
+use crate::harness::{
+    Backend, Received, TestEngine, TestReceiver, on_both_backends, verify_standard,
+};
 use axum::http::StatusCode;
 use serde_json::json;
 use std::sync::Arc;
@@ -10,9 +12,8 @@ use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-#[tokio::test]
-async fn readme_walkthrough_delivers_a_signed_event() {
-    let engine = TestEngine::spawn().await;
+async fn readme_walkthrough_delivers_a_signed_event(backend: Backend) {
+    let engine = TestEngine::on(backend, |_| {}).await;
     let receiver = TestReceiver::spawn().await;
     let key = engine.tenant("acme-law").await;
     let hook = engine
@@ -64,9 +65,8 @@ async fn readme_walkthrough_delivers_a_signed_event() {
 /// The default format's body is made once per event and shared by its
 /// deliveries; each is still signed with its own webhook's secret, over
 /// its own delivery id.
-#[tokio::test]
-async fn an_events_default_deliveries_share_one_body_each_signed_for_its_webhook() {
-    let engine = TestEngine::spawn().await;
+async fn an_events_default_deliveries_share_one_body_each_signed_for_its_webhook(backend: Backend) {
+    let engine = TestEngine::on(backend, |_| {}).await;
     let key = engine.tenant("erp").await;
     let receivers = [
         TestReceiver::spawn().await,
@@ -113,9 +113,8 @@ async fn an_events_default_deliveries_share_one_body_each_signed_for_its_webhook
     assert_eq!(ids.len(), 3, "each delivery has its own id");
 }
 
-#[tokio::test]
-async fn fan_out_follows_subscriptions_and_wildcards() {
-    let engine = TestEngine::spawn().await;
+async fn fan_out_follows_subscriptions_and_wildcards(backend: Backend) {
+    let engine = TestEngine::on(backend, |_| {}).await;
     let key = engine.tenant("erp").await;
     let exact = TestReceiver::spawn().await;
     let prefix = TestReceiver::spawn().await;
@@ -178,9 +177,8 @@ async fn fan_out_follows_subscriptions_and_wildcards() {
     assert_eq!(names, ["invoice.paid", "invoice.sent", "low-stock-alert"]);
 }
 
-#[tokio::test]
-async fn idempotent_triggers_are_no_ops() {
-    let engine = TestEngine::spawn().await;
+async fn idempotent_triggers_are_no_ops(backend: Backend) {
+    let engine = TestEngine::on(backend, |_| {}).await;
     let receiver = TestReceiver::spawn().await;
     let key = engine.tenant("shop").await;
     engine.webhook(&key, &receiver.url, json!({})).await;
@@ -237,9 +235,8 @@ async fn idempotent_triggers_are_no_ops() {
     assert_eq!(receiver.received().len(), 2, "each event delivered once");
 }
 
-#[tokio::test]
-async fn batch_triggers_are_checked_whole_and_replayed_per_event() {
-    let engine = TestEngine::spawn().await;
+async fn batch_triggers_are_checked_whole_and_replayed_per_event(backend: Backend) {
+    let engine = TestEngine::on(backend, |_| {}).await;
     let receiver = TestReceiver::spawn().await;
     let key = engine.tenant("bulk").await;
     engine.webhook(&key, &receiver.url, json!({})).await;
@@ -330,9 +327,8 @@ async fn batch_triggers_are_checked_whole_and_replayed_per_event() {
     assert_eq!(receiver.received().len(), 3, "each event delivered once");
 }
 
-#[tokio::test]
-async fn event_data_arrives_byte_for_byte() {
-    let engine = TestEngine::spawn().await;
+async fn event_data_arrives_byte_for_byte(backend: Backend) {
+    let engine = TestEngine::on(backend, |_| {}).await;
     let receiver = TestReceiver::spawn().await;
     let key = engine.tenant("fidelity").await;
     engine.webhook(&key, &receiver.url, json!({})).await;
@@ -353,9 +349,8 @@ async fn event_data_arrives_byte_for_byte() {
     assert!(body.ends_with(&format!(r#","data":{data}}}"#)), "{body}");
 }
 
-#[tokio::test]
-async fn payload_filters_decide_before_any_plugin() {
-    let engine = TestEngine::spawn().await;
+async fn payload_filters_decide_before_any_plugin(backend: Backend) {
+    let engine = TestEngine::on(backend, |_| {}).await;
     let receiver = TestReceiver::spawn().await;
     let key = engine.tenant("filters").await;
     engine
@@ -465,9 +460,8 @@ async fn hooks_on_one_origin(engine: &TestEngine, key: &str, base: &str, paths: 
     }
 }
 
-#[tokio::test]
-async fn one_origin_gets_at_most_origin_concurrency_attempts_at_once() {
-    let engine = TestEngine::spawn_tuned(|s| s.origin_concurrency = 2).await;
+async fn one_origin_gets_at_most_origin_concurrency_attempts_at_once(backend: Backend) {
+    let engine = TestEngine::on(backend, |s| s.origin_concurrency = 2).await;
     let key = engine.tenant("acme").await;
     let (slow, counts) = slow_receiver(Duration::from_millis(300)).await;
     // Three webhooks on one origin (different paths), two events: six deliveries.
@@ -552,9 +546,8 @@ async fn wait_event_deliveries(
 /// jobs (counted in `wasmhook_deliveries_waiting_for_origin`), each started
 /// as an attempt before it ends: every delivery arrives once, and the
 /// origin never has more than its limit in flight.
-#[tokio::test]
-async fn a_burst_to_one_origin_waits_for_admission_and_all_arrive() {
-    let engine = TestEngine::spawn_tuned(|s| s.origin_concurrency = 1).await;
+async fn a_burst_to_one_origin_waits_for_admission_and_all_arrive(backend: Backend) {
+    let engine = TestEngine::on(backend, |s| s.origin_concurrency = 1).await;
     let key = engine.tenant("acme").await;
     let (slow, counts) = slow_receiver(Duration::from_millis(500)).await;
     hooks_on_one_origin(&engine, &key, &slow, &["a", "b", "c", "d"]).await;
@@ -575,9 +568,8 @@ async fn a_burst_to_one_origin_waits_for_admission_and_all_arrive() {
 /// deliveries: once read back, those beyond twice `origin_concurrency` wait
 /// as queued jobs, each keeping the permit its claim took, so no more are
 /// claimed than `delivery_concurrency`; all of them land.
-#[tokio::test]
-async fn a_burst_of_retries_to_one_origin_waits_for_admission() {
-    let engine = TestEngine::spawn_tuned(|s| {
+async fn a_burst_of_retries_to_one_origin_waits_for_admission(backend: Backend) {
+    let engine = TestEngine::on(backend, |s| {
         s.origin_concurrency = 1;
         s.delivery_concurrency = 4;
     })
@@ -607,7 +599,12 @@ async fn a_burst_of_retries_to_one_origin_waits_for_admission() {
     let deadline = tokio::time::Instant::now() + WAIT;
     let mut most = 0.0_f64;
     while counts.2.load(Ordering::SeqCst) < 8 {
-        assert!(tokio::time::Instant::now() < deadline, "not all delivered");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not all delivered: {} of 8 ({} waiting most)",
+            counts.2.load(Ordering::SeqCst),
+            most
+        );
         let waiting = engine
             .metric("wasmhook_deliveries_waiting_for_origin")
             .await
@@ -625,10 +622,9 @@ async fn a_burst_of_retries_to_one_origin_waits_for_admission() {
 /// With no time left in the lease to wait for a slot, the attempt is not
 /// sent: it is recorded as a timeout naming the origin (not the path), and
 /// the delivery goes out on its retry.
-#[tokio::test]
-async fn a_delivery_that_gets_no_slot_in_its_lease_is_retried() {
+async fn a_delivery_that_gets_no_slot_in_its_lease_is_retried(backend: Backend) {
     // Lease 2 s, webhook timeout 1 s: the attempt may not wait at all.
-    let engine = TestEngine::spawn_tuned(|s| {
+    let engine = TestEngine::on(backend, |s| {
         s.origin_concurrency = 1;
         s.lease = Duration::from_millis(2_000);
     })
@@ -678,8 +674,8 @@ async fn a_delivery_that_gets_no_slot_in_its_lease_is_retried() {
 /// An engine with one slot per origin, a tenant (its key) with the
 /// `standard-webhooks` plugin as `fmt`, and a receiver that holds the first
 /// request it gets for 2.5 s.
-async fn one_slot_with_fmt() -> (TestEngine, String, TestReceiver) {
-    let engine = TestEngine::spawn_tuned(|s| s.origin_concurrency = 1).await;
+async fn one_slot_with_fmt(backend: Backend) -> (TestEngine, String, TestReceiver) {
+    let engine = TestEngine::on(backend, |s| s.origin_concurrency = 1).await;
     let key = engine.tenant("acme").await;
     let receiver = TestReceiver::spawn().await;
     receiver.hold_next(Duration::from_millis(2_500));
@@ -709,10 +705,9 @@ fn assert_signed_fresh(i: usize, req: &Received) {
 /// the first of them needs it. One that then waited for admission to its
 /// origin is shaped again before it is sent if that call is over a second
 /// old, even when it gets its slot at once.
-#[tokio::test]
-async fn a_request_shaped_by_its_group_before_admission_is_signed_fresh() {
+async fn a_request_shaped_by_its_group_before_admission_is_signed_fresh(backend: Backend) {
     // One slot, so two attempts admitted; the third waits for admission.
-    let (engine, key, receiver) = one_slot_with_fmt().await;
+    let (engine, key, receiver) = one_slot_with_fmt(backend).await;
     let mut secrets = Vec::new();
     for path in ["a", "b", "c"] {
         let hook = engine
@@ -745,9 +740,8 @@ async fn a_request_shaped_by_its_group_before_admission_is_signed_fresh() {
 /// old timestamp; it is shaped again once it has the slot, so what it signs
 /// is fresh when it is sent (and still verifies), by the plugin version it
 /// started with although a new one was uploaded while it waited.
-#[tokio::test]
-async fn a_request_that_waited_for_its_slot_is_signed_fresh() {
-    let (engine, key, receiver) = one_slot_with_fmt().await;
+async fn a_request_that_waited_for_its_slot_is_signed_fresh(backend: Backend) {
+    let (engine, key, receiver) = one_slot_with_fmt(backend).await;
     let hook = engine
         .webhook(
             &key,
@@ -785,3 +779,19 @@ async fn a_request_that_waited_for_its_slot_is_signed_fresh() {
         assert_eq!(d["attempt_log"][0]["plugin"], "fmt@1", "{d}");
     }
 }
+
+on_both_backends!(
+    readme_walkthrough_delivers_a_signed_event,
+    an_events_default_deliveries_share_one_body_each_signed_for_its_webhook,
+    fan_out_follows_subscriptions_and_wildcards,
+    idempotent_triggers_are_no_ops,
+    batch_triggers_are_checked_whole_and_replayed_per_event,
+    event_data_arrives_byte_for_byte,
+    payload_filters_decide_before_any_plugin,
+    one_origin_gets_at_most_origin_concurrency_attempts_at_once,
+    a_burst_to_one_origin_waits_for_admission_and_all_arrive,
+    a_burst_of_retries_to_one_origin_waits_for_admission,
+    a_delivery_that_gets_no_slot_in_its_lease_is_retried,
+    a_request_shaped_by_its_group_before_admission_is_signed_fresh,
+    a_request_that_waited_for_its_slot_is_signed_fresh,
+);

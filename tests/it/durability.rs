@@ -1,14 +1,14 @@
-//! Restart durability: deliveries pending when the engine stops complete
-//! after it starts again on the same data directory; the embedded store's
-//! commit metrics.
+//! Restart durability, on both backends: deliveries pending when the
+//! engine stops complete after it starts again on the same store; accepted
+//! events and final outcomes survive a stop. The embedded store's commit
+//! metrics.
 
-use crate::harness::{TestEngine, TestReceiver, sample};
+use crate::harness::{Backend, TestEngine, TestReceiver, on_both_backends, sample};
 use serde_json::json;
 use std::time::Duration;
 
-#[tokio::test]
-async fn pending_deliveries_complete_after_a_restart() {
-    let engine = TestEngine::spawn().await;
+async fn pending_deliveries_complete_after_a_restart(backend: Backend) {
+    let engine = TestEngine::on(backend, |_| {}).await;
     let receiver = TestReceiver::spawn().await;
     receiver.answer(&[503, 503, 503]);
     let key = engine.tenant("durable").await;
@@ -22,9 +22,7 @@ async fn pending_deliveries_complete_after_a_restart() {
     }
     // Each delivery failed once and is now waiting for its retry.
     receiver.wait_for(3, Duration::from_secs(10)).await;
-    let (dir, data_dir) = engine.stop().await;
-
-    let engine = TestEngine::spawn_in(&data_dir).await;
+    let engine = engine.restart().await;
     let got = receiver.wait_for(6, Duration::from_secs(15)).await;
     let mut ns: Vec<i64> = got[3..]
         .iter()
@@ -46,18 +44,15 @@ async fn pending_deliveries_complete_after_a_restart() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     engine.stop().await;
-    drop(dir);
 }
 
-#[tokio::test]
-async fn accepted_events_survive_a_restart() {
-    let engine = TestEngine::spawn().await;
+async fn accepted_events_survive_a_restart(backend: Backend) {
+    let engine = TestEngine::on(backend, |_| {}).await;
     let key = engine.tenant("persist").await;
     let answer = engine
         .trigger(&key, "client.created", json!({"firstName": "Ada"}))
         .await;
-    let (dir, data_dir) = engine.stop().await;
-    let engine = TestEngine::spawn_in(&data_dir).await;
+    let engine = engine.restart().await;
     let (status, event) = engine
         .get(
             &format!("/api/events/{}", answer["id"].as_str().unwrap()),
@@ -67,7 +62,6 @@ async fn accepted_events_survive_a_restart() {
     assert_eq!(status, 200, "{event}");
     assert_eq!(event["data"]["firstName"], "Ada");
     engine.stop().await;
-    drop(dir);
 }
 
 /// The embedded store counts its group commits, the writes they held and
@@ -116,9 +110,8 @@ async fn the_embedded_store_counts_its_commits() {
 /// durable (`Store::finish_final`). Stopping the engine right after the
 /// receiver has them all still writes every record, so after a restart each
 /// delivery is `succeeded` and none is sent again.
-#[tokio::test]
-async fn final_outcomes_recorded_just_before_a_stop_survive_it() {
-    let engine = TestEngine::spawn().await;
+async fn final_outcomes_recorded_just_before_a_stop_survive_it(backend: Backend) {
+    let engine = TestEngine::on(backend, |_| {}).await;
     let receiver = TestReceiver::spawn().await;
     let key = engine.tenant("final").await;
     let hook = engine.webhook(&key, &receiver.url, json!({})).await;
@@ -126,9 +119,7 @@ async fn final_outcomes_recorded_just_before_a_stop_survive_it() {
         engine.trigger(&key, "case.updated", json!({"n": n})).await;
     }
     receiver.wait_for(20, Duration::from_secs(10)).await;
-    let (dir, data_dir) = engine.stop().await;
-
-    let engine = TestEngine::spawn_in(&data_dir).await;
+    let engine = engine.restart().await;
     let hook_id = hook["id"].as_str().unwrap();
     let (_, stats) = engine
         .get(&format!("/api/webhooks/{hook_id}/stats"), &key)
@@ -139,5 +130,10 @@ async fn final_outcomes_recorded_just_before_a_stop_survive_it() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(receiver.received().len(), 20);
     engine.stop().await;
-    drop(dir);
 }
+
+on_both_backends!(
+    pending_deliveries_complete_after_a_restart,
+    accepted_events_survive_a_restart,
+    final_outcomes_recorded_just_before_a_stop_survive_it,
+);

@@ -2,6 +2,7 @@
 //! data directory, a client for its API, and loopback receivers that record
 //! what they get and answer what they are told.
 
+use crate::redis_server::RedisServer;
 use axum::http::{HeaderMap, StatusCode};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -15,10 +16,39 @@ use wasmhook::config::Settings;
 
 pub const ADMIN: &str = "test-admin-token-0123456789";
 
+/// The store a test engine runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Embedded,
+    Redis,
+}
+
+/// Runs each named `async fn(Backend)` twice, as the tests
+/// `<name>::embedded` and `<name>::redis`.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn embedded() {
+                super::$name(crate::harness::Backend::Embedded).await
+            }
+            #[tokio::test]
+            async fn redis() {
+                super::$name(crate::harness::Backend::Redis).await
+            }
+        }
+    )*};
+}
+pub(crate) use on_both_backends;
+
 pub struct TestEngine {
     pub url: String,
     pub http: reqwest::Client,
     dir: Option<TempDir>,
+    /// The engine's own `redis-server`, on Redis.
+    redis: Option<RedisServer>,
+    /// What it was started with, to start it again (see `restart`).
+    settings: Option<Settings>,
     data_dir: PathBuf,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -34,6 +64,43 @@ pub fn sample(metrics: &str, name: &str) -> Option<f64> {
 }
 
 impl TestEngine {
+    /// An engine on `backend` with the test settings as `tune` changes
+    /// them: a fresh data directory, and on Redis a fresh `redis-server`
+    /// of its own.
+    pub async fn on(backend: Backend, tune: impl FnOnce(&mut Settings)) -> TestEngine {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = Settings::for_tests(dir.path().to_path_buf(), ADMIN);
+        let redis = match backend {
+            Backend::Embedded => None,
+            Backend::Redis => {
+                let server = RedisServer::start().await;
+                settings.redis_url = Some(server.url());
+                settings.schedule_partitions = 4;
+                Some(server)
+            }
+        };
+        tune(&mut settings);
+        let mut engine = Self::spawn_with(settings.clone()).await;
+        engine.dir = Some(dir);
+        engine.redis = redis;
+        engine.settings = Some(settings);
+        engine
+    }
+
+    /// Stops an engine made by [`TestEngine::on`] and starts it again on
+    /// the same store (its data directory, or its Redis).
+    pub async fn restart(mut self) -> TestEngine {
+        let settings = self.settings.take().expect("an engine made by `on`");
+        let (dir, redis) = (self.dir.take(), self.redis.take());
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap().unwrap();
+        let mut engine = Self::spawn_with(settings.clone()).await;
+        engine.dir = dir;
+        engine.redis = redis;
+        engine.settings = Some(settings);
+        engine
+    }
+
     pub async fn spawn() -> TestEngine {
         let dir = tempfile::tempdir().unwrap();
         let data_dir = dir.path().to_path_buf();
@@ -97,6 +164,8 @@ impl TestEngine {
             url,
             http: reqwest::Client::new(),
             dir: None,
+            redis: None,
+            settings: None,
             data_dir,
             stop: Some(stop),
             task: Some(task),

@@ -5,44 +5,16 @@
 //! and attempts that panic. Each case holds on both backends where a store
 //! is involved.
 
-use crate::harness::{ADMIN, TestEngine, TestReceiver};
-use crate::redis_server::RedisServer;
+use crate::harness::{ADMIN, Backend, TestEngine, TestReceiver, on_both_backends};
 use axum::http::StatusCode;
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use wasmhook::config::Settings;
 use wasmhook_tests::plugins::{CHAOS, STANDARD_WEBHOOKS};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// A test engine on one backend; a Redis engine keeps its server alive.
-struct On {
-    name: &'static str,
-    engine: TestEngine,
-    _redis: Option<RedisServer>,
-}
-
-/// The same engine settings on the embedded store and on a fresh Redis.
-async fn both(tune: impl Fn(&mut Settings) + Clone) -> Vec<On> {
-    let embedded = TestEngine::spawn_tuned(tune.clone()).await;
-    let redis = RedisServer::start().await;
-    let on_redis = TestEngine::spawn_redis_tuned(&redis.url(), "hostile", tune).await;
-    vec![
-        On {
-            name: "embedded",
-            engine: embedded,
-            _redis: None,
-        },
-        On {
-            name: "redis",
-            engine: on_redis,
-            _redis: Some(redis),
-        },
-    ]
-}
 
 async fn raw_post(engine: &TestEngine, path: &str, key: &str, body: &str) -> (StatusCode, Value) {
     let resp = engine
@@ -62,105 +34,106 @@ async fn raw_post(engine: &TestEngine, path: &str, key: &str, body: &str) -> (St
     )
 }
 
-#[tokio::test]
-async fn event_data_no_reader_could_parse_is_refused_and_batches_write_all_or_nothing() {
-    for On { name, engine, .. } in both(|_| {}).await {
-        let receiver = TestReceiver::spawn().await;
-        let key = engine.tenant("careless").await;
-        // A filtered webhook: its fan-out parses the data.
-        engine
-            .webhook(&key, &receiver.url, json!({"filter": {"n": {"$gte": 0}}}))
-            .await;
-        let deep = |levels: usize| {
-            format!(
-                "{{\"type\": \"x.y\", \"data\": {{\"n\": 1, \"d\": {}1{}}}}}",
-                "[".repeat(levels),
-                "]".repeat(levels)
-            )
-        };
-        for (body, needle) in [
-            (
-                r#"{"type": "x.y", "data": {"x": "\ud800"}}"#.to_owned(),
-                "lone surrogate",
-            ),
-            (
-                r#"{"type": "x.y", "data": {"x": "\udfff\ud800"}}"#.to_owned(),
-                "lone surrogate",
-            ),
-            (deep(64), "deeper than 64"),
-            (deep(10_000), "deeper than 64"),
-            (r#"{"type": "x.y", "data": [1]}"#.to_owned(), "JSON object"),
-        ] {
-            let (status, answer) = raw_post(&engine, "/api/events", &key, &body).await;
-            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{name}: {answer}");
-            let message = answer["error"]["message"].as_str().unwrap();
-            assert!(message.contains(needle), "{name}: {message}");
-        }
-        // What is accepted reads back, and passes the filter.
-        let (status, answer) = raw_post(&engine, "/api/events", &key, &deep(62)).await;
-        assert_eq!(status, StatusCode::ACCEPTED, "{name}: {answer}");
-        assert_eq!(answer["deliveries"], 1, "{name}: {answer}");
-        let id = answer["id"].as_str().unwrap();
-        let (status, event) = engine.get(&format!("/api/events/{id}"), &key).await;
-        assert_eq!(status, StatusCode::OK, "{name}: {event}");
-        let (status, answer) = raw_post(
-            &engine,
-            "/api/events",
-            &key,
-            r#"{"type": "x.y", "data": {"n": 2, "emoji": "\ud83d\ude00"}}"#,
-        )
+async fn event_data_no_reader_could_parse_is_refused_and_batches_write_all_or_nothing(
+    backend: Backend,
+) {
+    let engine = TestEngine::on(backend, |_| {}).await;
+    let name = format!("{backend:?}");
+    let receiver = TestReceiver::spawn().await;
+    let key = engine.tenant("careless").await;
+    // A filtered webhook: its fan-out parses the data.
+    engine
+        .webhook(&key, &receiver.url, json!({"filter": {"n": {"$gte": 0}}}))
         .await;
-        assert_eq!(status, StatusCode::ACCEPTED, "{name}: {answer}");
-        receiver.wait_for(2, WAIT).await;
-
-        // A batch whose second event is bad writes nothing, and says which.
-        let batch = format!(
-            r#"{{"events": [{{"type": "b.one", "data": {{"n": 1}}}}, {}]}}"#,
-            r#"{"type": "b.two", "data": {"x": "\ud800"}}"#
-        );
-        let resp = engine
-            .http
-            .post(format!("{}/api/events/batch", engine.url))
-            .bearer_auth(&key)
-            .header("content-type", "application/json")
-            .header("idempotency-key", "batch-1")
-            .body(batch)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status().as_u16(), 422, "{name}");
-        let answer: Value = resp.json().await.unwrap();
-        assert!(
-            answer["error"]["message"]
-                .as_str()
-                .unwrap()
-                .starts_with("events[1].data"),
-            "{name}: {answer}"
-        );
-        // Fixed and sent again under the same key: both are accepted now,
-        // none replayed (nothing was written before).
-        let resp = engine
-            .http
-            .post(format!("{}/api/events/batch", engine.url))
-            .bearer_auth(&key)
-            .header("idempotency-key", "batch-1")
-            .json(&json!({"events": [
-                {"type": "b.one", "data": {"n": 1}},
-                {"type": "b.two", "data": {"n": 2}}
-            ]}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status().as_u16(), 202, "{name}");
-        let answer: Value = resp.json().await.unwrap();
-        assert_eq!(
-            (answer["accepted"].as_u64(), answer["replayed"].as_u64()),
-            (Some(2), Some(0)),
-            "{name}: {answer}"
-        );
-        let got = receiver.wait_for(4, WAIT).await;
-        assert_eq!(got.len(), 4, "{name}");
+    let deep = |levels: usize| {
+        format!(
+            "{{\"type\": \"x.y\", \"data\": {{\"n\": 1, \"d\": {}1{}}}}}",
+            "[".repeat(levels),
+            "]".repeat(levels)
+        )
+    };
+    for (body, needle) in [
+        (
+            r#"{"type": "x.y", "data": {"x": "\ud800"}}"#.to_owned(),
+            "lone surrogate",
+        ),
+        (
+            r#"{"type": "x.y", "data": {"x": "\udfff\ud800"}}"#.to_owned(),
+            "lone surrogate",
+        ),
+        (deep(64), "deeper than 64"),
+        (deep(10_000), "deeper than 64"),
+        (r#"{"type": "x.y", "data": [1]}"#.to_owned(), "JSON object"),
+    ] {
+        let (status, answer) = raw_post(&engine, "/api/events", &key, &body).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{name}: {answer}");
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.contains(needle), "{name}: {message}");
     }
+    // What is accepted reads back, and passes the filter.
+    let (status, answer) = raw_post(&engine, "/api/events", &key, &deep(62)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{name}: {answer}");
+    assert_eq!(answer["deliveries"], 1, "{name}: {answer}");
+    let id = answer["id"].as_str().unwrap();
+    let (status, event) = engine.get(&format!("/api/events/{id}"), &key).await;
+    assert_eq!(status, StatusCode::OK, "{name}: {event}");
+    let (status, answer) = raw_post(
+        &engine,
+        "/api/events",
+        &key,
+        r#"{"type": "x.y", "data": {"n": 2, "emoji": "\ud83d\ude00"}}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{name}: {answer}");
+    receiver.wait_for(2, WAIT).await;
+
+    // A batch whose second event is bad writes nothing, and says which.
+    let batch = format!(
+        r#"{{"events": [{{"type": "b.one", "data": {{"n": 1}}}}, {}]}}"#,
+        r#"{"type": "b.two", "data": {"x": "\ud800"}}"#
+    );
+    let resp = engine
+        .http
+        .post(format!("{}/api/events/batch", engine.url))
+        .bearer_auth(&key)
+        .header("content-type", "application/json")
+        .header("idempotency-key", "batch-1")
+        .body(batch)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 422, "{name}");
+    let answer: Value = resp.json().await.unwrap();
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("events[1].data"),
+        "{name}: {answer}"
+    );
+    // Fixed and sent again under the same key: both are accepted now,
+    // none replayed (nothing was written before).
+    let resp = engine
+        .http
+        .post(format!("{}/api/events/batch", engine.url))
+        .bearer_auth(&key)
+        .header("idempotency-key", "batch-1")
+        .json(&json!({"events": [
+            {"type": "b.one", "data": {"n": 1}},
+            {"type": "b.two", "data": {"n": 2}}
+        ]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202, "{name}");
+    let answer: Value = resp.json().await.unwrap();
+    assert_eq!(
+        (answer["accepted"].as_u64(), answer["replayed"].as_u64()),
+        (Some(2), Some(0)),
+        "{name}: {answer}"
+    );
+    let got = receiver.wait_for(4, WAIT).await;
+    assert_eq!(got.len(), 4, "{name}");
 }
 
 #[tokio::test]
@@ -227,165 +200,163 @@ async fn webhook_urls_are_parsed_as_browsers_do_and_judged_by_the_address_they_n
     }
 }
 
-#[tokio::test]
-async fn webhooks_per_tenant_are_capped_and_listed_page_by_page() {
-    for On { name, engine, .. } in both(|s| s.max_webhooks_per_tenant = 7).await {
-        let key = engine.tenant("many").await;
-        let mut ids = Vec::new();
-        for i in 0..7 {
-            let hook = engine
-                .webhook(
-                    &key,
-                    "http://127.0.0.1:9/h",
-                    json!({"description": format!("{i}")}),
-                )
-                .await;
-            ids.push(hook["id"].as_str().unwrap().to_owned());
-        }
-        let (status, answer) = engine
-            .post(
-                "/api/webhooks",
+async fn webhooks_per_tenant_are_capped_and_listed_page_by_page(backend: Backend) {
+    let engine = TestEngine::on(backend, |s| s.max_webhooks_per_tenant = 7).await;
+    let name = format!("{backend:?}");
+    let key = engine.tenant("many").await;
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        let hook = engine
+            .webhook(
                 &key,
-                json!({"url": "http://127.0.0.1:9/h", "events": ["*"]}),
+                "http://127.0.0.1:9/h",
+                json!({"description": format!("{i}")}),
             )
             .await;
-        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{name}: {answer}");
-        assert_eq!(answer["error"]["code"], "limit_reached", "{name}");
-        assert!(
-            answer["error"]["message"].as_str().unwrap().contains("(7)"),
-            "{name}: {answer}"
-        );
-        // Pages of 3, oldest first, with a cursor.
-        let mut seen = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let path = match &after {
-                Some(a) => format!("/api/webhooks?limit=3&after={a}"),
-                None => "/api/webhooks?limit=3".into(),
-            };
-            let (status, page) = engine.get(&path, &key).await;
-            assert_eq!(status, StatusCode::OK, "{name}: {page}");
-            let data = page["data"].as_array().unwrap();
-            assert!(data.len() <= 3);
-            seen.extend(data.iter().map(|w| w["id"].as_str().unwrap().to_owned()));
-            match page["next_after"].as_str() {
-                Some(next) => after = Some(next.to_owned()),
-                None => break,
-            }
-        }
-        assert_eq!(seen, ids, "{name}");
-        let (status, answer) = engine.get("/api/webhooks?limit=0", &key).await;
-        assert_eq!(status, StatusCode::BAD_REQUEST, "{name}: {answer}");
-        // Room again after a delete.
-        let (status, _) = engine
-            .call(
-                Method::DELETE,
-                &format!("/api/webhooks/{}", ids[0]),
-                &key,
-                None,
-            )
-            .await;
-        assert_eq!(status, StatusCode::NO_CONTENT);
-        engine
-            .webhook(&key, "http://127.0.0.1:9/h", json!({}))
-            .await;
+        ids.push(hook["id"].as_str().unwrap().to_owned());
     }
+    let (status, answer) = engine
+        .post(
+            "/api/webhooks",
+            &key,
+            json!({"url": "http://127.0.0.1:9/h", "events": ["*"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{name}: {answer}");
+    assert_eq!(answer["error"]["code"], "limit_reached", "{name}");
+    assert!(
+        answer["error"]["message"].as_str().unwrap().contains("(7)"),
+        "{name}: {answer}"
+    );
+    // Pages of 3, oldest first, with a cursor.
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let path = match &after {
+            Some(a) => format!("/api/webhooks?limit=3&after={a}"),
+            None => "/api/webhooks?limit=3".into(),
+        };
+        let (status, page) = engine.get(&path, &key).await;
+        assert_eq!(status, StatusCode::OK, "{name}: {page}");
+        let data = page["data"].as_array().unwrap();
+        assert!(data.len() <= 3);
+        seen.extend(data.iter().map(|w| w["id"].as_str().unwrap().to_owned()));
+        match page["next_after"].as_str() {
+            Some(next) => after = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids, "{name}");
+    let (status, answer) = engine.get("/api/webhooks?limit=0", &key).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{name}: {answer}");
+    // Room again after a delete.
+    let (status, _) = engine
+        .call(
+            Method::DELETE,
+            &format!("/api/webhooks/{}", ids[0]),
+            &key,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    engine
+        .webhook(&key, "http://127.0.0.1:9/h", json!({}))
+        .await;
 }
 
 /// The costliest filters a tenant may write, on the largest events it may
 /// send, as fast as it can: another tenant's triggers and `/health` are
 /// not held up, and the hostile tenant's own triggers still answer.
-#[tokio::test]
-async fn one_tenants_costly_filters_do_not_slow_another_tenant() {
-    for On { name, engine, .. } in both(|_| {}).await {
-        let receiver = TestReceiver::spawn().await;
-        let hostile = engine.tenant("hostile").await;
-        let victim = engine.tenant("victim").await;
-        let alts: Vec<String> = (0..40).map(|i| format!("(a|b)*c{i}x+[a-z]{{3}}")).collect();
-        let mut filter = serde_json::Map::new();
-        filter.insert("s0".into(), json!({"$regex": alts.join("|")}));
-        for i in 1..4 {
-            filter.insert(format!("s{i}"), json!({"$regex": "(a|b)*c"}));
-        }
-        // A payload filter refused as it stands today (Unicode word
-        // boundaries, 60 alternatives) says why.
-        let slow: Vec<String> = (0..60).map(|i| format!("\\b\\w+\\b{i}")).collect();
-        let (status, answer) = engine
-            .post(
-                "/api/webhooks",
+async fn one_tenants_costly_filters_do_not_slow_another_tenant(backend: Backend) {
+    let engine = TestEngine::on(backend, |_| {}).await;
+    let name = format!("{backend:?}");
+    let receiver = TestReceiver::spawn().await;
+    let hostile = engine.tenant("hostile").await;
+    let victim = engine.tenant("victim").await;
+    let alts: Vec<String> = (0..40).map(|i| format!("(a|b)*c{i}x+[a-z]{{3}}")).collect();
+    let mut filter = serde_json::Map::new();
+    filter.insert("s0".into(), json!({"$regex": alts.join("|")}));
+    for i in 1..4 {
+        filter.insert(format!("s{i}"), json!({"$regex": "(a|b)*c"}));
+    }
+    // A payload filter refused as it stands today (Unicode word
+    // boundaries, 60 alternatives) says why.
+    let slow: Vec<String> = (0..60).map(|i| format!("\\b\\w+\\b{i}")).collect();
+    let (status, answer) = engine
+        .post(
+            "/api/webhooks",
+            &hostile,
+            json!({"url": receiver.url, "events": ["*"], "filter": {"s": {"$regex": slow.join("|")}}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{name}: {answer}");
+    for _ in 0..20 {
+        engine
+            .webhook(
                 &hostile,
-                json!({"url": receiver.url, "events": ["*"], "filter": {"s": {"$regex": slow.join("|")}}}),
+                &receiver.url,
+                json!({"filter": Value::Object(filter.clone())}),
             )
             .await;
-        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{name}: {answer}");
-        for _ in 0..20 {
-            engine
-                .webhook(
-                    &hostile,
-                    &receiver.url,
-                    json!({"filter": Value::Object(filter.clone())}),
-                )
-                .await;
-        }
-        engine.webhook(&victim, &receiver.url, json!({})).await;
-        // Strings as long as a regex scans, and the rest of the body to parse.
-        let scanned = "ab".repeat(wasmhook::filter::MAX_REGEX_TEXT / 2);
-        let data = json!({"s0": scanned, "s1": scanned, "s2": scanned, "s3": scanned,
-                          "pad": "x".repeat(900_000)});
-        let body = json!({"type": "heavy.event", "data": data}).to_string();
-
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let mut attackers = Vec::new();
-        for _ in 0..8 {
-            let (url, key, body, stop) = (
-                engine.url.clone(),
-                hostile.clone(),
-                body.clone(),
-                stop.clone(),
-            );
-            attackers.push(tokio::spawn(async move {
-                let http = reqwest::Client::new();
-                let mut answered = 0;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let resp = http
-                        .post(format!("{url}/api/events"))
-                        .bearer_auth(&key)
-                        .header("content-type", "application/json")
-                        .body(body.clone())
-                        .send()
-                        .await
-                        .unwrap();
-                    assert_eq!(resp.status().as_u16(), 202);
-                    answered += 1;
-                }
-                answered
-            }));
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let mut slowest = Duration::ZERO;
-        for i in 0..20 {
-            let started = Instant::now();
-            engine
-                .trigger(&victim, "light.event", json!({"i": i}))
-                .await;
-            let (status, _) = engine.get("/health", ADMIN).await;
-            assert_eq!(status, StatusCode::OK);
-            slowest = slowest.max(started.elapsed());
-        }
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let mut hostile_triggers = 0;
-        for a in attackers {
-            hostile_triggers += a.await.unwrap();
-        }
-        assert!(hostile_triggers > 0, "{name}");
-        // Before filters were bounded and moved off the async workers, one
-        // such trigger took 0.2 to 19 s and held the others as long. A
-        // debug build on a busy two-core machine keeps this well under.
-        assert!(
-            slowest < Duration::from_millis(750),
-            "{name}: the victim's slowest trigger took {slowest:?} ({hostile_triggers} hostile triggers)"
-        );
     }
+    engine.webhook(&victim, &receiver.url, json!({})).await;
+    // Strings as long as a regex scans, and the rest of the body to parse.
+    let scanned = "ab".repeat(wasmhook::filter::MAX_REGEX_TEXT / 2);
+    let data = json!({"s0": scanned, "s1": scanned, "s2": scanned, "s3": scanned,
+                      "pad": "x".repeat(900_000)});
+    let body = json!({"type": "heavy.event", "data": data}).to_string();
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut attackers = Vec::new();
+    for _ in 0..8 {
+        let (url, key, body, stop) = (
+            engine.url.clone(),
+            hostile.clone(),
+            body.clone(),
+            stop.clone(),
+        );
+        attackers.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut answered = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let resp = http
+                    .post(format!("{url}/api/events"))
+                    .bearer_auth(&key)
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(resp.status().as_u16(), 202);
+                answered += 1;
+            }
+            answered
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut slowest = Duration::ZERO;
+    for i in 0..20 {
+        let started = Instant::now();
+        engine
+            .trigger(&victim, "light.event", json!({"i": i}))
+            .await;
+        let (status, _) = engine.get("/health", ADMIN).await;
+        assert_eq!(status, StatusCode::OK);
+        slowest = slowest.max(started.elapsed());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut hostile_triggers = 0;
+    for a in attackers {
+        hostile_triggers += a.await.unwrap();
+    }
+    assert!(hostile_triggers > 0, "{name}");
+    // Before filters were bounded and moved off the async workers, one
+    // such trigger took 0.2 to 19 s and held the others as long. A
+    // debug build on a busy two-core machine keeps this well under.
+    assert!(
+        slowest < Duration::from_millis(750),
+        "{name}: the victim's slowest trigger took {slowest:?} ({hostile_triggers} hostile triggers)"
+    );
 }
 
 #[tokio::test]
@@ -650,46 +621,52 @@ async fn oversized_headers_and_targets_get_the_json_error_shape() {
 /// feature) is recorded on the delivery as a failed attempt with the
 /// reason and retried on the webhook's schedule until it gives up; the
 /// in-flight gauge comes back to zero.
-#[tokio::test]
-async fn a_panic_in_an_attempt_is_recorded_and_retried() {
-    for On { name, engine, .. } in both(|_| {}).await {
-        let key = engine.tenant("panicky").await;
-        let hook = engine
-            .webhook(
-                &key,
-                "http://127.0.0.1:9/h",
-                json!({
-                    "description": "wasmhook-fault:panic-in-attempt",
-                    "retry_policy": {"strategy": "fixed", "retries": 2, "delay_ms": 200, "jitter": false}
-                }),
-            )
-            .await;
-        let hook_id = hook["id"].as_str().unwrap();
-        let answer = engine.trigger(&key, "a.b", json!({})).await;
-        let delivery = answer["delivery_ids"][0].as_str().unwrap();
-        let d = engine
-            .wait_delivery(&key, hook_id, delivery, WAIT, |d| d["status"] == "failed")
-            .await;
-        assert_eq!(d["attempts"], 3, "{name}: {d}");
-        for attempt in d["attempt_log"].as_array().unwrap() {
-            assert_eq!(attempt["outcome"], "engine_error", "{name}: {d}");
-            assert!(
-                attempt["error"]
-                    .as_str()
-                    .unwrap()
-                    .contains("injected fault"),
-                "{name}: {d}"
-            );
-        }
+async fn a_panic_in_an_attempt_is_recorded_and_retried(backend: Backend) {
+    let engine = TestEngine::on(backend, |_| {}).await;
+    let name = format!("{backend:?}");
+    let key = engine.tenant("panicky").await;
+    let hook = engine
+        .webhook(
+            &key,
+            "http://127.0.0.1:9/h",
+            json!({
+                "description": "wasmhook-fault:panic-in-attempt",
+                "retry_policy": {"strategy": "fixed", "retries": 2, "delay_ms": 200, "jitter": false}
+            }),
+        )
+        .await;
+    let hook_id = hook["id"].as_str().unwrap();
+    let answer = engine.trigger(&key, "a.b", json!({})).await;
+    let delivery = answer["delivery_ids"][0].as_str().unwrap();
+    let d = engine
+        .wait_delivery(&key, hook_id, delivery, WAIT, |d| d["status"] == "failed")
+        .await;
+    assert_eq!(d["attempts"], 3, "{name}: {d}");
+    for attempt in d["attempt_log"].as_array().unwrap() {
+        assert_eq!(attempt["outcome"], "engine_error", "{name}: {d}");
         assert!(
-            d["reason"]
+            attempt["error"]
                 .as_str()
                 .unwrap()
-                .contains("gave up after 3 attempts"),
+                .contains("injected fault"),
             "{name}: {d}"
         );
-        engine
-            .assert_metrics(&["wasmhook_deliveries_in_flight 0"])
-            .await;
     }
+    assert!(
+        d["reason"]
+            .as_str()
+            .unwrap()
+            .contains("gave up after 3 attempts"),
+        "{name}: {d}"
+    );
+    engine
+        .assert_metrics(&["wasmhook_deliveries_in_flight 0"])
+        .await;
 }
+
+on_both_backends!(
+    event_data_no_reader_could_parse_is_refused_and_batches_write_all_or_nothing,
+    webhooks_per_tenant_are_capped_and_listed_page_by_page,
+    one_tenants_costly_filters_do_not_slow_another_tenant,
+    a_panic_in_an_attempt_is_recorded_and_retried,
+);

@@ -1,16 +1,15 @@
 //! Retries with backoff, Retry-After, exhausted attempts and manual retry,
 //! 410 Gone.
 
-use crate::harness::{TestEngine, TestReceiver};
+use crate::harness::{Backend, TestEngine, TestReceiver, on_both_backends};
 use axum::http::StatusCode;
 use serde_json::json;
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(15);
 
-#[tokio::test]
-async fn failing_receiver_is_retried_with_backoff_until_it_lands() {
-    let engine = TestEngine::spawn().await;
+async fn failing_receiver_is_retried_with_backoff_until_it_lands(backend: Backend) {
+    let engine = TestEngine::on(backend, |_| {}).await;
     let receiver = TestReceiver::spawn().await;
     receiver.answer(&[500, 503]);
     let key = engine.tenant("backoff").await;
@@ -47,9 +46,8 @@ async fn failing_receiver_is_retried_with_backoff_until_it_lands() {
     assert_eq!(log[2]["outcome"], "succeeded");
 }
 
-#[tokio::test]
-async fn exhausted_delivery_fails_and_can_be_retried_by_hand() {
-    let engine = TestEngine::spawn().await;
+async fn exhausted_delivery_fails_and_can_be_retried_by_hand(backend: Backend) {
+    let engine = TestEngine::on(backend, |_| {}).await;
     let receiver = TestReceiver::spawn().await;
     receiver.answer(&[500, 502]);
     let key = engine.tenant("exhaust").await;
@@ -126,9 +124,8 @@ async fn exhausted_delivery_fails_and_can_be_retried_by_hand() {
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
 }
 
-#[tokio::test]
-async fn retry_after_is_honoured() {
-    let engine = TestEngine::spawn().await;
+async fn retry_after_is_honoured(backend: Backend) {
+    let engine = TestEngine::on(backend, |_| {}).await;
     let receiver = TestReceiver::spawn().await;
     receiver.answer_with_headers(429, &[("retry-after", "1")]);
     let key = engine.tenant("ratelimited").await;
@@ -150,9 +147,8 @@ async fn retry_after_is_honoured() {
     );
 }
 
-#[tokio::test]
-async fn gone_disables_the_webhook() {
-    let engine = TestEngine::spawn().await;
+async fn gone_disables_the_webhook(backend: Backend) {
+    let engine = TestEngine::on(backend, |_| {}).await;
     let receiver = TestReceiver::spawn().await;
     receiver.answer(&[410]);
     let key = engine.tenant("gone").await;
@@ -182,3 +178,10 @@ async fn gone_disables_the_webhook() {
         0
     );
 }
+
+on_both_backends!(
+    failing_receiver_is_retried_with_backoff_until_it_lands,
+    exhausted_delivery_fails_and_can_be_retried_by_hand,
+    retry_after_is_honoured,
+    gone_disables_the_webhook,
+);

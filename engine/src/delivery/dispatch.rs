@@ -88,14 +88,17 @@ impl Deliverer {
         if free == 0 {
             return Ok(false);
         }
-        let ids = self
-            .schedule
-            .claim_due(now_ms(), free, self.lease.as_millis() as u64)
-            .await?;
+        let (now, lease) = (now_ms(), self.lease.as_millis() as u64);
+        let ids = self.schedule.claim_due(now, free, lease).await?;
         // An event lease claimed as one entry may bring several deliveries.
         let full = ids.len() >= free;
         for (tenant, id) in ids {
-            self.clone().spawn(Job::Claimed(tenant, id)).await;
+            let job = Job::Claimed {
+                tenant,
+                id,
+                lease_end_ms: now + lease,
+            };
+            self.clone().spawn(job).await;
         }
         Ok(full)
     }
@@ -136,11 +139,21 @@ impl Deliverer {
     ) {
         let (mut ready, mut ticket, _permit) = match job {
             Job::Fresh(ready) => (ready, ticket, Some(permit)),
-            Job::Claimed(tenant, id) => match self.load(&tenant, &id).await {
-                Ok(Some(ready)) => match self.admit_claimed(ready, permit) {
-                    Some(admitted) => admitted,
-                    None => return,
-                },
+            Job::Claimed {
+                tenant,
+                id,
+                lease_end_ms,
+            } => match self.load(&tenant, &id).await {
+                Ok(Some(mut ready)) => {
+                    // What the claim leased it until, whatever the record
+                    // says (Redis re-scores the schedule, not the record):
+                    // admission measures what is left of the lease by it.
+                    ready.delivery.next_attempt_at_ms = Some(lease_end_ms);
+                    match self.admit_claimed(ready, permit) {
+                        Some(admitted) => admitted,
+                        None => return,
+                    }
+                }
                 Ok(None) => return,
                 Err(e) => return crate::store::unrecorded(&id, &e),
             },

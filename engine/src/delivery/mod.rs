@@ -68,7 +68,12 @@ const RESHAPE_AFTER: Duration = Duration::from_secs(1);
 /// default format's body), so the first attempt reads nothing back from the
 /// store.
 enum Job {
-    Claimed(TenantId, DeliveryId),
+    /// Claimed from the schedule, leased until `lease_end_ms`.
+    Claimed {
+        tenant: TenantId,
+        id: DeliveryId,
+        lease_end_ms: u64,
+    },
     Fresh(Ready),
 }
 
