@@ -1,6 +1,6 @@
 //! Bad input gets a status code and a JSON body saying what is wrong.
 
-use crate::harness::TestEngine;
+use crate::harness::{Backend, TestEngine, on_both_backends};
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
@@ -10,9 +10,8 @@ fn message(body: &Value) -> &str {
         .unwrap_or_else(|| panic!("no error message in {body}"))
 }
 
-#[tokio::test]
-async fn bad_input_is_answered_clearly() {
-    let engine = TestEngine::spawn().await;
+async fn bad_input_is_answered_clearly(backend: Backend) {
+    let engine = TestEngine::on(backend, |_| {}).await;
     let key = engine.tenant("errors").await;
     let raw = |path: &str, body: &'static str| {
         engine
@@ -175,9 +174,8 @@ async fn bad_input_is_answered_clearly() {
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
 }
 
-#[tokio::test]
-async fn webhook_lifecycle_routes() {
-    let engine = TestEngine::spawn().await;
+async fn webhook_lifecycle_routes(backend: Backend) {
+    let engine = TestEngine::on(backend, |_| {}).await;
     let key = engine.tenant("lifecycle").await;
     let hook = engine
         .webhook(
@@ -256,3 +254,5 @@ async fn webhook_lifecycle_routes() {
         StatusCode::NOT_FOUND
     );
 }
+
+on_both_backends!(bad_input_is_answered_clearly, webhook_lifecycle_routes,);

@@ -87,6 +87,11 @@ impl TestEngine {
         engine
     }
 
+    /// Where the engine keeps its files (the embedded store, compiled plugins).
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
     /// Stops an engine made by [`TestEngine::on`] and starts it again on
     /// the same store (its data directory, or its Redis).
     pub async fn restart(mut self) -> TestEngine {

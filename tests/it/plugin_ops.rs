@@ -2,7 +2,7 @@
 //! rollback, the watched plugins directory, the on-disk compiled cache (and
 //! that uploads can never smuggle a precompiled artifact in), dry runs.
 
-use crate::harness::{ADMIN, TestEngine, TestReceiver, verify_standard};
+use crate::harness::{ADMIN, Backend, TestEngine, TestReceiver, on_both_backends, verify_standard};
 use axum::http::{Method, StatusCode};
 use base64::Engine as _;
 use serde_json::{Value, json};
@@ -29,9 +29,8 @@ async fn settled(engine: &TestEngine, key: &str) -> Value {
     }
 }
 
-#[tokio::test]
-async fn hot_reload_under_load_fails_no_delivery() {
-    let engine = TestEngine::spawn().await;
+async fn hot_reload_under_load_fails_no_delivery(backend: Backend) {
+    let engine = TestEngine::on(backend, |_| {}).await;
     let receiver = TestReceiver::spawn().await;
     let key = engine.tenant("reloader").await;
     engine.install_plugin(&key, "fmt", STANDARD_WEBHOOKS).await;
@@ -98,9 +97,8 @@ async fn hot_reload_under_load_fails_no_delivery() {
     );
 }
 
-#[tokio::test]
-async fn versions_are_listed_and_rollback_brings_one_back() {
-    let engine = TestEngine::spawn().await;
+async fn versions_are_listed_and_rollback_brings_one_back(backend: Backend) {
+    let engine = TestEngine::on(backend, |_| {}).await;
     let receiver = TestReceiver::spawn().await;
     let key = engine.tenant("roller").await;
     let (status, body) = engine
@@ -245,19 +243,18 @@ async fn plugins_dropped_in_the_directory_are_picked_up() {
     engine.stop().await;
 }
 
-#[tokio::test]
-async fn compiled_plugins_are_cached_on_disk_and_never_accepted_as_uploads() {
-    let engine = TestEngine::spawn().await;
+async fn compiled_plugins_are_cached_on_disk_and_never_accepted_as_uploads(backend: Backend) {
+    let engine = TestEngine::on(backend, |_| {}).await;
     let receiver = TestReceiver::spawn().await;
     let key = engine.tenant("cached").await;
     engine.install_plugin(&key, "fmt", STANDARD_WEBHOOKS).await;
     engine
         .webhook(&key, &receiver.url, json!({"plugin": "fmt"}))
         .await;
-    let (dir, data_dir) = engine.stop().await;
+    let data_dir = engine.data_dir().to_path_buf();
 
     // After a restart the first delivery loads the component from the cache.
-    let engine = TestEngine::spawn_in(&data_dir).await;
+    let engine = engine.restart().await;
     engine.trigger(&key, "a.b", json!({})).await;
     receiver.wait_for(1, WAIT).await;
     let text = engine.metrics().await;
@@ -284,12 +281,10 @@ async fn compiled_plugins_are_cached_on_disk_and_never_accepted_as_uploads() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert_eq!(body["error"]["code"], "invalid_plugin");
     engine.stop().await;
-    drop(dir);
 }
 
-#[tokio::test]
-async fn dry_run_shows_current_and_candidate_side_by_side() {
-    let engine = TestEngine::spawn().await;
+async fn dry_run_shows_current_and_candidate_side_by_side(backend: Backend) {
+    let engine = TestEngine::on(backend, |_| {}).await;
     let receiver = TestReceiver::spawn().await;
     let key = engine.tenant("dryrunner").await;
     engine.install_plugin(&key, "fmt", STANDARD_WEBHOOKS).await;
@@ -407,3 +402,10 @@ async fn dry_run_shows_current_and_candidate_side_by_side() {
     // Only the three real deliveries count as the live version's calls.
     assert_eq!(plugin["versions"][0]["calls"], 3, "{plugin}");
 }
+
+on_both_backends!(
+    hot_reload_under_load_fails_no_delivery,
+    versions_are_listed_and_rollback_brings_one_back,
+    compiled_plugins_are_cached_on_disk_and_never_accepted_as_uploads,
+    dry_run_shows_current_and_candidate_side_by_side,
+);

@@ -1,7 +1,7 @@
 //! Plugins uploaded over the API shape deliveries; the standard-webhooks
 //! plugin is byte-for-byte the native default; bad uploads are refused.
 
-use crate::harness::{TestEngine, TestReceiver, verify_standard};
+use crate::harness::{Backend, TestEngine, TestReceiver, on_both_backends, verify_standard};
 use axum::http::StatusCode;
 use serde_json::json;
 use serde_json::value::RawValue;
@@ -15,9 +15,8 @@ use wasmhook::plugin::request::{AttemptContext, Shaped};
 use wasmhook::plugin::{LoadedPlugin, PluginConfig, PluginRuntime};
 use wasmhook_tests::plugins::STANDARD_WEBHOOKS;
 
-#[tokio::test]
-async fn uploaded_plugin_shapes_the_delivery() {
-    let engine = TestEngine::spawn().await;
+async fn uploaded_plugin_shapes_the_delivery(backend: Backend) {
+    let engine = TestEngine::on(backend, |_| {}).await;
     let receiver = TestReceiver::spawn().await;
     let key = engine.tenant("plugged").await;
     let bytes = std::fs::read(STANDARD_WEBHOOKS).unwrap();
@@ -61,9 +60,8 @@ async fn uploaded_plugin_shapes_the_delivery() {
     assert_eq!(d["attempt_log"][0]["plugin"], "standard-webhooks@2");
 }
 
-#[tokio::test]
-async fn bad_uploads_are_refused_with_the_reason() {
-    let engine = TestEngine::spawn().await;
+async fn bad_uploads_are_refused_with_the_reason(backend: Backend) {
+    let engine = TestEngine::on(backend, |_| {}).await;
     let key = engine.tenant("bad-plugins").await;
     let (status, body) = engine
         .upload(&key, "junk", b"not wasm".to_vec(), "application/wasm")
@@ -306,9 +304,8 @@ fn only_versions_that_proved_quick_run_inline() {
 /// shaped by one plugin call (`handle-many`); each request is still its own:
 /// its delivery id, its webhook's secret and headers, and the same bytes as
 /// the native format (which the `standard-webhooks` plugin copies).
-#[tokio::test]
-async fn a_fan_out_to_one_plugin_is_shaped_in_one_call() {
-    let engine = TestEngine::spawn().await;
+async fn a_fan_out_to_one_plugin_is_shaped_in_one_call(backend: Backend) {
+    let engine = TestEngine::on(backend, |_| {}).await;
     let receiver = TestReceiver::spawn().await;
     let key = engine.tenant("fanned").await;
     engine.install_plugin(&key, "fmt", STANDARD_WEBHOOKS).await;
@@ -353,9 +350,8 @@ async fn a_fan_out_to_one_plugin_is_shaped_in_one_call() {
 /// A component that implements the `plugin` world alone (no `handle-many`:
 /// built without the SDK, or before it had it) still shapes a fan-out, with
 /// one call per webhook.
-#[tokio::test]
-async fn a_component_without_handle_many_is_called_once_per_webhook() {
-    let engine = TestEngine::spawn().await;
+async fn a_component_without_handle_many_is_called_once_per_webhook(backend: Backend) {
+    let engine = TestEngine::on(backend, |_| {}).await;
     let receiver = TestReceiver::spawn().await;
     let key = engine.tenant("plain").await;
     engine
@@ -441,3 +437,10 @@ fn shared_calls_shrink_when_they_run_out_of_time() {
     assert!(results.iter().all(|r| matches!(r, Ok(Shaped::Deliver(_)))));
     assert_eq!(metrics.shared_calls.get(), shared_before);
 }
+
+on_both_backends!(
+    uploaded_plugin_shapes_the_delivery,
+    bad_uploads_are_refused_with_the_reason,
+    a_fan_out_to_one_plugin_is_shaped_in_one_call,
+    a_component_without_handle_many_is_called_once_per_webhook,
+);

@@ -4,7 +4,7 @@
 //! version uploaded meanwhile is used by the retry; clocks are frozen;
 //! instances are reused between calls.
 
-use crate::harness::{TestEngine, TestReceiver, verify_standard};
+use crate::harness::{Backend, TestEngine, TestReceiver, on_both_backends, verify_standard};
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -17,9 +17,8 @@ fn only_delivery(answer: &Value) -> String {
     answer["delivery_ids"][0].as_str().unwrap().to_owned()
 }
 
-#[tokio::test]
-async fn misbehaving_plugins_fail_only_their_own_attempts() {
-    let engine = TestEngine::spawn().await;
+async fn misbehaving_plugins_fail_only_their_own_attempts(backend: Backend) {
+    let engine = TestEngine::on(backend, |_| {}).await;
     let receiver = TestReceiver::spawn().await;
     let bad = engine.tenant("chaotic").await;
     let good = engine.tenant("wellbehaved").await;
@@ -108,9 +107,8 @@ async fn misbehaving_plugins_fail_only_their_own_attempts() {
         .await;
 }
 
-#[tokio::test]
-async fn a_fixed_version_uploaded_meanwhile_serves_the_retry() {
-    let engine = TestEngine::spawn().await;
+async fn a_fixed_version_uploaded_meanwhile_serves_the_retry(backend: Backend) {
+    let engine = TestEngine::on(backend, |_| {}).await;
     let receiver = TestReceiver::spawn().await;
     let key = engine.tenant("fixer").await;
     engine.install_plugin(&key, "fmt", CHAOS).await;
@@ -142,9 +140,8 @@ async fn a_fixed_version_uploaded_meanwhile_serves_the_retry() {
     verify_standard(hook["secret"].as_str().unwrap(), &receiver.received()[0]);
 }
 
-#[tokio::test]
-async fn clocks_are_frozen_output_is_captured_and_instances_are_reused() {
-    let engine = TestEngine::spawn().await;
+async fn clocks_are_frozen_output_is_captured_and_instances_are_reused(backend: Backend) {
+    let engine = TestEngine::on(backend, |_| {}).await;
     let receiver = TestReceiver::spawn().await;
     let key = engine.tenant("observer").await;
     engine.install_plugin(&key, "chaos", CHAOS).await;
@@ -190,9 +187,8 @@ async fn clocks_are_frozen_output_is_captured_and_instances_are_reused() {
 /// A shared call (one plugin call for a fan-out) that traps fails no
 /// attempt by itself: each attempt is shaped again on its own, so only the
 /// webhook whose config makes the plugin trap fails, with the trap recorded.
-#[tokio::test]
-async fn a_trap_in_a_shared_call_fails_only_its_own_webhook() {
-    let engine = TestEngine::spawn().await;
+async fn a_trap_in_a_shared_call_fails_only_its_own_webhook(backend: Backend) {
+    let engine = TestEngine::on(backend, |_| {}).await;
     let receiver = TestReceiver::spawn().await;
     let key = engine.tenant("sharing").await;
     engine.install_plugin(&key, "chaos", CHAOS).await;
@@ -245,9 +241,8 @@ async fn a_trap_in_a_shared_call_fails_only_its_own_webhook() {
 /// prints (or traps, which prints its panic) must still end its attempt as
 /// recorded, never as a panicked task that leaves the delivery pending with
 /// no attempt and the in-flight gauge one higher.
-#[tokio::test]
-async fn printing_or_trapping_on_the_async_workers_ends_as_a_recorded_attempt() {
-    let engine = TestEngine::spawn().await;
+async fn printing_or_trapping_on_the_async_workers_ends_as_a_recorded_attempt(backend: Backend) {
+    let engine = TestEngine::on(backend, |_| {}).await;
     let receiver = TestReceiver::spawn().await;
     let key = engine.tenant("inline").await;
     engine.install_plugin(&key, "chaos", CHAOS).await;
@@ -307,3 +302,11 @@ async fn printing_or_trapping_on_the_async_workers_ends_as_a_recorded_attempt() 
         .assert_metrics(&["wasmhook_deliveries_in_flight 0"])
         .await;
 }
+
+on_both_backends!(
+    misbehaving_plugins_fail_only_their_own_attempts,
+    a_fixed_version_uploaded_meanwhile_serves_the_retry,
+    clocks_are_frozen_output_is_captured_and_instances_are_reused,
+    a_trap_in_a_shared_call_fails_only_its_own_webhook,
+    printing_or_trapping_on_the_async_workers_ends_as_a_recorded_attempt,
+);

@@ -1,13 +1,12 @@
 //! Tenant isolation and the admin token.
 
-use crate::harness::{ADMIN, TestEngine, TestReceiver};
+use crate::harness::{ADMIN, Backend, TestEngine, TestReceiver, on_both_backends};
 use axum::http::StatusCode;
 use serde_json::json;
 use std::time::Duration;
 
-#[tokio::test]
-async fn tenants_see_only_their_own_data() {
-    let engine = TestEngine::spawn().await;
+async fn tenants_see_only_their_own_data(backend: Backend) {
+    let engine = TestEngine::on(backend, |_| {}).await;
     let receiver = TestReceiver::spawn().await;
     let a = engine.tenant("firm-a").await;
     let b = engine.tenant("firm-b").await;
@@ -50,9 +49,8 @@ async fn tenants_see_only_their_own_data() {
     assert_eq!(ans["deliveries"], 0);
 }
 
-#[tokio::test]
-async fn admin_token_acts_for_any_tenant_and_keys_are_checked() {
-    let engine = TestEngine::spawn().await;
+async fn admin_token_acts_for_any_tenant_and_keys_are_checked(backend: Backend) {
+    let engine = TestEngine::on(backend, |_| {}).await;
     let receiver = TestReceiver::spawn().await;
     let a = engine.tenant("firm-admin").await;
     let (status, hook) = engine
@@ -113,3 +111,8 @@ async fn admin_token_acts_for_any_tenant_and_keys_are_checked() {
         .unwrap();
     assert_eq!(resp.status(), 401);
 }
+
+on_both_backends!(
+    tenants_see_only_their_own_data,
+    admin_token_acts_for_any_tenant_and_keys_are_checked,
+);
