@@ -6,7 +6,7 @@ use serde_json::value::RawValue;
 use std::sync::Arc;
 use std::time::Duration;
 use wasmhook::ids::{EventId, TenantId};
-use wasmhook::model::{DeliveryStatus, Tenant, Webhook};
+use wasmhook::model::{Attempt, AttemptOutcome, DeliveryStatus, Tenant, Webhook};
 use wasmhook::schedule::Schedule;
 use wasmhook::store::{EmbeddedStore, Ingested, NewEvent, Page, PluginUpload, RedisStore, Store};
 
@@ -453,6 +453,94 @@ async fn retention(store: Arc<dyn Store>) {
 }
 
 const DAY: Duration = Duration::from_secs(86_400);
+
+/// Every call that takes a tenant honours it: another tenant's webhook,
+/// delivery or event ids find nothing, whatever the backend.
+async fn calls_honour_the_tenant(store: Arc<dyn Store>) {
+    let (owner, other) = (
+        TenantId::from_trusted("owner"),
+        TenantId::from_trusted("other"),
+    );
+    let hook = webhook(&owner, &["*"]);
+    store.put_webhook(hook.clone()).await.unwrap();
+    let Ingested::Created {
+        event: ev,
+        deliveries,
+        ..
+    } = store
+        .insert_event(event(&owner, "own1", "a.b", None, "f-own", 5_000))
+        .await
+        .unwrap()
+    else {
+        panic!("not created")
+    };
+    let d = &deliveries[0];
+    let page = Page {
+        limit: 10,
+        before: None,
+        status: None,
+    };
+    assert_eq!(
+        store
+            .list_deliveries(&owner, &hook.id, page)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(
+        store
+            .list_deliveries(&other, &hook.id, page)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(store.get_delivery(&other, &d.id).await.unwrap().is_none());
+    assert!(store.get_event(&other, &ev.id).await.unwrap().is_none());
+    assert!(
+        store
+            .event_deliveries(&other, &ev.id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(store.get_webhook(&other, &hook.id).await.unwrap().is_none());
+    let mut failed = d.clone();
+    failed.attempts = 1;
+    failed.next_attempt_at_ms = Some(9_000);
+    let attempt = Attempt {
+        delivery_id: d.id.clone(),
+        attempt: 1,
+        started_at_ms: 1,
+        duration_ms: 1,
+        status_code: Some(500),
+        response_body: None,
+        error: None,
+        plugin: None,
+        outcome: AttemptOutcome::HttpError,
+    };
+    store.finish_attempt(failed, Some(attempt)).await.unwrap();
+    assert_eq!(store.attempts(&owner, &d.id).await.unwrap().len(), 1);
+    assert!(store.attempts(&other, &d.id).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn embedded_calls_honour_the_tenant() {
+    let dir = tempfile::tempdir().unwrap();
+    calls_honour_the_tenant(Arc::new(
+        EmbeddedStore::open(dir.path(), DAY, 1 << 20).unwrap(),
+    ))
+    .await;
+}
+
+#[tokio::test]
+async fn redis_calls_honour_the_tenant() {
+    let server = RedisServer::start().await;
+    let store = RedisStore::connect(&server.url(), "tenants", 4, DAY)
+        .await
+        .unwrap();
+    calls_honour_the_tenant(Arc::new(store)).await;
+}
 
 #[tokio::test]
 async fn embedded_backend_keeps_the_contract() {

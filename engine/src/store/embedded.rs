@@ -54,10 +54,6 @@ pub(crate) const WEBHOOKS: TableDefinition<(&str, &str), Json> = TableDefinition
 pub(crate) const EVENTS: TableDefinition<(&str, &str), Json> = TableDefinition::new("events");
 pub(crate) const IDEMPOTENCY: TableDefinition<(&str, &str), Json> =
     TableDefinition::new("idempotency");
-/// The event→delivery index of records written before the index moved into
-/// the `id:` idempotency record; read for those, never written.
-const EVENT_DELIVERIES: TableDefinition<(&str, &str, &str), ()> =
-    TableDefinition::new("event_deliveries");
 pub(crate) const DELIVERIES: TableDefinition<&str, Json> = TableDefinition::new("deliveries");
 pub(crate) const WEBHOOK_DELIVERIES: TableDefinition<(&str, &str), ()> =
     TableDefinition::new("webhook_deliveries");
@@ -66,9 +62,6 @@ pub(crate) const STATS: TableDefinition<(&str, &str), Json> = TableDefinition::n
 pub(crate) const EVENT_TYPES: TableDefinition<(&str, &str), Json> =
     TableDefinition::new("event_types");
 pub(crate) const SCHEDULE: TableDefinition<(u64, &str), bool> = TableDefinition::new("schedule");
-/// Where the schedule entry of a delivery was, before records said it
-/// themselves; deleted on open.
-const OLD_SCHEDULE_DUE: TableDefinition<&str, u64> = TableDefinition::new("schedule_due");
 pub(crate) const PLUGINS: TableDefinition<(&str, &str), u32> = TableDefinition::new("plugins");
 pub(crate) const PLUGIN_VERSIONS: TableDefinition<(&str, &str, u32), Json> =
     TableDefinition::new("plugin_versions");
@@ -178,8 +171,6 @@ impl EmbeddedStore {
             txn.open_table(WEBHOOKS).map_err(redb::Error::from)?;
             txn.open_table(EVENTS).map_err(redb::Error::from)?;
             txn.open_table(IDEMPOTENCY).map_err(redb::Error::from)?;
-            txn.open_table(EVENT_DELIVERIES)
-                .map_err(redb::Error::from)?;
             txn.open_table(DELIVERIES).map_err(redb::Error::from)?;
             txn.open_table(WEBHOOK_DELIVERIES)
                 .map_err(redb::Error::from)?;
@@ -191,8 +182,6 @@ impl EmbeddedStore {
             txn.open_table(PLUGIN_VERSIONS).map_err(redb::Error::from)?;
             txn.open_table(PLUGIN_BLOBS).map_err(redb::Error::from)?;
         }
-        txn.delete_table(OLD_SCHEDULE_DUE)
-            .map_err(redb::Error::from)?;
         let released = release_leases(&mut Hot::open(&txn)?, crate::clock::now_ms())?;
         txn.commit().map_err(redb::Error::from)?;
         if released > 0 {
@@ -711,8 +700,7 @@ fn ingest(hot: &mut Hot<'_>, t: Trigger) -> Result<Ingested, StoreError> {
     })
 }
 
-/// The deliveries an event's `id:` record (`idem`) lists: those it created,
-/// unless the record was written before it listed them (then none).
+/// The deliveries an event's `id:` record (`idem`) lists: those it created.
 pub(crate) fn listed_deliveries(
     idem: &impl ReadableTable<Keyed2, Json>,
     tenant: &str,
@@ -720,28 +708,6 @@ pub(crate) fn listed_deliveries(
 ) -> Result<Vec<DeliveryId>, StoreError> {
     let answer: Option<IdempotentAnswer> = get_json(idem, (tenant, id_key(event_id).as_str()))?;
     Ok(answer.map(|a| a.delivery_ids).unwrap_or_default())
-}
-
-/// The deliveries an event created: listed in its `id:` record (`idem`), or,
-/// for records written before that, in the old event→delivery index.
-fn delivery_ids(
-    idem: &impl ReadableTable<Keyed2, Json>,
-    old_index: &impl ReadableTable<(&'static str, &'static str, &'static str), ()>,
-    tenant: &str,
-    event_id: &str,
-) -> Result<Vec<String>, StoreError> {
-    let listed = listed_deliveries(idem, tenant, event_id)?;
-    if !listed.is_empty() {
-        return Ok(listed.into_iter().map(|d| d.as_str().to_owned()).collect());
-    }
-    let mut out = Vec::new();
-    for item in old_index
-        .range((tenant, event_id, "")..(tenant, event_id, MAX_ID))
-        .map_err(redb::Error::from)?
-    {
-        out.push(item.map_err(redb::Error::from)?.0.value().2.to_owned());
-    }
-    Ok(out)
 }
 
 /// When an engine-minted id (`dlv_<ulid>`) was created.
@@ -775,14 +741,12 @@ fn sweep(txn: &WriteTransaction, cutoff_ms: u64) -> Result<u64, StoreError> {
         let id = d.id.as_str();
         table!(txn, DELIVERIES).remove(id)?;
         table!(txn, WEBHOOK_DELIVERIES).remove((d.webhook_id.as_str(), id))?;
-        table!(txn, EVENT_DELIVERIES).remove((d.tenant.as_str(), d.event_id.as_str(), id))?;
         table!(txn, ATTEMPTS).retain_in((id, 0)..=(id, u32::MAX), |_, _| false)?;
         removed += 1;
     }
     let old_events: Vec<(String, String)> = {
         let events = table!(txn, EVENTS);
         let (deliveries, idem) = (table!(txn, DELIVERIES), table!(txn, IDEMPOTENCY));
-        let old_index = table!(txn, EVENT_DELIVERIES);
         let mut out = Vec::new();
         for item in events.iter()? {
             let (k, v) = item?;
@@ -792,7 +756,7 @@ fn sweep(txn: &WriteTransaction, cutoff_ms: u64) -> Result<u64, StoreError> {
                 continue;
             }
             let mut kept = false;
-            for d in delivery_ids(&idem, &old_index, t, id)? {
+            for d in listed_deliveries(&idem, t, id)? {
                 kept |= deliveries.get(d.as_str())?.is_some();
             }
             if !kept {
@@ -943,8 +907,8 @@ impl Store for EmbeddedStore {
         self.read(|txn| {
             let deliveries = table!(txn, DELIVERIES);
             let mut out = Vec::new();
-            let (idem, old_index) = (table!(txn, IDEMPOTENCY), table!(txn, EVENT_DELIVERIES));
-            for d in delivery_ids(&idem, &old_index, tenant.as_str(), id.as_str())? {
+            let idem = table!(txn, IDEMPOTENCY);
+            for d in listed_deliveries(&idem, tenant.as_str(), id.as_str())? {
                 if let Some(d) = get_json(&deliveries, d.as_str())? {
                     out.push(d);
                 }
@@ -969,7 +933,7 @@ impl Store for EmbeddedStore {
 
     async fn list_deliveries(
         &self,
-        _tenant: &TenantId,
+        tenant: &TenantId,
         webhook: &WebhookId,
         page: Page<'_>,
     ) -> Result<Vec<Delivery>, StoreError> {
@@ -990,7 +954,7 @@ impl Store for EmbeddedStore {
                 let Some(d) = get_json::<_, Delivery>(&deliveries, k.value().1)? else {
                     continue;
                 };
-                if page.status.is_none_or(|s| s == d.status) {
+                if &d.tenant == tenant && page.status.is_none_or(|s| s == d.status) {
                     out.push(d);
                 }
             }
@@ -1000,10 +964,15 @@ impl Store for EmbeddedStore {
 
     async fn attempts(
         &self,
-        _tenant: &TenantId,
+        tenant: &TenantId,
         id: &DeliveryId,
     ) -> Result<Vec<Attempt>, StoreError> {
         self.read(|txn| {
+            // Another tenant's delivery id finds nothing, as on Redis.
+            let owner: Option<Delivery> = get_json(&table!(txn, DELIVERIES), id.as_str())?;
+            if owner.is_none_or(|d| &d.tenant != tenant) {
+                return Ok(Vec::new());
+            }
             let table = table!(txn, ATTEMPTS);
             let mut out = Vec::new();
             for item in table
@@ -1416,85 +1385,5 @@ mod tests {
         assert_eq!(schedule_keys(&store).len(), 3, "two leases and the retry");
         let stats = store.tenant_stats(&tenant).await.unwrap();
         assert_eq!((stats.total, stats.pending, stats.succeeded), (9, 3, 6));
-    }
-
-    /// A database written before the event→delivery index moved into the
-    /// `id:` record and before records named their schedule entry: the
-    /// delivery is still found from its event, a lease of the previous run
-    /// comes due on open, and finishing it empties the schedule.
-    #[tokio::test]
-    async fn reads_records_of_the_earlier_layout() {
-        let dir = tempfile::tempdir().unwrap();
-        let store =
-            EmbeddedStore::open(dir.path(), std::time::Duration::from_secs(86_400), 1 << 20)
-                .unwrap();
-        let tenant = TenantId::from_trusted("old");
-        let event = Event {
-            id: EventId::from_trusted("e1"),
-            tenant: tenant.clone(),
-            event_type: "invoice.paid".into(),
-            data: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
-            occurred_at_ms: 1_000,
-        };
-        let hook = Webhook::new(tenant.clone(), "https://example.com/", vec!["*".into()], 0);
-        let mut old = super::super::new_delivery(&event, &hook, 1_000);
-        let id = old.id.clone();
-        // Claimed by the previous run: its entry moved to the lease's end,
-        // its record did not.
-        old.next_attempt_at_ms = Some(1_000);
-        let (e, d) = (event.clone(), old.clone());
-        store
-            .write(move |txn| {
-                let (t, eid, did) = (e.tenant.as_str(), e.id.as_str(), d.id.as_str());
-                table!(txn, EVENTS).insert((t, eid), enc(&e).as_slice())?;
-                let answer = IdempotentAnswer {
-                    event_id: e.id.clone(),
-                    event_type: e.event_type.clone(),
-                    deliveries: 1,
-                    fingerprint: "f".into(),
-                    at_ms: 1_000,
-                    delivery_ids: Vec::new(),
-                };
-                table!(txn, IDEMPOTENCY).insert((t, "id:e1"), enc(&answer).as_slice())?;
-                table!(txn, EVENT_DELIVERIES).insert((t, eid, did), ())?;
-                table!(txn, DELIVERIES).insert(did, enc(&d).as_slice())?;
-                table!(txn, SCHEDULE).insert((9_000_000_000_000, did), true)?;
-                table!(txn, OLD_SCHEDULE_DUE).insert(did, 9_000_000_000_000)?;
-                Ok(())
-            })
-            .await
-            .unwrap();
-        let found = store.event_deliveries(&tenant, &event.id).await.unwrap();
-        assert_eq!(found.len(), 1);
-        assert_eq!(found[0].id, id);
-        drop(store);
-
-        let store =
-            EmbeddedStore::open(dir.path(), std::time::Duration::from_secs(86_400), 1 << 20)
-                .unwrap();
-        let now = crate::clock::now_ms();
-        assert!(store.next_due_ms().await.unwrap().unwrap() <= now);
-        let claimed = store.claim_due(now, 10, 30_000).await.unwrap();
-        assert_eq!(claimed, vec![(tenant.clone(), id.clone())]);
-        let leased = store.get_delivery(&tenant, &id).await.unwrap().unwrap();
-        assert_eq!(slot(&leased), Some(now + 30_000));
-        assert_eq!(store.next_due_ms().await.unwrap(), Some(now + 30_000));
-
-        let mut done = leased;
-        done.status = DeliveryStatus::Succeeded;
-        done.next_attempt_at_ms = None;
-        store.finish_attempt(done, None).await.unwrap();
-        assert_eq!(store.next_due_ms().await.unwrap(), None);
-        let txn = store.db().begin_read().unwrap();
-        assert!(matches!(
-            txn.open_table(OLD_SCHEDULE_DUE),
-            Err(redb::TableError::TableDoesNotExist(_))
-        ));
-        // The JSON record it started as is now written in the compact form.
-        let stored = txn.open_table(DELIVERIES).unwrap();
-        let bytes = stored.get(id.as_str()).unwrap().unwrap().value().to_vec();
-        assert_ne!(bytes[0], b'{', "rewritten compact");
-        let back: Delivery = dec(&bytes).unwrap();
-        assert_eq!(back.status, DeliveryStatus::Succeeded);
     }
 }

@@ -3,8 +3,8 @@
 //! Most records are JSON. The two written on every delivery, the delivery
 //! itself and each attempt, are postcard (a compact binary serde format)
 //! behind a tag byte: about a third of their JSON size, which is B-tree pages
-//! the single writer builds and syncs less often. Decoding takes either form,
-//! so records written as JSON by earlier versions still read.
+//! the single writer builds and syncs less often. Decoding takes either form
+//! (the first byte says which), so one decoder serves every table.
 //!
 //! postcard is positional: changing the fields of `Delivery` or `Attempt`
 //! (adding, removing, reordering, or reordering an enum's variants) changes
