@@ -1,46 +1,4 @@
-//! # wasmhook-sdk
-//!
-//! Write a wasmhook plugin: a small Rust type that decides whether a delivery
-//! goes out and shapes the exact request (body, content type, headers) the
-//! receiving application expects, and says how the engine must sign it. The
-//! engine holds the secrets and computes the signature; a plugin never sees a
-//! secret.
-//!
-//! ```no_run
-//! use wasmhook_sdk::prelude::*;
-//!
-//! struct MyFormat;
-//!
-//! impl Plugin for MyFormat {
-//!     // Optional: skip deliveries (the reason is recorded).
-//!     fn filter(input: &Input) -> Result<Filter> {
-//!         if input.event.data()?["amount"].as_f64().unwrap_or(0.0) < 10.0 {
-//!             return Ok(Filter::Skip("amount under 10".into()));
-//!         }
-//!         Ok(Filter::Deliver)
-//!     }
-//!
-//!     fn transform(input: &Input) -> Result<Request> {
-//!         let body = json!({
-//!             "event": input.event.event_type,
-//!             "data": input.event.data()?,
-//!         });
-//!         Ok(Request::json(&body)?
-//!             .header("X-Event-Type", &input.event.event_type)
-//!             .sign(Signature::hmac_sha256_hex("X-Signature").prefix("sha256=")))
-//!     }
-//! }
-//!
-//! export_plugin!(MyFormat);
-//! ```
-//!
-//! Build with `cargo build --release --target wasm32-wasip2`; the `.wasm` in
-//! `target/wasm32-wasip2/release/` is the component to upload with
-//! `PUT /api/plugins/{name}` (`Content-Type: application/wasm`).
-//!
-//! `event.data()` parses the event's JSON once (lazily) keeping key order and
-//! every digit of every number; `event.raw_data` is the exact text the
-//! application sent.
+#![doc = include_str!("../README.md")]
 
 use std::cell::OnceCell;
 use std::collections::BTreeMap;
