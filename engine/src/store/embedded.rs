@@ -1,31 +1,40 @@
 //! The embedded backend: one redb file in the data directory, owned by this
 //! process alone (redb locks it).
 //!
-//! Writes are group-committed: every write is a closure sent to one writer
-//! thread, which runs all closures waiting at that moment in a single
-//! transaction and commits it with an fsync, then answers each caller. A caller
-//! therefore hears back only once its write is durable, and a burst of
-//! triggers costs one disk sync, not one each. The one exception is an
-//! attempt's final result ([`Store::finish_final`]): the attempt hands it to
-//! the writer and ends, and the writer logs a failure; the writer finishes
-//! every write it was handed before the store closes. Reads use redb's MVCC
-//! read transactions and never wait for the writer.
+//! # Owns
+//! - The tables (below) and their encoding: JSON records, but deliveries
+//!   and attempts compact binary ([`super::record`]), encoded on the
+//!   caller's thread so the one writer only checks and inserts.
+//! - The writer: every write is a closure sent to one thread, which runs
+//!   all closures waiting at that moment in one transaction and commits it
+//!   with an fsync, then answers each caller. The tables triggers,
+//!   attempts and claims write ([`Hot`]) stay open while such writes follow
+//!   each other; delivery counters and event types seen are summed in
+//!   memory and written once per batch, just before the commit. The writer
+//!   counts commits, their writes and their time ([`StoreMetrics`]).
+//! - Planning triggers: fan-out runs on the caller's side (see
+//!   [`super::FanOutGate`]) against the tenant's webhooks at a version the
+//!   writer checks ([`super::WebhookCache`]); the writer never fans out.
+//! - Retention ([`Store::sweep`]).
 //!
-//! Records are JSON, but deliveries and attempts are compact binary
-//! ([`super::record`]). They are encoded on the caller's thread where they
-//! can be (a trigger's event and deliveries, an attempt's result), so that the one
-//! writer only checks and inserts. A delivery's record names its schedule
-//! entry, and a trigger leases all its fresh deliveries with one entry (see
-//! [`crate::schedule::embedded`]); the idempotency record under an event's
-//! id lists the event's deliveries (kept as long as the event). A closure
-//! that fails leaves whatever it already wrote in the shared transaction, so
-//! closures check before they write. Delivery
-//! counters and event types seen are changed in memory by the closures of a
-//! batch and written once each just before the commit. The tables that triggers,
-//! attempts and claims write ([`Hot`]) are opened once per batch and stay
-//! open while such writes follow each other; any other write closes them
-//! first. The writer counts its commits, the writes they held and how long
-//! each commit took ([`StoreMetrics`]).
+//! # Invariants
+//! - A caller hears back only once its write is durable (one disk sync per
+//!   burst), except an attempt's final result ([`Store::finish_final`]),
+//!   handed to the writer without waiting; the writer finishes every write
+//!   it was handed before the store closes.
+//! - Reads use redb's read transactions and never wait for the writer.
+//! - A delivery's record names its schedule entry; a trigger leases its
+//!   fresh deliveries with one entry ([`crate::schedule::embedded`]); the
+//!   idempotency record under an event's id lists its deliveries.
+//! - A closure that fails leaves what it already wrote in the shared
+//!   transaction, so closures check before they write (a trigger is
+//!   planned whole before the writer sees it).
+//!
+//! # What may happen twice
+//! - A final result lost with a crash before its commit: the delivery's
+//!   lease brings it back and it is attempted again.
+//! - A trigger planned against webhooks that changed meanwhile is planned
+//!   again (the writer hands it back unwritten).
 
 use super::record::{compact, decode as dec, json as enc};
 use super::{IdempotentAnswer, Ingested, NewEvent, Page, PluginUpload, Store, StoreError};
