@@ -524,22 +524,57 @@ async fn calls_honour_the_tenant(store: Arc<dyn Store>) {
     assert!(store.attempts(&other, &d.id).await.unwrap().is_empty());
 }
 
+/// A pending delivery recorded without a due time is due now on both
+/// backends (the embedded store used to keep it out of its schedule).
+async fn pending_without_a_due_time_is_due_now(store: Arc<dyn Store>, schedule: Arc<dyn Schedule>) {
+    let t = TenantId::from_trusted("undated");
+    store.put_webhook(webhook(&t, &["*"])).await.unwrap();
+    let Ingested::Created { deliveries, .. } = store
+        .insert_event(event(&t, "u1", "a.b", None, "f-u1", 5_000))
+        .await
+        .unwrap()
+    else {
+        panic!("not created")
+    };
+    let mut d = deliveries[0].clone();
+    d.next_attempt_at_ms = None;
+    let before = wasmhook::clock::now_ms();
+    store.finish_attempt(d.clone(), None).await.unwrap();
+    let stored = store.get_delivery(&t, &d.id).await.unwrap().unwrap();
+    let due = stored.next_attempt_at_ms.expect("a due time");
+    assert!(due >= before, "{due} < {before}");
+    let claimed = schedule
+        .claim_due(wasmhook::clock::now_ms() + 1, 10, LEASE)
+        .await
+        .unwrap();
+    assert!(claimed.iter().any(|(_, id)| id == &d.id), "{claimed:?}");
+}
+
 #[tokio::test]
-async fn embedded_calls_honour_the_tenant() {
+async fn embedded_backend_agrees_on_tenants_and_undated_pending() {
     let dir = tempfile::tempdir().unwrap();
     calls_honour_the_tenant(Arc::new(
         EmbeddedStore::open(dir.path(), DAY, 1 << 20).unwrap(),
     ))
     .await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(EmbeddedStore::open(dir.path(), DAY, 1 << 20).unwrap());
+    pending_without_a_due_time_is_due_now(store.clone(), store).await;
 }
 
 #[tokio::test]
-async fn redis_calls_honour_the_tenant() {
+async fn redis_backend_agrees_on_tenants_and_undated_pending() {
     let server = RedisServer::start().await;
     let store = RedisStore::connect(&server.url(), "tenants", 4, DAY)
         .await
         .unwrap();
     calls_honour_the_tenant(Arc::new(store)).await;
+    let store = Arc::new(
+        RedisStore::connect(&server.url(), "undated", 4, DAY)
+            .await
+            .unwrap(),
+    );
+    pending_without_a_due_time_is_due_now(store.clone(), store).await;
 }
 
 #[tokio::test]

@@ -508,6 +508,7 @@ fn finishing(
     delivery: Delivery,
     attempt: Option<Attempt>,
 ) -> impl FnOnce(&mut Hot<'_>) -> Result<(), StoreError> + Send + 'static {
+    let delivery = super::due_if_pending(delivery, crate::clock::now_ms());
     let bytes = compact(&delivery);
     let attempt = attempt.map(|a| {
         let encoded = compact(&a);

@@ -305,6 +305,16 @@ pub fn new_delivery(event: &Event, webhook: &Webhook, due_at_ms: u64) -> Deliver
     }
 }
 
+/// A delivery as a backend writes it at the end of an attempt: a pending
+/// one without a due time (not a state the worker produces) is due now on
+/// both backends, rather than kept out of the schedule and lost.
+pub(crate) fn due_if_pending(mut delivery: Delivery, now_ms: u64) -> Delivery {
+    if delivery.status == DeliveryStatus::Pending && delivery.next_attempt_at_ms.is_none() {
+        delivery.next_attempt_at_ms = Some(now_ms);
+    }
+    delivery
+}
+
 /// Logs that an attempt's end could not be recorded: the delivery stays
 /// leased and goes out again when its lease ends.
 pub fn unrecorded(delivery: &DeliveryId, error: &StoreError) {

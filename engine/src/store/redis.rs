@@ -411,12 +411,16 @@ impl RedisStore {
         d: &Delivery,
         attempt: Option<&Attempt>,
     ) -> Result<(), StoreError> {
+        let due_now;
+        let d = if d.status == DeliveryStatus::Pending && d.next_attempt_at_ms.is_none() {
+            due_now = super::due_if_pending(d.clone(), crate::clock::now_ms());
+            &due_now
+        } else {
+            d
+        };
         let t = &d.tenant;
         let next = match (d.status, d.next_attempt_at_ms) {
             (DeliveryStatus::Pending, Some(due)) => due.to_string(),
-            // Pending without a due time is not a state the worker produces;
-            // treat it as due now rather than losing it.
-            (DeliveryStatus::Pending, None) => crate::clock::now_ms().to_string(),
             _ => String::new(),
         };
         let status = serde_json::to_value(d.status)?;
