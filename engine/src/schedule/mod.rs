@@ -11,6 +11,7 @@
 
 pub mod embedded;
 pub mod policy;
+pub mod redis;
 
 use crate::ids::{DeliveryId, TenantId};
 use crate::store::StoreError;

@@ -13,8 +13,8 @@
 //!   memory and written once per batch, just before the commit. The writer
 //!   counts commits, their writes and their time ([`StoreMetrics`]).
 //! - Planning triggers: fan-out runs on the caller's side (see
-//!   [`super::FanOutGate`]) against the tenant's webhooks at a version the
-//!   writer checks ([`super::WebhookCache`]); the writer never fans out.
+//!   [`crate::filter::fan_out::FanOutGate`]) against the tenant's webhooks at a version the
+//!   writer checks ([`crate::filter::cache::WebhookCache`]); the writer never fans out.
 //! - Retention ([`Store::sweep`]).
 //!
 //! # Invariants
@@ -1237,7 +1237,7 @@ impl EmbeddedStore {
             let mut triggers = Vec::with_capacity(news.len());
             for new in news {
                 let (version, hooks) = self.hooks(&new.tenant).await?;
-                let (new, targets, filtered) = self.gate.fan_out(hooks, new).await;
+                let (new, targets, filtered) = super::plan_fan_out(&self.gate, hooks, new).await;
                 triggers.push(Trigger::new(new, version, targets, filtered));
             }
             let cache = self.webhooks.clone();

@@ -15,7 +15,6 @@ pub mod embedded;
 pub(crate) mod record;
 pub mod redis;
 
-use crate::filter::Filter;
 use crate::ids::{DeliveryId, EventId, TenantId, WebhookId};
 use crate::model::{
     Attempt, Delivery, DeliveryStats, DeliveryStatus, Event, EventTypeSeen, PluginVersion, Tenant,
@@ -24,267 +23,40 @@ use crate::model::{
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 pub use self::redis::RedisStore;
+pub use crate::filter::cache::{VersionedHooks, WebhookCache};
+pub use crate::filter::fan_out::{
+    CachedHook, FanOutGate, fan_out, with_filters, with_filters_off_thread,
+};
 pub use crate::plugin::PluginUpload;
 pub use embedded::EmbeddedStore;
 
-/// A webhook with its payload filter compiled (shared with every webhook
-/// that has the same filter). Shared, so fan-out can hand each new delivery
-/// its webhook without a copy or a read.
-pub type CachedHook = (Arc<Webhook>, Option<Arc<Filter>>);
-
-/// The webhooks fan-out would look at for an event: active and subscribed
-/// (or the one a test event names).
-fn subscribed<'a>(
-    hooks: &'a [CachedHook],
-    event_type: &'a str,
-    only_webhook: Option<&'a WebhookId>,
-) -> impl Iterator<Item = &'a CachedHook> + 'a {
-    hooks.iter().filter(move |(w, _)| match only_webhook {
-        Some(only) => &w.id == only,
-        None => w.active && w.subscribes_to(event_type),
+/// Fans a trigger out over `hooks` (see [`fan_out`]): where it is, when no
+/// payload filter runs; in `gate`'s turn on a blocking thread when one does.
+/// Gives the trigger back with the targets and how many a filter stopped;
+/// both backends plan their triggers with it.
+pub async fn plan_fan_out(
+    gate: &FanOutGate,
+    hooks: Arc<Vec<CachedHook>>,
+    new: NewEvent,
+) -> (NewEvent, Vec<Arc<Webhook>>, u32) {
+    if !crate::filter::fan_out::filters_run(&hooks, &new.event_type, new.only_webhook.as_ref()) {
+        let (targets, filtered) = fan_out(
+            &hooks,
+            &new.event_type,
+            &new.data,
+            new.only_webhook.as_ref(),
+        );
+        return (new, targets, filtered);
+    }
+    let tenant = new.tenant.clone();
+    gate.run(&tenant, move || {
+        let (targets, filtered) = fan_out(&hooks, &new.event_type, &new.data, None);
+        (new, targets, filtered)
     })
-}
-
-/// Which of a tenant's webhooks get an event: active and subscribed (or the
-/// one a test event names), and whose payload filter matches. Returns them
-/// and how many a filter turned away. The data is parsed at most once, and
-/// only if a filter needs it. Data accepted at ingest always parses (see
-/// [`crate::payload`]); data that did not would match no filter.
-pub fn fan_out(
-    hooks: &[CachedHook],
-    event_type: &str,
-    data: &RawValue,
-    only_webhook: Option<&WebhookId>,
-) -> (Vec<Arc<Webhook>>, u32) {
-    let mut parsed: Option<Option<serde_json::Value>> = None;
-    let mut filtered = 0u32;
-    let mut targets = Vec::new();
-    for (w, filter) in subscribed(hooks, event_type, only_webhook) {
-        let pass = match (filter, only_webhook) {
-            (Some(f), None) => {
-                let data = parsed.get_or_insert_with(|| {
-                    serde_json::from_str(data.get())
-                        .inspect_err(|e| tracing::error!(error = %e, "event data does not parse; no payload filter matches it"))
-                        .ok()
-                });
-                data.as_ref().is_some_and(|d| f.matches(d))
-            }
-            _ => true,
-        };
-        if pass {
-            targets.push(w.clone());
-        } else {
-            filtered += 1;
-        }
-    }
-    (targets, filtered)
-}
-
-/// True if fanning out an event of `event_type` evaluates a payload filter.
-pub fn filters_run(
-    hooks: &[CachedHook],
-    event_type: &str,
-    only_webhook: Option<&WebhookId>,
-) -> bool {
-    only_webhook.is_none()
-        && subscribed(hooks, event_type, None).any(|(_, filter)| filter.is_some())
-}
-
-/// Where fan-outs that evaluate payload filters run: on blocking threads,
-/// never on the async workers or a store's writer; one at a time per
-/// tenant, and at most one per core at once. A tenant whose filters cost
-/// the most its limits allow slows only its own triggers. Fan-outs that
-/// evaluate no filter (subscriptions only) run where they are asked for.
-pub struct FanOutGate {
-    tenants: Mutex<HashMap<TenantId, Arc<tokio::sync::Semaphore>>>,
-    cores: Arc<tokio::sync::Semaphore>,
-}
-
-impl Default for FanOutGate {
-    fn default() -> Self {
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        FanOutGate {
-            tenants: Mutex::default(),
-            cores: Arc::new(tokio::sync::Semaphore::new(cores)),
-        }
-    }
-}
-
-impl FanOutGate {
-    /// [`fan_out`] of `new` over `hooks`, run as the gate says; gives `new`
-    /// back with the targets and the number filtered.
-    pub async fn fan_out(
-        &self,
-        hooks: Arc<Vec<CachedHook>>,
-        new: NewEvent,
-    ) -> (NewEvent, Vec<Arc<Webhook>>, u32) {
-        if !filters_run(&hooks, &new.event_type, new.only_webhook.as_ref()) {
-            let (targets, filtered) = fan_out(
-                &hooks,
-                &new.event_type,
-                &new.data,
-                new.only_webhook.as_ref(),
-            );
-            return (new, targets, filtered);
-        }
-        let tenant = self
-            .tenants
-            .lock()
-            .expect("fan-out gate lock")
-            .entry(new.tenant.clone())
-            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(1)))
-            .clone();
-        // The permits go with the work, which goes on if the caller gives up.
-        let one = tenant.clone().acquire_owned().await.expect("never closed");
-        let core = self
-            .cores
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("never closed");
-        let (new, out) = tokio::task::spawn_blocking(move || {
-            let out = fan_out(&hooks, &new.event_type, &new.data, None);
-            drop((core, one));
-            (new, out)
-        })
-        .await
-        .expect("fan-out does not panic");
-        let mut tenants = self.tenants.lock().expect("fan-out gate lock");
-        // Only the map and this call hold it: nobody else waits.
-        if Arc::strong_count(&tenant) == 2 {
-            tenants.remove(&new.tenant);
-        }
-        (new, out.0, out.1)
-    }
-}
-
-/// Each tenant's webhooks for fan-out, filters compiled, with the version
-/// they are of. The Redis store's versions are Redis's (checked inside the
-/// trigger script). The embedded store's are kept here: its writer calls
-/// [`WebhookCache::changing`] as it applies a change of a tenant's webhooks
-/// and [`WebhookCache::changed`] once that is committed, and checks a
-/// trigger's version as it writes it; a list read from committed state is
-/// remembered only while no change is applied but uncommitted, so the
-/// writer never fans out and never sees a stale list.
-#[derive(Default)]
-pub struct WebhookCache(Mutex<HashMap<TenantId, Cached>>);
-
-#[derive(Default)]
-struct Cached {
-    version: i64,
-    /// Changes applied by the writer and not yet committed.
-    uncommitted: u32,
-    hooks: Option<Arc<Vec<CachedHook>>>,
-}
-
-/// A tenant's webhooks for fan-out, and the version they were read at.
-pub type VersionedHooks = (i64, Arc<Vec<CachedHook>>);
-
-impl WebhookCache {
-    pub fn get(&self, tenant: &TenantId) -> Option<VersionedHooks> {
-        let map = self.0.lock().expect("webhook cache lock");
-        let cached = map.get(tenant)?;
-        Some((cached.version, cached.hooks.clone()?))
-    }
-
-    /// The tenant's version, and whether a change of it is applied but not
-    /// yet committed.
-    pub fn version(&self, tenant: &TenantId) -> (i64, bool) {
-        let map = self.0.lock().expect("webhook cache lock");
-        map.get(tenant)
-            .map_or((0, false), |c| (c.version, c.uncommitted > 0))
-    }
-
-    /// Remembers `hooks` as the tenant's at `version` (Redis: whatever the
-    /// version held before).
-    pub fn fill(&self, tenant: &TenantId, version: i64, hooks: Vec<CachedHook>) -> VersionedHooks {
-        let hooks = Arc::new(hooks);
-        let mut map = self.0.lock().expect("webhook cache lock");
-        let cached = map.entry(tenant.clone()).or_default();
-        cached.version = version;
-        cached.hooks = Some(hooks.clone());
-        (version, hooks)
-    }
-
-    /// Remembers `hooks` as the tenant's at `version` if that is still its
-    /// version (embedded); gives them back either way.
-    pub fn fill_if(
-        &self,
-        tenant: &TenantId,
-        version: i64,
-        hooks: Vec<CachedHook>,
-    ) -> VersionedHooks {
-        let hooks = Arc::new(hooks);
-        let mut map = self.0.lock().expect("webhook cache lock");
-        let cached = map.entry(tenant.clone()).or_default();
-        if cached.version == version && cached.uncommitted == 0 {
-            cached.hooks = Some(hooks.clone());
-        }
-        (version, hooks)
-    }
-
-    /// The writer applied a change of the tenant's webhooks.
-    pub fn changing(&self, tenant: &TenantId) {
-        let mut map = self.0.lock().expect("webhook cache lock");
-        let cached = map.entry(tenant.clone()).or_default();
-        cached.version += 1;
-        cached.uncommitted += 1;
-        cached.hooks = None;
-    }
-
-    /// A change [`WebhookCache::changing`] announced is committed (or its
-    /// commit failed: then the writer's state is the committed one again).
-    pub fn changed(&self, tenant: &TenantId) {
-        let mut map = self.0.lock().expect("webhook cache lock");
-        let cached = map.entry(tenant.clone()).or_default();
-        cached.version += 1;
-        cached.uncommitted = cached.uncommitted.saturating_sub(1);
-        cached.hooks = None;
-    }
-
-    /// Drops the tenant's list (Redis: it changed, here or elsewhere).
-    pub fn forget(&self, tenant: &TenantId) {
-        if let Some(cached) = self.0.lock().expect("webhook cache lock").get_mut(tenant) {
-            cached.hooks = None;
-        }
-    }
-}
-
-/// Compiles the webhooks' payload filters (checked when written; one that no
-/// longer compiles matches nothing). Filters compiled before (when written,
-/// or for another webhook) are shared, not compiled again; a new one with
-/// regexes is CPU work: see [`with_filters_off_thread`].
-pub fn with_filters(hooks: Vec<Webhook>) -> Vec<CachedHook> {
-    hooks
-        .into_iter()
-        .map(|w| {
-            let filter = w.filter.as_ref().map(|spec| {
-                Filter::shared(spec).unwrap_or_else(|e| {
-                    tracing::error!(webhook = %w.id, error = %e, "stored payload filter does not compile");
-                    Arc::new(Filter::never())
-                })
-            });
-            (Arc::new(w), filter)
-        })
-        .collect()
-}
-
-/// [`with_filters`] on a blocking thread when any filter has a regex (its
-/// DFA may take milliseconds to build), inline otherwise.
-pub async fn with_filters_off_thread(hooks: Vec<Webhook>) -> Vec<CachedHook> {
-    let regexes = hooks
-        .iter()
-        .any(|w| w.filter.as_ref().is_some_and(Filter::has_regex));
-    if !regexes {
-        return with_filters(hooks);
-    }
-    tokio::task::spawn_blocking(move || with_filters(hooks))
-        .await
-        .expect("compiling filters does not panic")
+    .await
 }
 
 /// A new pending delivery of `event` to `webhook`, due at `due_at_ms`.

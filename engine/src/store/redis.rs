@@ -15,7 +15,7 @@
 //!   script: a replay never fans out twice. Durable as Redis is configured
 //!   (`appendonly yes` + `appendfsync everysec` loses at most ~1 s on a
 //!   machine crash; `always` loses nothing).
-//! - Claiming is one script per partition: due members are re-scored to
+//! - Claiming ([`crate::schedule::redis`]) is one script per partition: due members are re-scored to
 //!   `now + lease` before they are returned, so two engines never claim the
 //!   same delivery while the lease holds. If an engine dies mid-attempt the
 //!   lease runs out and another engine attempts it again: at-least-once, and
@@ -47,7 +47,6 @@ use crate::model::{
     Attempt, Delivery, DeliveryStats, DeliveryStatus, Event, EventTypeSeen, PluginVersion, Tenant,
     Webhook,
 };
-use crate::schedule::Schedule;
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
@@ -71,10 +70,9 @@ pub struct RedisStore {
     client: redis::Client,
     conn: ConnectionManager,
     prefix: String,
-    partitions: u32,
+    pub(crate) partitions: u32,
     ttl_secs: u64,
     ingest: Script,
-    claim: Script,
     put_plugin: Script,
     finish: Script,
     create_tenant: Script,
@@ -135,13 +133,6 @@ local record = string.gsub(ARGV[2], '"version":0', '"version":' .. v, 1)
 redis.call('HSET', KEYS[2], v, record)
 redis.call('HSET', KEYS[3], ARGV[1], v)
 return record
-"#;
-
-const CLAIM: &str = r#"
--- KEYS: schedule; ARGV: now, limit, lease end
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
-for _, m in ipairs(due) do redis.call('ZADD', KEYS[1], ARGV[3], m) end
-return due
 "#;
 
 const FINISH: &str = r#"
@@ -224,7 +215,6 @@ impl RedisStore {
             partitions: partitions.max(1),
             ttl_secs: retention.as_secs().max(1),
             ingest: Script::new(INGEST),
-            claim: Script::new(CLAIM),
             put_plugin: Script::new(PUT_PLUGIN),
             finish: Script::new(FINISH),
             create_tenant: Script::new(CREATE_TENANT),
@@ -233,7 +223,7 @@ impl RedisStore {
         })
     }
 
-    fn conn(&self) -> ConnectionManager {
+    pub(crate) fn conn(&self) -> ConnectionManager {
         self.conn.clone()
     }
 
@@ -250,7 +240,7 @@ impl RedisStore {
         format!("{{{}:{}}}:{name}", self.prefix, self.partition(tenant))
     }
 
-    fn schedule_key(&self, p: u32) -> String {
+    pub(crate) fn schedule_key(&self, p: u32) -> String {
         format!("{{{}:{p}}}:sched", self.prefix)
     }
 
@@ -557,7 +547,7 @@ impl Store for RedisStore {
         let mut new = new;
         for _ in 0..5 {
             let (version, hooks) = self.hooks(&new.tenant).await?;
-            let (back, targets, filtered) = self.gate.fan_out(hooks, new).await;
+            let (back, targets, filtered) = super::plan_fan_out(&self.gate, hooks, new).await;
             new = back;
             if let Some(done) = self.try_ingest(&new, version, (targets, filtered)).await? {
                 return Ok(done);
@@ -876,23 +866,6 @@ impl Store for RedisStore {
 }
 
 impl RedisStore {
-    /// The earliest due time in each schedule partition (one pipelined round trip).
-    async fn partition_heads(&self) -> Result<Vec<Option<u64>>, StoreError> {
-        let mut pipe = redis::pipe();
-        for p in 0..self.partitions {
-            pipe.cmd("ZRANGE")
-                .arg(self.schedule_key(p))
-                .arg(0)
-                .arg(0)
-                .arg("WITHSCORES");
-        }
-        let heads: Vec<Vec<(String, f64)>> = pipe.query_async(&mut self.conn()).await?;
-        Ok(heads
-            .iter()
-            .map(|h| h.first().map(|(_, score)| *score as u64))
-            .collect())
-    }
-
     async fn deliveries_by_id(
         &self,
         tenant: &TenantId,
@@ -910,44 +883,5 @@ impl RedisStore {
             .query_async(&mut self.conn())
             .await?;
         raw.into_iter().flatten().map(|r| parse(&r)).collect()
-    }
-}
-
-#[async_trait]
-impl Schedule for RedisStore {
-    async fn claim_due(
-        &self,
-        now_ms: u64,
-        limit: usize,
-        lease_ms: u64,
-    ) -> Result<Vec<(TenantId, DeliveryId)>, StoreError> {
-        // Only partitions with something due are claimed from, starting at a
-        // random one so engines spread over them.
-        let heads = self.partition_heads().await?;
-        let start = rand::random::<u32>() % self.partitions;
-        let mut claimed = Vec::new();
-        for i in 0..self.partitions {
-            let p = (start + i) % self.partitions;
-            if claimed.len() >= limit || heads[p as usize].is_none_or(|due| due > now_ms) {
-                continue;
-            }
-            let members: Vec<String> = self
-                .claim
-                .key(self.schedule_key(p))
-                .arg(now_ms)
-                .arg(limit - claimed.len())
-                .arg(now_ms + lease_ms)
-                .invoke_async(&mut self.conn())
-                .await?;
-            claimed.extend(members.iter().filter_map(|m| {
-                let (t, d) = m.split_once('|')?;
-                Some((TenantId::from_trusted(t), DeliveryId::from_trusted(d)))
-            }));
-        }
-        Ok(claimed)
-    }
-
-    async fn next_due_ms(&self) -> Result<Option<u64>, StoreError> {
-        Ok(self.partition_heads().await?.into_iter().flatten().min())
     }
 }

@@ -22,9 +22,12 @@
 //! strings of at most [`MAX_REGEX_TEXT`] bytes (a longer string does not
 //! match). With the cap on webhooks per tenant, that bounds a trigger's
 //! fan-out; fan-out runs off the engine's async workers and its store
-//! writer (see `store::FanOutGate`). Compiled filters are shared by every
+//! writer (see [`fan_out::FanOutGate`]). Compiled filters are shared by every
 //! webhook with the same filter ([`Filter::shared`]), so a tenant's
 //! webhooks are compiled once, not at every change of one of them.
+
+pub mod cache;
+pub mod fan_out;
 
 use regex_automata::dfa::{Automaton, dense, sparse};
 use regex_automata::{Input, MatchKind};
