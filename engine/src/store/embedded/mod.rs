@@ -3,7 +3,7 @@
 //!
 //! # Owns
 //! - The tables (below) and their encoding: JSON records, but deliveries
-//!   and attempts compact binary ([`super::record`]), encoded on the
+//!   and attempts compact binary ([`crate::store::record`]), encoded on the
 //!   caller's thread so the one writer only checks and inserts.
 //! - The writer: every write is a closure sent to one thread, which runs
 //!   all closures waiting at that moment in one transaction and commits it
@@ -36,8 +36,12 @@
 //! - A trigger planned against webhooks that changed meanwhile is planned
 //!   again (the writer hands it back unwritten).
 
-use super::record::{compact, decode as dec, json as enc};
-use super::{IdempotentAnswer, Ingested, NewEvent, Page, PluginUpload, Store, StoreError};
+#[macro_use]
+mod tables;
+mod ingest;
+mod sweep;
+mod writer;
+
 use crate::ids::{DeliveryId, EventId, TenantId, WebhookId};
 use crate::metrics::StoreMetrics;
 use crate::model::{
@@ -47,95 +51,24 @@ use crate::model::{
 use crate::schedule::embedded::{
     forget_event_leases, known_fresh_slot, lease_event, moved, release_leases, slot,
 };
+use crate::store::record::{compact, decode as dec, json as enc};
+use crate::store::{FanOutGate, VersionedHooks, WebhookCache};
+use crate::store::{IdempotentAnswer, Ingested, NewEvent, Page, PluginUpload, Store, StoreError};
 use async_trait::async_trait;
+pub(crate) use ingest::listed_deliveries;
+use ingest::*;
 use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
 use serde::de::DeserializeOwned;
 use std::cell::RefCell;
 use std::collections::hash_map::Entry;
 use std::path::Path;
 use std::sync::Arc;
+use sweep::*;
+pub(crate) use tables::SCHEDULE;
+use tables::*;
 use tokio::sync::{mpsc, oneshot};
-
-type Json = &'static [u8];
-pub(crate) const TENANTS: TableDefinition<&str, Json> = TableDefinition::new("tenants");
-pub(crate) const API_KEYS: TableDefinition<&str, &str> = TableDefinition::new("api_keys");
-pub(crate) const WEBHOOKS: TableDefinition<(&str, &str), Json> = TableDefinition::new("webhooks");
-pub(crate) const EVENTS: TableDefinition<(&str, &str), Json> = TableDefinition::new("events");
-pub(crate) const IDEMPOTENCY: TableDefinition<(&str, &str), Json> =
-    TableDefinition::new("idempotency");
-pub(crate) const DELIVERIES: TableDefinition<&str, Json> = TableDefinition::new("deliveries");
-pub(crate) const WEBHOOK_DELIVERIES: TableDefinition<(&str, &str), ()> =
-    TableDefinition::new("webhook_deliveries");
-pub(crate) const ATTEMPTS: TableDefinition<(&str, u32), Json> = TableDefinition::new("attempts");
-pub(crate) const STATS: TableDefinition<(&str, &str), Json> = TableDefinition::new("stats");
-pub(crate) const EVENT_TYPES: TableDefinition<(&str, &str), Json> =
-    TableDefinition::new("event_types");
-pub(crate) const SCHEDULE: TableDefinition<(u64, &str), bool> = TableDefinition::new("schedule");
-pub(crate) const PLUGINS: TableDefinition<(&str, &str), u32> = TableDefinition::new("plugins");
-pub(crate) const PLUGIN_VERSIONS: TableDefinition<(&str, &str, u32), Json> =
-    TableDefinition::new("plugin_versions");
-pub(crate) const PLUGIN_BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("plugin_blobs");
-
-/// Past every id character, for the upper end of a prefix range.
-const MAX_ID: &str = "\u{7f}";
-/// How many waiting writes share one transaction at most.
-const MAX_GROUP: usize = 512;
-
-type Done = Box<dyn FnOnce(Result<(), String>) + Send>;
-type Op = Box<dyn for<'b, 't> FnOnce(Option<&'b mut Batch<'t>>) -> Done + Send>;
-
-type Keyed2 = (&'static str, &'static str);
-
-/// The tables hot-path writes use, open together.
-pub(crate) struct Hot<'t> {
-    pub events: Table<'t, Keyed2, Json>,
-    pub idempotency: Table<'t, Keyed2, Json>,
-    pub event_types: Table<'t, Keyed2, Json>,
-    pub webhook_deliveries: Table<'t, Keyed2, ()>,
-    pub deliveries: Table<'t, &'static str, Json>,
-    pub attempts: Table<'t, (&'static str, u32), Json>,
-    pub stats: Table<'t, Keyed2, Json>,
-    pub schedule: Table<'t, (u64, &'static str), bool>,
-}
-
-impl<'t> Hot<'t> {
-    pub fn open(txn: &'t WriteTransaction) -> Result<Hot<'t>, redb::Error> {
-        Ok(Hot {
-            events: txn.open_table(EVENTS)?,
-            idempotency: txn.open_table(IDEMPOTENCY)?,
-            event_types: txn.open_table(EVENT_TYPES)?,
-            webhook_deliveries: txn.open_table(WEBHOOK_DELIVERIES)?,
-            deliveries: txn.open_table(DELIVERIES)?,
-            attempts: txn.open_table(ATTEMPTS)?,
-            stats: txn.open_table(STATS)?,
-            schedule: txn.open_table(SCHEDULE)?,
-        })
-    }
-}
-
-/// One group transaction as its closures see it: the transaction, and the
-/// [`Hot`] tables while hot-path writes follow each other (opening a table
-/// is a lookup in redb's table tree, closing it a write there).
-pub(crate) struct Batch<'t> {
-    txn: &'t WriteTransaction,
-    hot: Option<Hot<'t>>,
-}
-
-impl<'t> Batch<'t> {
-    /// The transaction, for a closure that opens tables itself.
-    fn txn(&mut self) -> &'t WriteTransaction {
-        self.hot = None;
-        self.txn
-    }
-
-    fn hot(&mut self) -> Result<&mut Hot<'t>, redb::Error> {
-        if self.hot.is_none() {
-            self.hot = Some(Hot::open(self.txn)?);
-        }
-        Ok(self.hot.as_mut().expect("just opened"))
-    }
-}
-use super::{FanOutGate, VersionedHooks, WebhookCache};
+pub(crate) use writer::Hot;
+use writer::*;
 
 pub struct EmbeddedStore {
     db: Arc<Database>,
@@ -220,62 +153,6 @@ impl EmbeddedStore {
         &self.db
     }
 
-    /// Runs `f` in the next group transaction; answers once that is durable.
-    pub(crate) async fn write<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&WriteTransaction) -> Result<R, StoreError> + Send + 'static,
-    ) -> Result<R, StoreError> {
-        self.write_batch(move |b| f(b.txn())).await
-    }
-
-    /// [`Self::write`] for a closure that needs only the [`Hot`] tables.
-    pub(crate) async fn write_hot<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Hot<'_>) -> Result<R, StoreError> + Send + 'static,
-    ) -> Result<R, StoreError> {
-        self.write_batch(move |b| f(b.hot()?)).await
-    }
-
-    async fn write_batch<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Batch<'_>) -> Result<R, StoreError> + Send + 'static,
-    ) -> Result<R, StoreError> {
-        let (tx, rx) = oneshot::channel();
-        self.queue(f, move |outcome| {
-            let _ = tx.send(outcome);
-        })
-        .await;
-        rx.await.map_err(|_| StoreError::Closed)?
-    }
-
-    /// Hands `f` to the writer, to run in the next group transaction, and
-    /// returns as soon as the writer has it. `answer` is called exactly
-    /// once: with the outcome when that group is committed (or failed), or
-    /// at once with [`StoreError::Closed`] if the store is closing.
-    async fn queue<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Batch<'_>) -> Result<R, StoreError> + Send + 'static,
-        answer: impl FnOnce(Result<R, StoreError>) + Send + 'static,
-    ) {
-        let op: Op = Box::new(move |batch| {
-            let result = match batch {
-                Some(batch) => f(batch),
-                None => Err(StoreError::Closed),
-            };
-            Box::new(move |committed: Result<(), String>| {
-                answer(committed.map_err(StoreError::Commit).and(result));
-            })
-        });
-        let refused = match &self.writer {
-            Some(writer) => writer.send(op).await.err().map(|refused| refused.0),
-            None => Some(op),
-        };
-        // Run without a batch, the write answers `Closed` itself.
-        if let Some(op) = refused {
-            op(None)(Ok(()));
-        }
-    }
-
     fn read<R>(
         &self,
         f: impl FnOnce(&redb::ReadTransaction) -> Result<R, StoreError>,
@@ -294,516 +171,6 @@ impl Drop for EmbeddedStore {
             let _ = thread.join();
         }
     }
-}
-
-fn write_loop(db: &Database, mut rx: mpsc::Receiver<Op>, metrics: &StoreMetrics) {
-    while let Some(first) = rx.blocking_recv() {
-        let mut ops = vec![first];
-        while ops.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(op) => ops.push(op),
-                Err(_) => break,
-            }
-        }
-        match db.begin_write() {
-            Ok(txn) => {
-                let mut batch = Batch {
-                    txn: &txn,
-                    hot: None,
-                };
-                let done: Vec<Done> = ops.into_iter().map(|op| op(Some(&mut batch))).collect();
-                let flushed = flush_pending(&mut batch);
-                drop(batch);
-                let started = std::time::Instant::now();
-                let committed = match flushed {
-                    Ok(()) => txn.commit().map_err(|e| e.to_string()),
-                    // Dropping the transaction aborts it: nothing is half-counted.
-                    Err(e) => Err(format!("writing counters: {e}")),
-                };
-                match &committed {
-                    Ok(()) => {
-                        metrics.commits.inc();
-                        metrics.writes.inc_by(done.len() as u64);
-                        metrics
-                            .commit_seconds
-                            .observe(started.elapsed().as_secs_f64());
-                    }
-                    Err(e) => {
-                        metrics.failed_commits.inc();
-                        tracing::error!(error = %e, "store commit failed");
-                        forget_event_leases();
-                    }
-                }
-                for d in done {
-                    d(committed.clone());
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "store transaction could not start");
-                for op in ops {
-                    op(None)(Err(e.to_string()));
-                }
-            }
-        }
-    }
-}
-
-macro_rules! table {
-    ($txn:expr, $def:expr) => {
-        $txn.open_table($def).map_err(redb::Error::from)?
-    };
-}
-
-fn get_json<K: redb::Key + 'static, T: DeserializeOwned>(
-    table: &impl ReadableTable<K, Json>,
-    key: K::SelfType<'_>,
-) -> Result<Option<T>, StoreError> {
-    match table.get(key).map_err(redb::Error::from)? {
-        Some(v) => Ok(Some(dec(v.value())?)),
-        None => Ok(None),
-    }
-}
-
-/// Every value under `(prefix, *)` of a two-part key.
-fn list_json<T: DeserializeOwned>(
-    table: &impl ReadableTable<(&'static str, &'static str), Json>,
-    prefix: &str,
-) -> Result<Vec<T>, StoreError> {
-    let mut out = Vec::new();
-    for item in table
-        .range((prefix, "")..(prefix, MAX_ID))
-        .map_err(redb::Error::from)?
-    {
-        let (_, v) = item.map_err(redb::Error::from)?;
-        out.push(dec(v.value())?);
-    }
-    Ok(out)
-}
-
-fn plugin_with_bytes(
-    txn: &redb::ReadTransaction,
-    tenant: &str,
-    name: &str,
-    version: u32,
-) -> Result<Option<(PluginVersion, Vec<u8>)>, StoreError> {
-    let Some(meta) =
-        get_json::<_, PluginVersion>(&table!(txn, PLUGIN_VERSIONS), (tenant, name, version))?
-    else {
-        return Ok(None);
-    };
-    let bytes = table!(txn, PLUGIN_BLOBS)
-        .get(meta.sha256.as_str())
-        .map_err(redb::Error::from)?
-        .ok_or(StoreError::NotFound("plugin component"))?
-        .value()
-        .to_vec();
-    Ok(Some((meta, bytes)))
-}
-
-/// What the group transaction being built on the writer thread has changed
-/// in memory: delivery counters and event types seen, each read once, changed
-/// by every operation of the batch, and written once just before the commit
-/// (see `write_loop`).
-#[derive(Default)]
-struct Pending {
-    /// Per tenant, per webhook. Looked up several times per delivery, so
-    /// with a fast hash (foldhash) rather than SipHash; the keys are ids.
-    stats: foldhash::HashMap<String, foldhash::HashMap<String, DeliveryStats>>,
-    event_types: foldhash::HashMap<(String, String), EventTypeSeen>,
-}
-
-thread_local! {
-    static PENDING: RefCell<Pending> = RefCell::default();
-}
-
-fn update_stats(
-    hot: &Hot<'_>,
-    tenant: &str,
-    webhook: &str,
-    f: impl FnOnce(&mut DeliveryStats),
-) -> Result<(), StoreError> {
-    PENDING.with(|pending| {
-        let stats = &mut pending.borrow_mut().stats;
-        // Looked up by reference first: most calls find the webhook's counters.
-        let tenant_stats = match stats.get_mut(tenant) {
-            Some(t) => t,
-            None => stats.entry(tenant.to_owned()).or_default(),
-        };
-        let stats = match tenant_stats.get_mut(webhook) {
-            Some(s) => s,
-            None => {
-                let current: Option<DeliveryStats> = get_json(&hot.stats, (tenant, webhook))?;
-                tenant_stats
-                    .entry(webhook.to_owned())
-                    .or_insert(current.unwrap_or_default())
-            }
-        };
-        f(stats);
-        Ok(())
-    })
-}
-
-fn saw_event_type(hot: &Hot<'_>, tenant: &str, event: &Event) -> Result<(), StoreError> {
-    PENDING.with(|pending| {
-        let types = &mut pending.borrow_mut().event_types;
-        let key = (tenant.to_owned(), event.event_type.clone());
-        let seen = match types.entry(key) {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => {
-                let current = get_json(&hot.event_types, (tenant, event.event_type.as_str()))?;
-                e.insert(current.unwrap_or(EventTypeSeen {
-                    event_type: event.event_type.clone(),
-                    count: 0,
-                    last_seen_ms: 0,
-                }))
-            }
-        };
-        seen.count += 1;
-        seen.last_seen_ms = seen.last_seen_ms.max(event.occurred_at_ms);
-        Ok(())
-    })
-}
-
-/// Writes what the batch changed in memory; the last step before a commit.
-fn flush_pending(batch: &mut Batch<'_>) -> Result<(), StoreError> {
-    let pending = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
-    if pending.stats.is_empty() && pending.event_types.is_empty() {
-        return Ok(());
-    }
-    let hot = batch.hot()?;
-    for (tenant, webhooks) in &pending.stats {
-        for (webhook, stats) in webhooks {
-            hot.stats
-                .insert((tenant.as_str(), webhook.as_str()), enc(stats).as_slice())
-                .map_err(redb::Error::from)?;
-        }
-    }
-    for ((tenant, event_type), seen) in &pending.event_types {
-        hot.event_types
-            .insert((tenant.as_str(), event_type.as_str()), enc(seen).as_slice())
-            .map_err(redb::Error::from)?;
-    }
-    Ok(())
-}
-
-/// Writes `d` (encoded: `bytes`) over its stored record, whose schedule
-/// slot was `from`, moving it in the schedule.
-fn write_delivery(
-    hot: &mut Hot<'_>,
-    from: Option<u64>,
-    d: &Delivery,
-    bytes: &[u8],
-) -> Result<(), StoreError> {
-    hot.deliveries
-        .insert(d.id.as_str(), bytes)
-        .map_err(redb::Error::from)?;
-    moved(hot, from, d)?;
-    Ok(())
-}
-
-/// The write that records the end of an attempt (see
-/// [`Store::finish_attempt`]), encoded here, on the caller's thread: the
-/// writer only checks and inserts.
-fn finishing(
-    delivery: Delivery,
-    attempt: Option<Attempt>,
-) -> impl FnOnce(&mut Hot<'_>) -> Result<(), StoreError> + Send + 'static {
-    let delivery = super::due_if_pending(delivery, crate::clock::now_ms());
-    let bytes = compact(&delivery);
-    let attempt = attempt.map(|a| {
-        let encoded = compact(&a);
-        (a, encoded)
-    });
-    move |hot| {
-        // A first attempt's delivery is usually still as the trigger wrote
-        // it, which the writer knows without reading it back.
-        let (previous_status, from) = match known_fresh_slot(&delivery) {
-            Some(due) => (DeliveryStatus::Pending, Some(due)),
-            None => {
-                let previous: Option<Delivery> = get_json(&hot.deliveries, delivery.id.as_str())?;
-                let previous = previous.ok_or(StoreError::NotFound("delivery"))?;
-                (previous.status, slot(&previous))
-            }
-        };
-        if let Some((a, encoded)) = &attempt {
-            hot.attempts
-                .insert((a.delivery_id.as_str(), a.attempt), encoded.as_slice())
-                .map_err(redb::Error::from)?;
-        }
-        update_stats(
-            hot,
-            delivery.tenant.as_str(),
-            delivery.webhook_id.as_str(),
-            |s| {
-                if previous_status != delivery.status {
-                    s.count(previous_status, -1);
-                    s.count(delivery.status, 1);
-                }
-                if let Some((a, _)) = &attempt {
-                    s.attempts += 1;
-                    s.attempt_duration_ms_total += a.duration_ms;
-                }
-            },
-        )?;
-        write_delivery(hot, from, &delivery, &bytes)
-    }
-}
-
-/// The key of the idempotency record every event has, under its id; it also
-/// lists the event's deliveries.
-fn id_key(event_id: &str) -> String {
-    format!("id:{event_id}")
-}
-
-/// A trigger as the writer needs it, planned on the caller's side so that
-/// the single writer only checks and inserts: the event record encoded, and
-/// the fan-out made (off the async workers when filters run, see
-/// [`FanOutGate`]) with the tenant's webhooks at `version`. The writer
-/// writes it only if that is still the tenant's version; otherwise it hands
-/// it back to be planned again. The writer never fans out.
-pub(crate) struct Trigger {
-    event: Event,
-    event_bytes: Vec<u8>,
-    idempotency_key: Option<String>,
-    fingerprint: String,
-    only_webhook: Option<WebhookId>,
-    due_at_ms: u64,
-    version: i64,
-    fanned: FanOut,
-}
-
-struct FanOut {
-    targets: Vec<Arc<Webhook>>,
-    filtered: u32,
-    /// Each new delivery with its encoded record.
-    deliveries: Vec<(Delivery, Vec<u8>)>,
-}
-
-impl Trigger {
-    fn new(new: NewEvent, version: i64, targets: Vec<Arc<Webhook>>, filtered: u32) -> Trigger {
-        let event = Event {
-            id: new.id,
-            tenant: new.tenant,
-            event_type: new.event_type,
-            data: new.data,
-            occurred_at_ms: new.occurred_at_ms,
-        };
-        let deliveries = targets
-            .iter()
-            .map(|w| {
-                let d = super::new_delivery(&event, w, new.due_at_ms);
-                let bytes = compact(&d);
-                (d, bytes)
-            })
-            .collect();
-        Trigger {
-            event_bytes: enc(&event),
-            event,
-            idempotency_key: new.idempotency_key,
-            fingerprint: new.fingerprint,
-            only_webhook: new.only_webhook,
-            due_at_ms: new.due_at_ms,
-            version,
-            fanned: FanOut {
-                targets,
-                filtered,
-                deliveries,
-            },
-        }
-    }
-
-    /// The trigger as it came, to be planned again.
-    fn into_new(self) -> NewEvent {
-        NewEvent {
-            id: self.event.id,
-            tenant: self.event.tenant,
-            event_type: self.event.event_type,
-            data: self.event.data,
-            occurred_at_ms: self.event.occurred_at_ms,
-            idempotency_key: self.idempotency_key,
-            fingerprint: self.fingerprint,
-            only_webhook: self.only_webhook,
-            due_at_ms: self.due_at_ms,
-        }
-    }
-
-    /// True while the tenant's webhooks are the ones it was planned with.
-    fn current(&self, cache: &WebhookCache) -> bool {
-        cache.version(&self.event.tenant).0 == self.version
-    }
-}
-
-/// Writes a planned trigger (whose version the writer checked).
-fn ingest(hot: &mut Hot<'_>, t: Trigger) -> Result<Ingested, StoreError> {
-    let Trigger {
-        event,
-        event_bytes,
-        idempotency_key,
-        fingerprint,
-        due_at_ms,
-        fanned,
-        ..
-    } = t;
-    let tenant = event.tenant.as_str();
-    let id_key = id_key(event.id.as_str());
-    let header_key = idempotency_key.as_ref().map(|k| format!("key:{k}"));
-    for key in header_key.iter().chain(std::iter::once(&id_key)) {
-        if let Some(prev) =
-            get_json::<_, IdempotentAnswer>(&hot.idempotency, (tenant, key.as_str()))?
-        {
-            return Ok(if prev.fingerprint == fingerprint {
-                Ingested::Replayed(prev)
-            } else {
-                Ingested::KeyReused(prev)
-            });
-        }
-    }
-
-    hot.events
-        .insert((tenant, event.id.as_str()), event_bytes.as_slice())
-        .map_err(redb::Error::from)?;
-    let mut answer = IdempotentAnswer {
-        event_id: event.id.clone(),
-        event_type: event.event_type.clone(),
-        deliveries: fanned.deliveries.len() as u32,
-        fingerprint,
-        at_ms: event.occurred_at_ms,
-        delivery_ids: Vec::new(),
-    };
-    if let Some(key) = &header_key {
-        hot.idempotency
-            .insert((tenant, key.as_str()), enc(&answer).as_slice())
-            .map_err(redb::Error::from)?;
-    }
-    answer.delivery_ids = fanned
-        .deliveries
-        .iter()
-        .map(|(d, _)| d.id.clone())
-        .collect();
-    hot.idempotency
-        .insert((tenant, id_key.as_str()), enc(&answer).as_slice())
-        .map_err(redb::Error::from)?;
-    saw_event_type(hot, tenant, &event)?;
-    for (d, bytes) in &fanned.deliveries {
-        let (id, hook) = (d.id.as_str(), d.webhook_id.as_str());
-        hot.webhook_deliveries
-            .insert((hook, id), ())
-            .map_err(redb::Error::from)?;
-        update_stats(hot, tenant, hook, |s| {
-            s.total += 1;
-            s.pending += 1;
-        })?;
-        hot.deliveries
-            .insert(id, bytes.as_slice())
-            .map_err(redb::Error::from)?;
-    }
-    if !fanned.deliveries.is_empty() {
-        // One leased entry for all of them (see `crate::schedule::embedded`).
-        let members = fanned.deliveries.iter().map(|(d, _)| d.id.as_str());
-        lease_event(hot, tenant, event.id.as_str(), due_at_ms, members)?;
-    }
-    Ok(Ingested::Created {
-        event,
-        deliveries: fanned.deliveries.into_iter().map(|(d, _)| d).collect(),
-        webhooks: fanned.targets,
-        filtered: fanned.filtered,
-    })
-}
-
-/// The deliveries an event's `id:` record (`idem`) lists: those it created.
-pub(crate) fn listed_deliveries(
-    idem: &impl ReadableTable<Keyed2, Json>,
-    tenant: &str,
-    event_id: &str,
-) -> Result<Vec<DeliveryId>, StoreError> {
-    let answer: Option<IdempotentAnswer> = get_json(idem, (tenant, id_key(event_id).as_str()))?;
-    Ok(answer.map(|a| a.delivery_ids).unwrap_or_default())
-}
-
-/// When an engine-minted id (`dlv_<ulid>`) was created.
-fn id_time_ms(id: &str) -> Option<u64> {
-    let (_, ulid) = id.split_once('_')?;
-    ulid::Ulid::from_string(&ulid.to_uppercase())
-        .ok()
-        .map(|u| u.timestamp_ms())
-}
-
-/// Retention: see [`Store::sweep`]. Deliveries are found by id (ids sort by
-/// time); events and idempotency keys by a scan (run rarely).
-fn sweep(txn: &WriteTransaction, cutoff_ms: u64) -> Result<u64, StoreError> {
-    let mut removed = 0u64;
-    let old: Vec<Delivery> = {
-        let table = table!(txn, DELIVERIES);
-        let mut out = Vec::new();
-        for item in table.iter()? {
-            let (k, v) = item?;
-            if id_time_ms(k.value()).is_none_or(|t| t >= cutoff_ms) {
-                break;
-            }
-            let d: Delivery = dec(v.value())?;
-            if d.status != DeliveryStatus::Pending {
-                out.push(d);
-            }
-        }
-        out
-    };
-    for d in &old {
-        let id = d.id.as_str();
-        table!(txn, DELIVERIES).remove(id)?;
-        table!(txn, WEBHOOK_DELIVERIES).remove((d.webhook_id.as_str(), id))?;
-        table!(txn, ATTEMPTS).retain_in((id, 0)..=(id, u32::MAX), |_, _| false)?;
-        removed += 1;
-    }
-    let old_events: Vec<(String, String)> = {
-        let events = table!(txn, EVENTS);
-        let (deliveries, idem) = (table!(txn, DELIVERIES), table!(txn, IDEMPOTENCY));
-        let mut out = Vec::new();
-        for item in events.iter()? {
-            let (k, v) = item?;
-            let e: Event = dec(v.value())?;
-            let (t, id) = k.value();
-            if e.occurred_at_ms >= cutoff_ms {
-                continue;
-            }
-            let mut kept = false;
-            for d in listed_deliveries(&idem, t, id)? {
-                kept |= deliveries.get(d.as_str())?.is_some();
-            }
-            if !kept {
-                out.push((t.to_owned(), id.to_owned()));
-            }
-        }
-        out
-    };
-    for (t, id) in &old_events {
-        table!(txn, EVENTS).remove((t.as_str(), id.as_str()))?;
-        removed += 1;
-    }
-    let old_keys: Vec<(String, String)> = {
-        let (idem, events) = (table!(txn, IDEMPOTENCY), table!(txn, EVENTS));
-        let mut out = Vec::new();
-        for item in idem.iter()? {
-            let (k, v) = item?;
-            let answer: IdempotentAnswer = dec(v.value())?;
-            let (t, key) = k.value();
-            // The record under the event id lists its deliveries: it goes
-            // with the event.
-            let event_kept = key.starts_with("id:")
-                && events
-                    .get((t, answer.event_id.as_str()))
-                    .map_err(redb::Error::from)?
-                    .is_some();
-            if answer.at_ms < cutoff_ms && !event_kept {
-                out.push((t.to_owned(), key.to_owned()));
-            }
-        }
-        out
-    };
-    for (t, key) in &old_keys {
-        table!(txn, IDEMPOTENCY).remove((t.as_str(), key.as_str()))?;
-        removed += 1;
-    }
-    Ok(removed)
 }
 
 #[async_trait]
@@ -1012,7 +379,7 @@ impl Store for EmbeddedStore {
             move |batch| write(batch.hot()?),
             move |outcome| {
                 if let Err(e) = outcome {
-                    super::unrecorded(&id, &e);
+                    crate::store::unrecorded(&id, &e);
                 }
             },
         )
@@ -1210,7 +577,7 @@ impl EmbeddedStore {
             }
             let list: Vec<Webhook> =
                 self.read(|txn| list_json(&table!(txn, WEBHOOKS), tenant.as_str()))?;
-            let hooks = super::with_filters_off_thread(list).await;
+            let hooks = crate::store::with_filters_off_thread(list).await;
             return Ok(self.webhooks.fill_if(tenant, version, hooks));
         }
         // Changes keep coming: read the list as the writer has it.
@@ -1224,7 +591,7 @@ impl EmbeddedStore {
             .await?;
         Ok((
             version,
-            Arc::new(super::with_filters_off_thread(list).await),
+            Arc::new(crate::store::with_filters_off_thread(list).await),
         ))
     }
 
@@ -1237,7 +604,8 @@ impl EmbeddedStore {
             let mut triggers = Vec::with_capacity(news.len());
             for new in news {
                 let (version, hooks) = self.hooks(&new.tenant).await?;
-                let (new, targets, filtered) = super::plan_fan_out(&self.gate, hooks, new).await;
+                let (new, targets, filtered) =
+                    crate::store::plan_fan_out(&self.gate, hooks, new).await;
                 triggers.push(Trigger::new(new, version, targets, filtered));
             }
             let cache = self.webhooks.clone();

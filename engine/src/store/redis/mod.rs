@@ -38,34 +38,26 @@
 //!   [`Store::sweep`] trims each webhook's delivery index by id (ids sort by
 //!   time).
 
-use super::{
-    FanOutGate, IdempotentAnswer, Ingested, NewEvent, Page, PluginUpload, Store, StoreError,
-    VersionedHooks, WebhookCache,
-};
+mod notices;
+mod scripts;
+
+pub use notices::Notice;
+use scripts::*;
+
 use crate::ids::{DeliveryId, EventId, TenantId, WebhookId};
 use crate::model::{
     Attempt, Delivery, DeliveryStats, DeliveryStatus, Event, EventTypeSeen, PluginVersion, Tenant,
     Webhook,
+};
+use crate::store::{
+    FanOutGate, IdempotentAnswer, Ingested, NewEvent, Page, PluginUpload, Store, StoreError,
+    VersionedHooks, WebhookCache,
 };
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 use std::collections::HashMap;
 use std::time::Duration;
-
-/// Something another engine sharing the Redis wants this one to know.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Notice {
-    /// Deliveries became due now (e.g. a manual retry).
-    Wake,
-    /// A tenant's plugin has a new current version.
-    Plugin {
-        tenant: TenantId,
-        name: String,
-        version: u32,
-    },
-}
-
 pub struct RedisStore {
     client: redis::Client,
     conn: ConnectionManager,
@@ -86,100 +78,6 @@ fn webhooks_by_id(raw: &[String]) -> Result<Vec<Webhook>, StoreError> {
     all.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(all)
 }
-
-const INGEST: &str = r#"
--- KEYS: idem(id), idem(header or id again), event, event deliveries, schedule, stats, types,
---       event's pending count, webhook version, then (delivery, webhook index) pairs
--- ARGV: answer, event, ttl, due, tenant, type, now, n, webhook version the fan-out used,
---       then (delivery id, delivery json, webhook id) triples
--- Returns {1, ''} written, {0, first answer} a replay, {2, ''} fan-out from stale webhooks.
-for i = 1, 2 do
-  local prev = redis.call('GET', KEYS[i])
-  if prev then return {0, prev} end
-end
-if (redis.call('GET', KEYS[9]) or '0') ~= ARGV[9] then return {2, ''} end
-local ttl = ARGV[3]
-local n = tonumber(ARGV[8])
-if n > 0 then
-  -- The event, its delivery list and the answer under its id stay while
-  -- any of its deliveries is pending (FINISH sets their expiry).
-  redis.call('SET', KEYS[1], ARGV[1])
-  redis.call('SET', KEYS[3], ARGV[2])
-  redis.call('SET', KEYS[8], n)
-else
-  redis.call('SET', KEYS[1], ARGV[1], 'EX', ttl)
-  redis.call('SET', KEYS[3], ARGV[2], 'EX', ttl)
-end
-if KEYS[2] ~= KEYS[1] then redis.call('SET', KEYS[2], ARGV[1], 'EX', ttl) end
-redis.call('HINCRBY', KEYS[7], 'c:' .. ARGV[6], 1)
-redis.call('HSET', KEYS[7], 'l:' .. ARGV[6], ARGV[7])
-for i = 0, n - 1 do
-  local did, djson, wid = ARGV[10 + i * 3], ARGV[11 + i * 3], ARGV[12 + i * 3]
-  redis.call('SET', KEYS[10 + i * 2], djson)
-  redis.call('ZADD', KEYS[11 + i * 2], 0, did)
-  redis.call('RPUSH', KEYS[4], did)
-  redis.call('ZADD', KEYS[5], ARGV[4], ARGV[5] .. '|' .. did)
-  redis.call('HINCRBY', KEYS[6], wid .. ':total', 1)
-  redis.call('HINCRBY', KEYS[6], wid .. ':pending', 1)
-end
-return {1, ''}
-"#;
-
-const PUT_PLUGIN: &str = r#"
--- KEYS: sequence, versions hash, current hash; ARGV: name, version json (with
--- "version":0 to be numbered here)
-local v = redis.call('INCR', KEYS[1])
-local record = string.gsub(ARGV[2], '"version":0', '"version":' .. v, 1)
-redis.call('HSET', KEYS[2], v, record)
-redis.call('HSET', KEYS[3], ARGV[1], v)
-return record
-"#;
-
-const FINISH: &str = r#"
--- KEYS: delivery, attempts, schedule, stats, event, event's pending count,
---       event's delivery list, answer under the event id
--- ARGV: delivery json, attempt json or '', status, webhook id, member, next due or '', ttl, duration ms
-local prev = redis.call('GET', KEYS[1])
-if not prev then return redis.error_reply('delivery not found') end
-local old = cjson.decode(prev)['status']
-local new = ARGV[3]
-local wid, ttl = ARGV[4], ARGV[7]
-if old ~= new then
-  redis.call('HINCRBY', KEYS[4], wid .. ':' .. old, -1)
-  redis.call('HINCRBY', KEYS[4], wid .. ':' .. new, 1)
-end
-if ARGV[2] ~= '' then
-  redis.call('RPUSH', KEYS[2], ARGV[2])
-  redis.call('HINCRBY', KEYS[4], wid .. ':attempts', 1)
-  redis.call('HINCRBY', KEYS[4], wid .. ':duration', ARGV[8])
-end
--- Pending records never expire; finished ones expire after the retention.
-if new == 'pending' then
-  redis.call('SET', KEYS[1], ARGV[1])
-  redis.call('PERSIST', KEYS[2])
-  redis.call('ZADD', KEYS[3], ARGV[6], ARGV[5])
-  if old ~= 'pending' then
-    redis.call('INCR', KEYS[6])
-    for i = 5, 8 do if i ~= 6 then redis.call('PERSIST', KEYS[i]) end end
-  end
-else
-  redis.call('SET', KEYS[1], ARGV[1], 'EX', ttl)
-  redis.call('EXPIRE', KEYS[2], ttl)
-  redis.call('ZREM', KEYS[3], ARGV[5])
-  if old == 'pending' and redis.call('DECR', KEYS[6]) <= 0 then
-    redis.call('DEL', KEYS[6])
-    for i = 5, 8 do if i ~= 6 then redis.call('EXPIRE', KEYS[i], ttl) end end
-  end
-end
-return 1
-"#;
-
-const CREATE_TENANT: &str = r#"
--- KEYS: tenants, api keys; ARGV: id, json, key hash
-if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
-redis.call('HSET', KEYS[2], ARGV[3], ARGV[1])
-return 1
-"#;
 
 fn fnv1a(s: &str) -> u32 {
     s.bytes().fold(0x811c_9dc5u32, |h, b| {
@@ -242,45 +140,6 @@ impl RedisStore {
 
     pub(crate) fn schedule_key(&self, p: u32) -> String {
         format!("{{{}:{p}}}:sched", self.prefix)
-    }
-
-    fn channel(&self) -> String {
-        format!("{}:notices", self.prefix)
-    }
-
-    async fn publish(&self, message: String) -> Result<(), StoreError> {
-        let _: i64 = self.conn().publish(self.channel(), message).await?;
-        Ok(())
-    }
-
-    /// Notices from every engine sharing this Redis (this one included),
-    /// until the connection drops; the caller resubscribes.
-    pub async fn notices(
-        &self,
-    ) -> Result<impl futures_util::Stream<Item = Notice> + use<>, StoreError> {
-        use futures_util::StreamExt;
-        let mut pubsub = self.client.get_async_pubsub().await?;
-        pubsub.subscribe(self.channel()).await?;
-        // The sink must live as long as the stream, or the connection closes.
-        let (sink, stream) = pubsub.split();
-        Ok(stream
-            .map(move |msg| {
-                let _keep_open = &sink;
-                msg
-            })
-            .filter_map(|msg| async move {
-                let text: String = msg.get_payload().ok()?;
-                let mut parts = text.split('\u{1f}');
-                match parts.next()? {
-                    "wake" => Some(Notice::Wake),
-                    "plugin" => Some(Notice::Plugin {
-                        tenant: TenantId::from_trusted(parts.next()?),
-                        name: parts.next()?.to_owned(),
-                        version: parts.next()?.parse().ok()?,
-                    }),
-                    _ => None,
-                }
-            }))
     }
 
     /// The tenant's webhooks for fan-out and their version: from memory, or

@@ -1,0 +1,96 @@
+//! The Lua scripts the Redis store runs: each write is one atomic script on
+//! one shard (every key it touches shares the tenant's hash tag).
+
+pub(super) const INGEST: &str = r#"
+-- KEYS: idem(id), idem(header or id again), event, event deliveries, schedule, stats, types,
+--       event's pending count, webhook version, then (delivery, webhook index) pairs
+-- ARGV: answer, event, ttl, due, tenant, type, now, n, webhook version the fan-out used,
+--       then (delivery id, delivery json, webhook id) triples
+-- Returns {1, ''} written, {0, first answer} a replay, {2, ''} fan-out from stale webhooks.
+for i = 1, 2 do
+  local prev = redis.call('GET', KEYS[i])
+  if prev then return {0, prev} end
+end
+if (redis.call('GET', KEYS[9]) or '0') ~= ARGV[9] then return {2, ''} end
+local ttl = ARGV[3]
+local n = tonumber(ARGV[8])
+if n > 0 then
+  -- The event, its delivery list and the answer under its id stay while
+  -- any of its deliveries is pending (FINISH sets their expiry).
+  redis.call('SET', KEYS[1], ARGV[1])
+  redis.call('SET', KEYS[3], ARGV[2])
+  redis.call('SET', KEYS[8], n)
+else
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ttl)
+  redis.call('SET', KEYS[3], ARGV[2], 'EX', ttl)
+end
+if KEYS[2] ~= KEYS[1] then redis.call('SET', KEYS[2], ARGV[1], 'EX', ttl) end
+redis.call('HINCRBY', KEYS[7], 'c:' .. ARGV[6], 1)
+redis.call('HSET', KEYS[7], 'l:' .. ARGV[6], ARGV[7])
+for i = 0, n - 1 do
+  local did, djson, wid = ARGV[10 + i * 3], ARGV[11 + i * 3], ARGV[12 + i * 3]
+  redis.call('SET', KEYS[10 + i * 2], djson)
+  redis.call('ZADD', KEYS[11 + i * 2], 0, did)
+  redis.call('RPUSH', KEYS[4], did)
+  redis.call('ZADD', KEYS[5], ARGV[4], ARGV[5] .. '|' .. did)
+  redis.call('HINCRBY', KEYS[6], wid .. ':total', 1)
+  redis.call('HINCRBY', KEYS[6], wid .. ':pending', 1)
+end
+return {1, ''}
+"#;
+
+pub(super) const PUT_PLUGIN: &str = r#"
+-- KEYS: sequence, versions hash, current hash; ARGV: name, version json (with
+-- "version":0 to be numbered here)
+local v = redis.call('INCR', KEYS[1])
+local record = string.gsub(ARGV[2], '"version":0', '"version":' .. v, 1)
+redis.call('HSET', KEYS[2], v, record)
+redis.call('HSET', KEYS[3], ARGV[1], v)
+return record
+"#;
+
+pub(super) const FINISH: &str = r#"
+-- KEYS: delivery, attempts, schedule, stats, event, event's pending count,
+--       event's delivery list, answer under the event id
+-- ARGV: delivery json, attempt json or '', status, webhook id, member, next due or '', ttl, duration ms
+local prev = redis.call('GET', KEYS[1])
+if not prev then return redis.error_reply('delivery not found') end
+local old = cjson.decode(prev)['status']
+local new = ARGV[3]
+local wid, ttl = ARGV[4], ARGV[7]
+if old ~= new then
+  redis.call('HINCRBY', KEYS[4], wid .. ':' .. old, -1)
+  redis.call('HINCRBY', KEYS[4], wid .. ':' .. new, 1)
+end
+if ARGV[2] ~= '' then
+  redis.call('RPUSH', KEYS[2], ARGV[2])
+  redis.call('HINCRBY', KEYS[4], wid .. ':attempts', 1)
+  redis.call('HINCRBY', KEYS[4], wid .. ':duration', ARGV[8])
+end
+-- Pending records never expire; finished ones expire after the retention.
+if new == 'pending' then
+  redis.call('SET', KEYS[1], ARGV[1])
+  redis.call('PERSIST', KEYS[2])
+  redis.call('ZADD', KEYS[3], ARGV[6], ARGV[5])
+  if old ~= 'pending' then
+    redis.call('INCR', KEYS[6])
+    for i = 5, 8 do if i ~= 6 then redis.call('PERSIST', KEYS[i]) end end
+  end
+else
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ttl)
+  redis.call('EXPIRE', KEYS[2], ttl)
+  redis.call('ZREM', KEYS[3], ARGV[5])
+  if old == 'pending' and redis.call('DECR', KEYS[6]) <= 0 then
+    redis.call('DEL', KEYS[6])
+    for i = 5, 8 do if i ~= 6 then redis.call('EXPIRE', KEYS[i], ttl) end end
+  end
+end
+return 1
+"#;
+
+pub(super) const CREATE_TENANT: &str = r#"
+-- KEYS: tenants, api keys; ARGV: id, json, key hash
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+redis.call('HSET', KEYS[2], ARGV[3], ARGV[1])
+return 1
+"#;
