@@ -46,7 +46,8 @@ fn event(
     }
 }
 
-async fn contract(store: Arc<dyn Store>, schedule: Arc<dyn Schedule>) {
+/// Tenants are created once; their first key finds them.
+async fn tenants_and_their_keys(store: Arc<dyn Store>, _schedule: Arc<dyn Schedule>) {
     let t = TenantId::from_trusted("contract");
     store
         .create_tenant(
@@ -76,6 +77,12 @@ async fn contract(store: Arc<dyn Store>, schedule: Arc<dyn Schedule>) {
         store.tenant_by_key_hash("hash-1").await.unwrap(),
         Some(t.clone())
     );
+}
+
+/// Fan-out, idempotency, the schedule (leases, claims, re-scoring),
+/// manual retry, counters and lists: one delivery's life.
+async fn fan_out_idempotency_and_the_schedule(store: Arc<dyn Store>, schedule: Arc<dyn Schedule>) {
+    let t = TenantId::from_trusted("contract");
     let a = webhook(&t, &["invoice.*"]);
     let b = webhook(&t, &["invoice.paid"]);
     store.put_webhook(a.clone()).await.unwrap();
@@ -269,9 +276,15 @@ async fn contract(store: Arc<dyn Store>, schedule: Arc<dyn Schedule>) {
             .collect::<Vec<_>>(),
         [("invoice.paid", 1), ("invoice.sent", 1)]
     );
+}
 
-    // Plugins: versions count up; every version stays readable; a rollback
-    // is a new version carrying an old component.
+/// Plugin versions count up; every version stays readable; a rollback is
+/// a new version carrying an old component.
+async fn plugin_versions_count_up_and_roll_back(
+    store: Arc<dyn Store>,
+    _schedule: Arc<dyn Schedule>,
+) {
+    let t = TenantId::from_trusted("contract");
     let upload = |component: Vec<u8>, sha: &str, by: &str, restored_from, now_ms| PluginUpload {
         name: "fmt".into(),
         component,
@@ -317,9 +330,30 @@ async fn contract(store: Arc<dyn Store>, schedule: Arc<dyn Schedule>) {
     );
     assert!(store.plugin_version(&t, "fmt", 9).await.unwrap().is_none());
     assert!(store.plugin_versions(&t, "nope").await.unwrap().is_empty());
+}
 
-    // A batch: answered in order, each event on its own terms (one new, one
-    // replayed by id, one reusing a key with other content).
+/// A batch is answered in order, each event on its own terms (one new,
+/// one replayed by id, one reusing a key with other content).
+async fn a_batch_answers_each_event_on_its_terms(
+    store: Arc<dyn Store>,
+    _schedule: Arc<dyn Schedule>,
+) {
+    let t = TenantId::from_trusted("contract");
+    store
+        .put_webhook(webhook(&t, &["invoice.*"]))
+        .await
+        .unwrap();
+    store
+        .put_webhook(webhook(&t, &["invoice.paid"]))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .insert_event(event(&t, "e1", "invoice.paid", Some("k1"), "f1", 5_000))
+            .await
+            .unwrap(),
+        Ingested::Created { .. }
+    ));
     let far = 10_000_000;
     let answers = store
         .insert_events(vec![
@@ -351,7 +385,10 @@ async fn contract(store: Arc<dyn Store>, schedule: Arc<dyn Schedule>) {
 }
 
 /// With a one-second retention: finished records go, pending ones stay.
-async fn retention(store: Arc<dyn Store>) {
+async fn retention_drops_finished_records_and_keeps_pending_ones(
+    store: Arc<dyn Store>,
+    _schedule: Arc<dyn Schedule>,
+) {
     let t = TenantId::from_trusted("retention");
     store
         .create_tenant(
@@ -456,7 +493,7 @@ const DAY: Duration = Duration::from_secs(86_400);
 
 /// Every call that takes a tenant honours it: another tenant's webhook,
 /// delivery or event ids find nothing, whatever the backend.
-async fn calls_honour_the_tenant(store: Arc<dyn Store>) {
+async fn calls_honour_the_tenant(store: Arc<dyn Store>, _schedule: Arc<dyn Schedule>) {
     let (owner, other) = (
         TenantId::from_trusted("owner"),
         TenantId::from_trusted("other"),
@@ -550,61 +587,50 @@ async fn pending_without_a_due_time_is_due_now(store: Arc<dyn Store>, schedule: 
     assert!(claimed.iter().any(|(_, id)| id == &d.id), "{claimed:?}");
 }
 
-#[tokio::test]
-async fn embedded_backend_agrees_on_tenants_and_undated_pending() {
-    let dir = tempfile::tempdir().unwrap();
-    calls_honour_the_tenant(Arc::new(
-        EmbeddedStore::open(dir.path(), DAY, 1 << 20).unwrap(),
-    ))
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(EmbeddedStore::open(dir.path(), DAY, 1 << 20).unwrap());
-    pending_without_a_due_time_is_due_now(store.clone(), store).await;
+/// Runs each named case against a fresh embedded store and a fresh Redis
+/// (a `redis-server` of its own), as `<case>::embedded` and `<case>::redis`,
+/// with the given retention.
+macro_rules! contract_cases {
+    ($retention:expr => $($case:ident),* $(,)?) => {$(
+        mod $case {
+            use super::*;
+
+            #[tokio::test]
+            async fn embedded() {
+                let dir = tempfile::tempdir().unwrap();
+                let store = Arc::new(EmbeddedStore::open(dir.path(), $retention, 1 << 20).unwrap());
+                super::$case(store.clone(), store).await;
+            }
+
+            #[tokio::test]
+            async fn redis() {
+                let server = RedisServer::start().await;
+                let store = Arc::new(
+                    RedisStore::connect(&server.url(), "contract", 4, $retention)
+                        .await
+                        .unwrap(),
+                );
+                super::$case(store.clone(), store).await;
+            }
+        }
+    )*};
 }
 
+contract_cases!(DAY =>
+    tenants_and_their_keys,
+    fan_out_idempotency_and_the_schedule,
+    plugin_versions_count_up_and_roll_back,
+    a_batch_answers_each_event_on_its_terms,
+    calls_honour_the_tenant,
+    pending_without_a_due_time_is_due_now,
+);
+contract_cases!(Duration::from_secs(1) => retention_drops_finished_records_and_keeps_pending_ones);
+
+/// Each engine keeps a tenant's webhooks in memory for fan-out; a change
+/// made through another engine is seen at the next trigger all the same.
 #[tokio::test]
-async fn redis_backend_agrees_on_tenants_and_undated_pending() {
+async fn redis_engines_see_each_others_webhook_changes() {
     let server = RedisServer::start().await;
-    let store = RedisStore::connect(&server.url(), "tenants", 4, DAY)
-        .await
-        .unwrap();
-    calls_honour_the_tenant(Arc::new(store)).await;
-    let store = Arc::new(
-        RedisStore::connect(&server.url(), "undated", 4, DAY)
-            .await
-            .unwrap(),
-    );
-    pending_without_a_due_time_is_due_now(store.clone(), store).await;
-}
-
-#[tokio::test]
-async fn embedded_backend_keeps_the_contract() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(EmbeddedStore::open(dir.path(), DAY, 1 << 20).unwrap());
-    contract(store.clone(), store).await;
-    let dir = tempfile::tempdir().unwrap();
-    retention(Arc::new(
-        EmbeddedStore::open(dir.path(), Duration::from_secs(1), 1 << 20).unwrap(),
-    ))
-    .await;
-}
-
-#[tokio::test]
-async fn redis_backend_keeps_the_contract() {
-    let server = RedisServer::start().await;
-    let store = Arc::new(
-        RedisStore::connect(&server.url(), "contract", 4, DAY)
-            .await
-            .unwrap(),
-    );
-    contract(store.clone(), store).await;
-    let short = RedisStore::connect(&server.url(), "retention", 4, Duration::from_secs(1))
-        .await
-        .unwrap();
-    retention(Arc::new(short)).await;
-
-    // Each engine keeps a tenant's webhooks in memory for fan-out; a change
-    // made through another engine is seen at the next trigger all the same.
     let a = RedisStore::connect(&server.url(), "shared", 4, DAY)
         .await
         .unwrap();
