@@ -157,7 +157,7 @@ pub(super) fn ingest(hot: &mut Hot<'_>, t: Trigger) -> Result<Ingested, StoreErr
             .map_err(redb::Error::from)?;
     }
     if !fanned.deliveries.is_empty() {
-        // One leased entry for all of them (see `crate::schedule::embedded`).
+        // One leased entry for all of them (see `super::schedule`).
         let members = fanned.deliveries.iter().map(|(d, _)| d.id.as_str());
         lease_event(hot, tenant, event.id.as_str(), due_at_ms, members)?;
     }

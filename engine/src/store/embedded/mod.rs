@@ -24,7 +24,7 @@
 //!   it was handed before the store closes.
 //! - Reads use redb's read transactions and never wait for the writer.
 //! - A delivery's record names its schedule entry; a trigger leases its
-//!   fresh deliveries with one entry ([`crate::schedule::embedded`]); the
+//!   fresh deliveries with one entry ([`schedule`]); the
 //!   idempotency record under an event's id lists its deliveries.
 //! - A closure that fails leaves what it already wrote in the shared
 //!   transaction, so closures check before they write (a trigger is
@@ -39,6 +39,7 @@
 #[macro_use]
 mod tables;
 mod ingest;
+mod schedule;
 mod sweep;
 mod writer;
 
@@ -48,9 +49,6 @@ use crate::model::{
     Attempt, Delivery, DeliveryStats, DeliveryStatus, Event, EventTypeSeen, PluginVersion, Tenant,
     Webhook,
 };
-use crate::schedule::embedded::{
-    forget_event_leases, known_fresh_slot, lease_event, moved, release_leases, slot,
-};
 use crate::store::record::{compact, decode as dec, json as enc};
 use crate::store::{FanOutGate, VersionedHooks, WebhookCache};
 use crate::store::{IdempotentAnswer, Ingested, NewEvent, Page, PluginUpload, Store, StoreError};
@@ -58,6 +56,7 @@ use async_trait::async_trait;
 pub(crate) use ingest::listed_deliveries;
 use ingest::*;
 use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
+use schedule::{forget_event_leases, known_fresh_slot, lease_event, moved, release_leases, slot};
 use serde::de::DeserializeOwned;
 use std::cell::RefCell;
 use std::collections::hash_map::Entry;
@@ -634,9 +633,9 @@ impl EmbeddedStore {
 
 #[cfg(test)]
 mod tests {
+    use super::schedule::slot;
     use super::*;
     use crate::schedule::Schedule;
-    use crate::schedule::embedded::slot;
 
     fn schedule_keys(store: &EmbeddedStore) -> Vec<(u64, String)> {
         let txn = store.db().begin_read().unwrap();
