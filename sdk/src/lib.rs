@@ -596,14 +596,15 @@ fn to_wit(r: Request) -> wit::Request {
     }
 }
 
-/// Exports a [`Plugin`] implementation as the component's `handle` and
-/// `handle-many` (the same decisions, for several webhooks of one event).
+/// Exports a [`Plugin`] implementation as the component's `shape`
+/// (`handle`) and `batch` (`handle-many`: the same decisions, for several
+/// webhooks of one event) interfaces.
 #[macro_export]
 macro_rules! export_plugin {
     ($plugin:ty) => {
         struct __WasmhookGuest;
 
-        impl $crate::bindings::Guest for __WasmhookGuest {
+        impl $crate::bindings::exports::wasmhook::plugin::shape::Guest for __WasmhookGuest {
             fn handle(
                 event: $crate::bindings::wasmhook::plugin::types::Event,
                 webhook: $crate::bindings::wasmhook::plugin::types::Webhook,
@@ -614,7 +615,9 @@ macro_rules! export_plugin {
             > {
                 $crate::__handle::<$plugin>(event, webhook, delivery)
             }
+        }
 
+        impl $crate::bindings::exports::wasmhook::plugin::batch::Guest for __WasmhookGuest {
             fn handle_many(
                 event: $crate::bindings::wasmhook::plugin::types::Event,
                 targets: ::std::vec::Vec<(
@@ -631,6 +634,10 @@ macro_rules! export_plugin {
             }
         }
 
+        // Only a component has these exports: interface export names
+        // (`wasmhook:plugin/batch@…`) are not symbols a native library may
+        // export, and native builds (the plugin's unit tests) need none.
+        #[cfg(target_arch = "wasm32")]
         $crate::bindings::export!(__WasmhookGuest with_types_in $crate::bindings);
     };
 }

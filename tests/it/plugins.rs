@@ -88,6 +88,31 @@ async fn bad_uploads_are_refused_with_the_reason(backend: Backend) {
             && message.contains("wasi:http/outgoing-handler"),
         "{message}"
     );
+    // A component without the `shape` export, and one whose `handle` has
+    // another type than the world's, are refused at upload, saying so.
+    for (name, wat_text, needle) in [
+        ("empty", "(component)", "wasmhook:plugin/shape"),
+        (
+            "mistyped",
+            r#"(component
+                (core module $m (func (export "f")))
+                (core instance $i (instantiate $m))
+                (func $f (canon lift (core func $i "f")))
+                (instance $shape (export "handle" (func $f)))
+                (export "wasmhook:plugin/shape@0.1.0" (instance $shape)))"#,
+            "handle",
+        ),
+    ] {
+        let bytes = wat::parse_str(wat_text).unwrap();
+        let (status, body) = engine.upload(&key, name, bytes, "application/wasm").await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{name}: {body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("does not implement the wasmhook:plugin world")
+                && message.contains(needle),
+            "{name}: {message}"
+        );
+    }
     let (status, _) = engine
         .upload(&key, "x", b"abc".to_vec(), "text/plain")
         .await;

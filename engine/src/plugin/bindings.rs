@@ -7,8 +7,59 @@ use crate::plugin::request::{KeyFormat, OutRequest, Shaped, SigEncoding, SignSpe
 
 wasmtime::component::bindgen!({
     path: "../wit",
-    world: "plugin",
+    world: "plugin-many",
 });
+
+use self::exports::wasmhook::plugin::{batch, shape};
+use wasmtime::component::{Instance, InstancePre};
+
+/// A component linked against the world, its exports looked up once: the
+/// `shape` interface every plugin exports, and `batch` when it exports
+/// that too (a component built for the `plugin` world alone does not).
+pub struct PluginPre<T: 'static> {
+    pre: InstancePre<T>,
+    shape: shape::GuestIndices,
+    batch: Option<batch::GuestIndices>,
+}
+
+/// One instance's exports, typed by the generated bindings.
+pub struct Exports {
+    pub shape: shape::Guest,
+    pub batch: Option<batch::Guest>,
+}
+
+impl<T: 'static> PluginPre<T> {
+    /// Fails if the component does not export `shape`.
+    pub fn new(pre: InstancePre<T>) -> wasmtime::Result<Self> {
+        let shape = shape::GuestIndices::new(&pre)?;
+        let batch = batch::GuestIndices::new(&pre).ok();
+        Ok(PluginPre { pre, shape, batch })
+    }
+
+    pub fn instance_pre(&self) -> &InstancePre<T> {
+        &self.pre
+    }
+
+    /// True if the component exports `batch` (`handle-many`).
+    pub fn shares_calls(&self) -> bool {
+        self.batch.is_some()
+    }
+
+    /// The exports of `instance` (made from this), type-checked against
+    /// the world: a component whose functions have other types fails here.
+    pub fn exports(
+        &self,
+        mut store: impl wasmtime::AsContextMut<Data = T>,
+        instance: &Instance,
+    ) -> wasmtime::Result<Exports> {
+        let shape = self.shape.load(&mut store, instance)?;
+        let batch = match &self.batch {
+            Some(batch) => Some(batch.load(&mut store, instance)?),
+            None => None,
+        };
+        Ok(Exports { shape, batch })
+    }
+}
 
 pub use self::wasmhook::plugin::log::{Host as LogHost, Level};
 pub use self::wasmhook::plugin::types::Host as TypesHost;

@@ -1,7 +1,7 @@
 //! Calling a loaded plugin version on a warm instance, within the time limit
 //! and the memory cap, counting each attempt's outcome: one attempt
 //! (`handle`), or the first attempts of several webhooks of one event at once
-//! (`handle-many`, when the component exports it; the SDK does).
+//! (`handle-many`, when the component exports `batch`; the SDK does).
 //!
 //! What may happen twice: a shared call that fails as a whole (a trap, the
 //! time limit, a wrong number of results) is followed by one call per
@@ -9,7 +9,8 @@
 //! only its own; log lines the plugin wrote during the failed call may then
 //! be written again.
 
-use super::bindings::{self, Plugin, wasmhook::plugin::types as wit};
+use super::bindings::{self, PluginPre, wasmhook::plugin::types as wit};
+use super::host::{HostState, LogGate};
 use super::instances::Warm;
 use super::loaded::CallTimer;
 use super::{LoadedPlugin, PluginError, PluginRuntime, root};
@@ -19,17 +20,12 @@ use crate::plugin::request::{AttemptContext, Shaped};
 use std::sync::atomic::Ordering;
 use wasmtime::Store as WasmStore;
 use wasmtime::StoreLimitsBuilder;
-use wasmtime::component::Func;
 
 /// Attempts one `handle-many` call shapes at most; a larger fan-out takes
 /// several calls, each well within the time limit of one. A version whose
 /// shared call runs out of time shares half as many from then on
 /// ([`LoadedPlugin::shares_up_to`]).
 pub(super) const MAX_SHARED: usize = 16;
-
-/// `handle-many`'s parameters and results (see `wit/plugin.wit`).
-type ManyParams<'a> = (&'a wit::Event, &'a [(wit::Webhook, wit::Delivery)]);
-type ManyResults = (Vec<Result<wit::Decision, wit::PluginError>>,);
 
 impl PluginRuntime {
     /// Runs the plugin for one attempt, counting the outcome. CPU-bound and
@@ -46,7 +42,8 @@ impl PluginRuntime {
             (wit_event(event), wit_webhook(webhook), wit_delivery(ctx));
         let result = self
             .on_instance(plugin, ctx.timestamp, |warm| {
-                warm.instance
+                warm.exports
+                    .shape
                     .call_handle(&mut warm.store, &event, &webhook, &delivery)
             })
             .and_then(from_wit);
@@ -92,19 +89,22 @@ impl PluginRuntime {
         event: &wit::Event,
         targets: &[(&Webhook, &AttemptContext)],
     ) -> Option<Vec<Result<Shaped, PluginError>>> {
-        if targets.len() < 2 || !shares_calls(plugin) {
+        if targets.len() < 2 || !plugin.pre.shares_calls() {
             return None;
         }
         let items: Vec<_> = targets
             .iter()
             .map(|(webhook, ctx)| (wit_webhook(webhook), wit_delivery(ctx)))
             .collect();
-        let called = self.on_instance(plugin, targets[0].1.timestamp, |warm| match warm.many {
-            Some(func) => {
-                let typed = func.typed::<ManyParams<'_>, ManyResults>(&warm.store)?;
-                Ok(Some(typed.call(&mut warm.store, (event, &items))?.0))
+        let called = self.on_instance(plugin, targets[0].1.timestamp, |warm| {
+            match &warm.exports.batch {
+                Some(batch) => Ok(Some(batch.call_handle_many(
+                    &mut warm.store,
+                    event,
+                    &items,
+                )?)),
+                None => Ok(None),
             }
-            None => Ok(None),
         });
         if let Err(PluginError::Timeout(_)) = called {
             plugin.shared_call_timed_out();
@@ -151,33 +151,58 @@ impl PluginRuntime {
     }
 
     pub(super) fn instantiate(&self, plugin: &LoadedPlugin) -> Result<Warm, PluginError> {
+        let state = self.host_state(plugin.tenant.as_str(), &plugin.label(), plugin.gate.clone());
+        self.instance_of(&plugin.pre, state)
+    }
+
+    /// Instantiates a just-linked component once and loads its exports, so
+    /// one whose functions do not have the world's types is refused when it
+    /// is uploaded rather than at its first delivery.
+    pub(super) fn check_exports(&self, pre: &PluginPre<HostState>) -> Result<(), PluginError> {
+        let _ticking = self.ticker.hold();
+        let state = self.host_state("", "upload-check", Default::default());
+        let mut store = WasmStore::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        store.set_epoch_deadline(self.deadline_ticks);
+        let instance = pre
+            .instance_pre()
+            .instantiate(&mut store)
+            .map_err(|e| PluginError::Invalid(format!("instantiating it failed: {}", root(&e))))?;
+        pre.exports(&mut store, &instance).map_err(|e| {
+            PluginError::Invalid(format!(
+                "its `handle` (or `handle-many`) does not have the types wit/plugin.wit gives: {}",
+                root(&e)
+            ))
+        })?;
+        Ok(())
+    }
+
+    fn host_state(&self, tenant: &str, label: &str, gate: std::sync::Arc<LogGate>) -> HostState {
         let limits = StoreLimitsBuilder::new()
             .memory_size(self.config.memory_bytes)
             .trap_on_grow_failure(true)
             .build();
-        let state = super::host::HostState::new(
-            limits,
-            plugin.tenant.as_str(),
-            &plugin.label(),
-            plugin.gate.clone(),
-        );
+        HostState::new(limits, tenant, label, gate)
+    }
+
+    fn instance_of(
+        &self,
+        pre: &PluginPre<HostState>,
+        state: HostState,
+    ) -> Result<Warm, PluginError> {
         let mut store = WasmStore::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(self.deadline_ticks);
-        let instance = plugin
-            .pre
+        let instance = pre
             .instance_pre()
             .instantiate(&mut store)
             .map_err(|e| self.trap(e))?;
-        let bindings = Plugin::new(&mut store, &instance).map_err(|e| self.trap(e))?;
-        // Kept only if its signature is the one the WIT world gives.
-        let many = instance
-            .get_func(&mut store, "handle-many")
-            .filter(|f: &Func| f.typed::<ManyParams<'_>, ManyResults>(&store).is_ok());
+        let exports = pre
+            .exports(&mut store, &instance)
+            .map_err(|e| self.trap(e))?;
         Ok(Warm {
             store,
-            instance: bindings,
-            many,
+            exports,
             calls: 0,
         })
     }
@@ -218,16 +243,6 @@ impl PluginRuntime {
         }
         PluginError::Trap(root(&e))
     }
-}
-
-/// True if the version's component exports `handle-many`.
-fn shares_calls(plugin: &LoadedPlugin) -> bool {
-    plugin
-        .pre
-        .instance_pre()
-        .component()
-        .get_export_index(None, "handle-many")
-        .is_some()
 }
 
 fn from_wit(result: Result<wit::Decision, wit::PluginError>) -> Result<Shaped, PluginError> {

@@ -11,7 +11,7 @@
 //! instance (new ones when none is idle); instances past the budget are
 //! simply dropped after their call.
 
-use super::bindings::Plugin;
+use super::bindings::Exports;
 use super::host::HostState;
 use prometheus_client::metrics::gauge::Gauge;
 use std::sync::Mutex;
@@ -25,9 +25,8 @@ const PER_PLUGIN: usize = 8;
 
 pub struct Warm {
     pub store: Store<HostState>,
-    pub instance: Plugin,
-    /// The instance's `handle-many`, if it exports one of the right type.
-    pub many: Option<wasmtime::component::Func>,
+    /// Its `shape` and, when the component has it, `batch` exports.
+    pub exports: Exports,
     pub calls: u32,
 }
 

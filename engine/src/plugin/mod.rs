@@ -162,7 +162,7 @@ impl PluginRuntime {
         let engine = Engine::new(&wasm).map_err(fail)?;
         let mut linker = Linker::new(&engine);
         wasi::add_to_linker(&mut linker).map_err(fail)?;
-        bindings::Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+        bindings::PluginMany::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(fail)?;
         let disk = match &config.cache_dir {
             Some(dir) => Some(cache::DiskCache::open(dir, &engine).map_err(|e| {
@@ -222,12 +222,18 @@ impl PluginRuntime {
                 root(&e)
             ))
         })?;
-        PluginPre::new(pre).map_err(|e| {
+        let pre = PluginPre::new(pre).map_err(|e| {
             PluginError::Invalid(format!(
                 "the component does not implement the wasmhook:plugin world: {}",
                 root(&e)
             ))
-        })
+        })?;
+        self.check_exports(&pre).map_err(|e| {
+            PluginError::Invalid(format!(
+                "the component does not implement the wasmhook:plugin world: {e}"
+            ))
+        })?;
+        Ok(pre)
     }
 
     /// The compiled form of `bytes` (`sha256` is their hash): shared with

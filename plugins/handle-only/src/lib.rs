@@ -1,5 +1,5 @@
 //! A plugin built against the `plugin` world alone, with `wit-bindgen` and
-//! no SDK: it exports `handle` but not `handle-many`, as a component made
+//! no SDK: it exports `shape` (`handle`) but not `batch` (`handle-many`), as a component made
 //! with another toolchain, or with an SDK from before `handle-many`, does.
 //! The engine must shape a fan-out with one `handle` call per webhook.
 //!
@@ -8,7 +8,8 @@
 
 wit_bindgen::generate!({ path: "../../wit", world: "plugin" });
 
-use wasmhook::plugin::types::Request;
+use exports::wasmhook::plugin::shape::Guest;
+use wasmhook::plugin::types::{Decision, Delivery, Event, PluginError, Request, Webhook};
 
 struct HandleOnly;
 
@@ -27,4 +28,5 @@ impl Guest for HandleOnly {
     }
 }
 
+#[cfg(target_arch = "wasm32")]
 export!(HandleOnly);
