@@ -12,6 +12,7 @@
 //! - Counters (`DeliveryStats`) change in the same write as the status they count.
 
 pub mod embedded;
+pub mod plan;
 pub(crate) mod record;
 pub mod redis;
 
@@ -32,32 +33,6 @@ pub use crate::filter::fan_out::{
 };
 pub use crate::plugin::PluginUpload;
 pub use embedded::EmbeddedStore;
-
-/// Fans a trigger out over `hooks` (see [`fan_out`]): where it is, when no
-/// payload filter runs; in `gate`'s turn on a blocking thread when one does.
-/// Gives the trigger back with the targets and how many a filter stopped;
-/// both backends plan their triggers with it.
-pub async fn plan_fan_out(
-    gate: &FanOutGate,
-    hooks: Arc<Vec<CachedHook>>,
-    new: NewEvent,
-) -> (NewEvent, Vec<Arc<Webhook>>, u32) {
-    if !crate::filter::fan_out::filters_run(&hooks, &new.event_type, new.only_webhook.as_ref()) {
-        let (targets, filtered) = fan_out(
-            &hooks,
-            &new.event_type,
-            &new.data,
-            new.only_webhook.as_ref(),
-        );
-        return (new, targets, filtered);
-    }
-    let tenant = new.tenant.clone();
-    gate.run(&tenant, move || {
-        let (targets, filtered) = fan_out(&hooks, &new.event_type, &new.data, None);
-        (new, targets, filtered)
-    })
-    .await
-}
 
 /// A new pending delivery of `event` to `webhook`, due at `due_at_ms`.
 pub fn new_delivery(event: &Event, webhook: &Webhook, due_at_ms: u64) -> Delivery {

@@ -603,9 +603,8 @@ impl EmbeddedStore {
             let mut triggers = Vec::with_capacity(news.len());
             for new in news {
                 let (version, hooks) = self.hooks(&new.tenant).await?;
-                let (new, targets, filtered) =
-                    crate::store::plan_fan_out(&self.gate, hooks, new).await;
-                triggers.push(Trigger::new(new, version, targets, filtered));
+                let plan = crate::store::plan::Plan::make(&self.gate, hooks, new).await;
+                triggers.push(Trigger::new(plan, version));
             }
             let cache = self.webhooks.clone();
             let written = self

@@ -41,6 +41,7 @@
 mod notices;
 mod scripts;
 
+use crate::store::plan::Plan;
 pub use notices::Notice;
 use scripts::*;
 
@@ -158,36 +159,17 @@ impl RedisStore {
         Ok(self.hooks.fill(tenant, version.unwrap_or(0), hooks))
     }
 
-    /// One try of a trigger with the webhooks read at `version`: `None` if
-    /// they have changed since.
+    /// One try of a trigger planned with the webhooks read at `version`:
+    /// the plan back if they have changed since.
     async fn try_ingest(
         &self,
-        new: &NewEvent,
+        plan: Plan,
         version: i64,
-        (targets, filtered): (Vec<std::sync::Arc<Webhook>>, u32),
-    ) -> Result<Option<Ingested>, StoreError> {
-        let t = new.tenant.clone();
-        let event = Event {
-            id: new.id.clone(),
-            tenant: t.clone(),
-            event_type: new.event_type.clone(),
-            data: new.data.clone(),
-            occurred_at_ms: new.occurred_at_ms,
-        };
-        let deliveries: Vec<Delivery> = targets
-            .iter()
-            .map(|w| super::new_delivery(&event, w, new.due_at_ms))
-            .collect();
-        let answer = IdempotentAnswer {
-            event_id: event.id.clone(),
-            event_type: event.event_type.clone(),
-            deliveries: deliveries.len() as u32,
-            fingerprint: new.fingerprint.clone(),
-            at_ms: new.occurred_at_ms,
-            delivery_ids: Vec::new(),
-        };
+    ) -> Result<Result<Ingested, Plan>, StoreError> {
+        let t = plan.event.tenant.clone();
+        let event = &plan.event;
         let id_key = self.key(&t, &format!("idem:{t}:id:{}", event.id));
-        let header_key = match &new.idempotency_key {
+        let header_key = match &plan.idempotency_key {
             Some(k) => self.key(&t, &format!("idem:{t}:key:{k}")),
             None => id_key.clone(),
         };
@@ -200,17 +182,17 @@ impl RedisStore {
             .key(self.key(&t, &format!("stats:{t}")))
             .key(self.key(&t, &format!("types:{t}")))
             .key(self.key(&t, &format!("evp:{t}:{}", event.id)))
-            .arg(json(&answer))
-            .arg(json(&event))
+            .arg(json(&plan.answer()))
+            .arg(json(event))
             .arg(self.ttl_secs)
-            .arg(new.due_at_ms)
+            .arg(plan.due_at_ms)
             .arg(t.as_str())
             .arg(&event.event_type)
             .arg(event.occurred_at_ms)
-            .arg(deliveries.len())
+            .arg(plan.deliveries.len())
             .key(self.key(&t, &format!("whv:{t}")))
             .arg(version);
-        for d in &deliveries {
+        for d in &plan.deliveries {
             call.key(self.key(&t, &format!("d:{}", d.id)))
                 .key(self.key(&t, &format!("whd:{}", d.webhook_id)))
                 .arg(d.id.as_str())
@@ -219,23 +201,13 @@ impl RedisStore {
         }
         let (written, previous): (i64, String) = call.invoke_async(&mut self.conn()).await?;
         match written {
-            1 => {
-                return Ok(Some(Ingested::Created {
-                    event,
-                    deliveries,
-                    webhooks: targets,
-                    filtered,
-                }));
+            1 => Ok(Ok(plan.created())),
+            2 => Ok(Err(plan)),
+            _ => {
+                let prev: IdempotentAnswer = parse(&previous)?;
+                Ok(Ok(plan.after(prev)))
             }
-            2 => return Ok(None),
-            _ => {}
         }
-        let prev: IdempotentAnswer = parse(&previous)?;
-        Ok(Some(if prev.fingerprint == new.fingerprint {
-            Ingested::Replayed(prev)
-        } else {
-            Ingested::KeyReused(prev)
-        }))
     }
 
     /// Changes a tenant's webhooks with `change`, bumping their version in
@@ -406,10 +378,10 @@ impl Store for RedisStore {
         let mut new = new;
         for _ in 0..5 {
             let (version, hooks) = self.hooks(&new.tenant).await?;
-            let (back, targets, filtered) = super::plan_fan_out(&self.gate, hooks, new).await;
-            new = back;
-            if let Some(done) = self.try_ingest(&new, version, (targets, filtered)).await? {
-                return Ok(done);
+            let plan = Plan::make(&self.gate, hooks, new).await;
+            match self.try_ingest(plan, version).await? {
+                Ok(done) => return Ok(done),
+                Err(stale) => new = stale.into_new(),
             }
             self.hooks.forget(&new.tenant);
         }
