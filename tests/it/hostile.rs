@@ -359,6 +359,17 @@ async fn one_tenants_costly_filters_do_not_slow_another_tenant(backend: Backend)
     );
 }
 
+/// A dry run of `chaos` (base64) as plugin `fmt` on one event.
+async fn one_event_dry_run(engine: &TestEngine, key: &str, chaos: &str) -> (StatusCode, Value) {
+    engine
+        .post(
+            "/api/plugins/fmt/dry-run",
+            key,
+            json!({"component": chaos, "events": [{"type": "a.b", "data": {}}]}),
+        )
+        .await
+}
+
 #[tokio::test]
 async fn dry_runs_are_one_at_a_time_and_bounded() {
     let engine = TestEngine::spawn().await;
@@ -401,13 +412,7 @@ async fn dry_runs_are_one_at_a_time_and_bounded() {
         })
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (status, answer) = engine
-        .post(
-            "/api/plugins/fmt/dry-run",
-            &key,
-            json!({"component": chaos, "events": [{"type": "a.b", "data": {}}]}),
-        )
-        .await;
+    let (status, answer) = one_event_dry_run(&engine, &key, &chaos).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{answer}");
     assert_eq!(answer["error"]["code"], "plugin_busy");
     // So is an upload of the same tenant meanwhile: one compile at a time.
@@ -428,13 +433,7 @@ async fn dry_runs_are_one_at_a_time_and_bounded() {
     engine
         .webhook(&other, "http://127.0.0.1:9/h", json!({"plugin": "fmt"}))
         .await;
-    let (status, _) = engine
-        .post(
-            "/api/plugins/fmt/dry-run",
-            &other,
-            json!({"component": chaos, "events": [{"type": "a.b", "data": {}}]}),
-        )
-        .await;
+    let (status, _) = one_event_dry_run(&engine, &other, &chaos).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
 
     let (status, answer) = slow.await.unwrap();
@@ -443,13 +442,7 @@ async fn dry_runs_are_one_at_a_time_and_bounded() {
     assert_eq!(answer["truncated"], true, "{}", answer["runs"]);
     assert!(answer["runs"].as_u64().unwrap() <= 100);
     // Free again once it ended.
-    let (status, answer) = engine
-        .post(
-            "/api/plugins/fmt/dry-run",
-            &key,
-            json!({"component": chaos, "events": [{"type": "a.b", "data": {}}]}),
-        )
-        .await;
+    let (status, answer) = one_event_dry_run(&engine, &key, &chaos).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_eq!(answer["truncated"], false);
 }

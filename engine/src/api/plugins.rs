@@ -423,8 +423,7 @@ pub async fn dry_run(
         );
         let mut filtered = 0u32;
         for (i, event) in events.iter().enumerate() {
-            let (targets, stopped) =
-                crate::store::fan_out(&hooks, &event.event_type, &event.data, None);
+            let (targets, stopped) = crate::store::fan_out(&hooks, &event.event_type, &event.data);
             filtered += stopped;
             for webhook in &targets {
                 if out.len() >= DRY_RUN_MAX_RUNS || started.elapsed() > DRY_RUN_BUDGET {

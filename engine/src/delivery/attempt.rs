@@ -67,12 +67,13 @@ impl Exchange {
         }
     }
 
-    /// The attempt's record.
-    fn record(&self, delivery: &DeliveryId, number: u32, started_at_ms: u64) -> Attempt {
-        let (status_code, response_body, error) = match &self.ended {
-            Ended::Answered { status, body, .. } => (Some(*status), Some(body.clone()), None),
+    /// The attempt's record: what it holds moves there.
+    fn into_attempt(self, delivery: &DeliveryId, number: u32, started_at_ms: u64) -> Attempt {
+        let outcome = self.ended.outcome();
+        let (status_code, response_body, error) = match self.ended {
+            Ended::Answered { status, body, .. } => (Some(status), Some(body), None),
             Ended::Skipped(_) => (None, None, None),
-            Ended::Failed(_, error) => (None, None, Some(error.clone())),
+            Ended::Failed(_, error) => (None, None, Some(error)),
         };
         Attempt {
             delivery_id: delivery.clone(),
@@ -82,8 +83,8 @@ impl Exchange {
             status_code,
             response_body,
             error,
-            plugin: self.plugin.clone(),
-            outcome: self.ended.outcome(),
+            plugin: self.plugin,
+            outcome,
         }
     }
 }
@@ -126,8 +127,7 @@ impl Deliverer {
         let slot_until = Instant::now() + (budget - timeout);
 
         let started_at_ms = now_ms();
-        let number = delivery.attempts + 1;
-        let ctx = AttemptContext::new(delivery.id.as_str(), number, started_at_ms);
+        let ctx = AttemptContext::new(delivery.id.as_str(), delivery.attempts + 1, started_at_ms);
         let what = ToShape {
             event: &event,
             webhook: &webhook,
@@ -136,8 +136,7 @@ impl Deliverer {
         let exchange = self
             .exchange(&what, &target, ctx, shared, timeout, slot_until)
             .await;
-        let attempt = exchange.record(&delivery.id, number, started_at_ms);
-        self.record(*delivery, attempt, &exchange.ended, &webhook)
+        self.record(*delivery, exchange, started_at_ms, &webhook)
             .await
     }
 
@@ -266,34 +265,37 @@ impl Deliverer {
         (Some(plugin), shaped)
     }
 
-    /// Records an attempt that ended as `ended` and what follows from it:
-    /// done, a retry at a time, or failed (and the webhook disabled on
-    /// `410 Gone`).
+    /// Records the next attempt of `delivery`, which ended as `exchange`
+    /// says, and what follows from it: done, a retry at a time, or failed
+    /// (and the webhook disabled on `410 Gone`).
     async fn record(
         &self,
         mut delivery: Delivery,
-        attempt: Attempt,
-        ended: &Ended,
+        exchange: Exchange,
+        started_at_ms: u64,
         webhook: &Webhook,
     ) -> Result<(), StoreError> {
         let now = now_ms();
+        let number = delivery.attempts + 1;
         let next = decide::next(
-            ended,
+            &exchange.ended,
             &webhook.retry_policy,
-            attempt.attempt,
+            number,
             now,
             &mut rand::rng(),
         );
-        delivery.attempts = attempt.attempt;
+        let attempt = exchange.into_attempt(&delivery.id, number, started_at_ms);
+        delivery.attempts = number;
         delivery.last_status_code = attempt.status_code;
         delivery.updated_at_ms = now;
-        let (status, reason, due) = match &next {
+        let gone = next == Next::Gone;
+        let (status, reason, due) = match next {
             Next::Succeeded => (DeliveryStatus::Succeeded, None, None),
-            Next::Skipped(reason) => (DeliveryStatus::Skipped, Some(reason.clone()), None),
+            Next::Skipped(reason) => (DeliveryStatus::Skipped, Some(reason), None),
             Next::RetryAt { due_ms, reason } => {
-                (DeliveryStatus::Pending, Some(reason.clone()), Some(*due_ms))
+                (DeliveryStatus::Pending, Some(reason), Some(due_ms))
             }
-            Next::GaveUp(reason) => (DeliveryStatus::Failed, Some(reason.clone()), None),
+            Next::GaveUp(reason) => (DeliveryStatus::Failed, Some(reason), None),
             Next::Gone => (DeliveryStatus::Failed, Some(decide::GONE.into()), None),
         };
         delivery.status = status;
@@ -315,7 +317,7 @@ impl Deliverer {
             // Nothing waits for a final outcome's record (see `finish_final`).
             self.store.finish_final(delivery, Some(attempt)).await;
         }
-        if next == Next::Gone {
+        if gone {
             self.disable(webhook, "receiver answered 410 Gone").await?;
         }
         Ok(())
@@ -333,14 +335,13 @@ impl Deliverer {
             Ok(None) => return,
             Err(e) => return crate::store::unrecorded(id, &e),
         };
-        let number = ready.delivery.attempts + 1;
         let ended = Ended::Failed(
             AttemptOutcome::EngineError,
             format!("the engine failed during this attempt: {what}"),
         );
-        let attempt = Exchange::before_sending(ended.clone(), None).record(id, number, now_ms());
+        let exchange = Exchange::before_sending(ended, None);
         if let Err(e) = self
-            .record(*ready.delivery, attempt, &ended, &ready.webhook)
+            .record(*ready.delivery, exchange, now_ms(), &ready.webhook)
             .await
         {
             crate::store::unrecorded(id, &e);

@@ -32,23 +32,22 @@ fn subscribed<'a>(
     })
 }
 
-/// Which of a tenant's webhooks get an event: active and subscribed (or the
-/// one a test event names), and whose payload filter matches. Returns them
-/// and how many a filter turned away. The data is parsed at most once, and
-/// only if a filter needs it. Data accepted at ingest always parses (see
-/// [`crate::payload`]); data that did not would match no filter.
+/// Which of a tenant's webhooks get an event: active, subscribed, and
+/// whose payload filter matches. Returns them and how many a filter turned
+/// away. The data is parsed at most once, and only if a filter needs it.
+/// Data accepted at ingest always parses (see [`crate::payload`]); data
+/// that did not would match no filter.
 pub fn fan_out(
     hooks: &[CachedHook],
     event_type: &str,
     data: &RawValue,
-    only_webhook: Option<&WebhookId>,
 ) -> (Vec<Arc<Webhook>>, u32) {
     let mut parsed: Option<Option<serde_json::Value>> = None;
     let mut filtered = 0u32;
     let mut targets = Vec::new();
-    for (w, filter) in subscribed(hooks, event_type, only_webhook) {
-        let pass = match (filter, only_webhook) {
-            (Some(f), None) => {
+    for (w, filter) in subscribed(hooks, event_type, None) {
+        let pass = match filter {
+            Some(f) => {
                 let data = parsed.get_or_insert_with(|| {
                     serde_json::from_str(data.get())
                         .inspect_err(|e| tracing::error!(error = %e, "event data does not parse; no payload filter matches it"))
@@ -56,7 +55,7 @@ pub fn fan_out(
                 });
                 data.as_ref().is_some_and(|d| f.matches(d))
             }
-            _ => true,
+            None => true,
         };
         if pass {
             targets.push(w.clone());
@@ -67,14 +66,21 @@ pub fn fan_out(
     (targets, filtered)
 }
 
-/// True if fanning out an event of `event_type` evaluates a payload filter.
-pub fn filters_run(
+/// [`fan_out`] when it evaluates no payload filter (the webhooks it finds
+/// have none, or a test event names its one webhook): the targets, found in
+/// one pass; none as soon as a subscribed webhook has a filter, so the
+/// caller can run the filters where they belong ([`FanOutGate`]).
+pub fn without_filters(
     hooks: &[CachedHook],
     event_type: &str,
     only_webhook: Option<&WebhookId>,
-) -> bool {
-    only_webhook.is_none()
-        && subscribed(hooks, event_type, None).any(|(_, filter)| filter.is_some())
+) -> Option<Vec<Arc<Webhook>>> {
+    subscribed(hooks, event_type, only_webhook)
+        .map(|(w, filter)| match (filter, only_webhook) {
+            (Some(_), None) => None,
+            _ => Some(w.clone()),
+        })
+        .collect()
 }
 
 /// Where fan-outs that evaluate payload filters run: on blocking threads,

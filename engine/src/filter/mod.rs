@@ -33,7 +33,7 @@ use regex_automata::dfa::{Automaton, dense, sparse};
 use regex_automata::{Input, MatchKind};
 use serde_json::Value;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 
 /// Most conditions (paths, operators, `$and`/`$or`) in one filter.
 pub const MAX_NODES: usize = 200;
@@ -91,12 +91,16 @@ struct Budget {
 
 /// Compiled filters by their JSON text. Those no webhook cache holds are
 /// dropped once there are more than [`SHARED_UNUSED`] entries.
-static SHARED: Mutex<Option<HashMap<String, Arc<Filter>>>> = Mutex::new(None);
+static SHARED: LazyLock<Mutex<HashMap<String, Arc<Filter>>>> = LazyLock::new(Mutex::default);
 const SHARED_UNUSED: usize = 1024;
 
 impl Filter {
     pub fn compile(spec: &Value) -> Result<Filter, FilterError> {
-        let bytes = spec.to_string().len();
+        Self::compile_sized(spec, spec.to_string().len())
+    }
+
+    /// [`Filter::compile`] of a spec whose JSON text is `bytes` long.
+    fn compile_sized(spec: &Value, bytes: usize) -> Result<Filter, FilterError> {
         if bytes > MAX_FILTER_BYTES {
             return Err(err(format!(
                 "{bytes} bytes of JSON; a filter may have at most {MAX_FILTER_BYTES}"
@@ -116,17 +120,11 @@ impl Filter {
     /// workers.
     pub fn shared(spec: &Value) -> Result<Arc<Filter>, FilterError> {
         let key = spec.to_string();
-        if let Some(found) = SHARED
-            .lock()
-            .expect("filter cache lock")
-            .as_ref()
-            .and_then(|m| m.get(&key).cloned())
-        {
-            return Ok(found);
+        if let Some(found) = SHARED.lock().expect("filter cache lock").get(&key) {
+            return Ok(found.clone());
         }
-        let filter = Arc::new(Filter::compile(spec)?);
-        let mut shared = SHARED.lock().expect("filter cache lock");
-        let map = shared.get_or_insert_with(HashMap::new);
+        let filter = Arc::new(Filter::compile_sized(spec, key.len())?);
+        let mut map = SHARED.lock().expect("filter cache lock");
         if map.len() >= SHARED_UNUSED {
             map.retain(|_, f| Arc::strong_count(f) > 1);
         }

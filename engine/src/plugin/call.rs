@@ -160,10 +160,7 @@ impl PluginRuntime {
     /// is uploaded rather than at its first delivery.
     pub(super) fn check_exports(&self, pre: &PluginPre<HostState>) -> Result<(), PluginError> {
         let _ticking = self.ticker.hold();
-        let state = self.host_state("", "upload-check", Default::default());
-        let mut store = WasmStore::new(&self.engine, state);
-        store.limiter(|s| &mut s.limits);
-        store.set_epoch_deadline(self.deadline_ticks);
+        let mut store = self.store_for(self.host_state("", "upload-check", Default::default()));
         let instance = pre
             .instance_pre()
             .instantiate(&mut store)
@@ -185,14 +182,20 @@ impl PluginRuntime {
         HostState::new(limits, tenant, label, gate)
     }
 
+    /// A store for one instance: the memory cap, and the deadline set.
+    fn store_for(&self, state: HostState) -> WasmStore<HostState> {
+        let mut store = WasmStore::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        store.set_epoch_deadline(self.deadline_ticks);
+        store
+    }
+
     fn instance_of(
         &self,
         pre: &PluginPre<HostState>,
         state: HostState,
     ) -> Result<Warm, PluginError> {
-        let mut store = WasmStore::new(&self.engine, state);
-        store.limiter(|s| &mut s.limits);
-        store.set_epoch_deadline(self.deadline_ticks);
+        let mut store = self.store_for(state);
         let instance = pre
             .instance_pre()
             .instantiate(&mut store)

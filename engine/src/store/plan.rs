@@ -7,7 +7,7 @@
 //! write).
 
 use super::{IdempotentAnswer, Ingested, NewEvent, fan_out};
-use crate::filter::fan_out::{CachedHook, FanOutGate, filters_run};
+use crate::filter::fan_out::{CachedHook, FanOutGate, without_filters};
 use crate::ids::WebhookId;
 use crate::model::{Delivery, Event, Webhook};
 use std::sync::Arc;
@@ -30,23 +30,18 @@ impl Plan {
     /// Fans `new` out over `hooks`: where it is when no payload filter runs,
     /// in `gate`'s turn on a blocking thread when one does.
     pub async fn make(gate: &FanOutGate, hooks: Arc<Vec<CachedHook>>, new: NewEvent) -> Plan {
-        let (new, targets, filtered) =
-            if filters_run(&hooks, &new.event_type, new.only_webhook.as_ref()) {
+        let unfiltered = without_filters(&hooks, &new.event_type, new.only_webhook.as_ref());
+        let (new, targets, filtered) = match unfiltered {
+            Some(targets) => (new, targets, 0),
+            None => {
                 let tenant = new.tenant.clone();
                 gate.run(&tenant, move || {
-                    let (targets, filtered) = fan_out(&hooks, &new.event_type, &new.data, None);
+                    let (targets, filtered) = fan_out(&hooks, &new.event_type, &new.data);
                     (new, targets, filtered)
                 })
                 .await
-            } else {
-                let (targets, filtered) = fan_out(
-                    &hooks,
-                    &new.event_type,
-                    &new.data,
-                    new.only_webhook.as_ref(),
-                );
-                (new, targets, filtered)
-            };
+            }
+        };
         let event = Event {
             id: new.id,
             tenant: new.tenant,
