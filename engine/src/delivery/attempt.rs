@@ -25,7 +25,6 @@ use super::outgoing::Outgoing;
 use super::shape::{self, ShapeError};
 use super::shared::SharedShaping;
 use super::{Deliverer, RESHAPE_AFTER, Ready};
-use crate::clock::now_ms;
 use crate::ids::{DeliveryId, TenantId};
 use crate::metrics::OutcomeLabel;
 use crate::model::{Attempt, AttemptOutcome, Delivery, DeliveryStatus, Event, Webhook};
@@ -126,7 +125,7 @@ impl Deliverer {
         let timeout = Duration::from_millis(webhook.timeout_ms).min(budget);
         let slot_until = Instant::now() + (budget - timeout);
 
-        let started_at_ms = now_ms();
+        let started_at_ms = self.clock.now_ms();
         let ctx = AttemptContext::new(delivery.id.as_str(), delivery.attempts + 1, started_at_ms);
         let what = ToShape {
             event: &event,
@@ -177,7 +176,7 @@ impl Deliverer {
         if !slot.waited.is_zero() {
             self.metrics.origin_waits.inc();
         }
-        let now = now_ms();
+        let now = self.clock.now_ms();
         if now.saturating_sub(ctx.at_ms()) > RESHAPE_AFTER.as_millis() as u64 {
             ctx = AttemptContext::new(&ctx.delivery_id, ctx.attempt, now);
             let (_, again) = self.shape(what, &ctx, version).await;
@@ -186,7 +185,7 @@ impl Deliverer {
                 Err(ended) => return Exchange::before_sending(ended, plugin),
             };
         }
-        let out = Outgoing::build(what.webhook, req, &ctx, now_ms());
+        let out = Outgoing::build(what.webhook, req, &ctx, self.clock.now_ms());
         let sent = self
             .client
             .post(&target.uri, out.headers, out.body, timeout)
@@ -275,7 +274,7 @@ impl Deliverer {
         started_at_ms: u64,
         webhook: &Webhook,
     ) -> Result<(), StoreError> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let number = delivery.attempts + 1;
         let next = decide::next(
             &exchange.ended,
@@ -341,7 +340,12 @@ impl Deliverer {
         );
         let exchange = Exchange::before_sending(ended, None);
         if let Err(e) = self
-            .record(*ready.delivery, exchange, now_ms(), &ready.webhook)
+            .record(
+                *ready.delivery,
+                exchange,
+                self.clock.now_ms(),
+                &ready.webhook,
+            )
             .await
         {
             crate::store::unrecorded(id, &e);
@@ -358,7 +362,7 @@ impl Deliverer {
         delivery.status = DeliveryStatus::Failed;
         delivery.reason = Some(reason.to_owned());
         delivery.next_attempt_at_ms = None;
-        delivery.updated_at_ms = now_ms();
+        delivery.updated_at_ms = self.clock.now_ms();
         self.count_final(delivery.status);
         self.store.finish_attempt(delivery, None).await
     }
@@ -372,7 +376,7 @@ impl Deliverer {
         tracing::warn!(tenant = %webhook.tenant, webhook = %webhook.id, reason, "disabling webhook");
         webhook.active = false;
         webhook.disabled_reason = Some(reason.to_owned());
-        webhook.updated_at_ms = now_ms();
+        webhook.updated_at_ms = self.clock.now_ms();
         self.store.put_webhook(webhook).await
     }
 

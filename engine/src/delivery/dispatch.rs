@@ -18,7 +18,6 @@ use super::admission::{Admitted, Ticket};
 use super::origins::Target;
 use super::{CLAIM_BATCH, DRAIN, Deliverer, Job, MAX_IDLE, Ready};
 use crate::Shutdown;
-use crate::clock::now_ms;
 use crate::ids::{DeliveryId, TenantId};
 use crate::model::{Delivery, DeliveryStatus};
 use futures_util::FutureExt;
@@ -44,7 +43,8 @@ impl Deliverer {
                     Ok(true) => Duration::ZERO,
                     Ok(false) => match self.schedule.next_due_ms().await {
                         Ok(Some(due)) => {
-                            Duration::from_millis(due.saturating_sub(now_ms())).min(MAX_IDLE)
+                            Duration::from_millis(due.saturating_sub(self.clock.now_ms()))
+                                .min(MAX_IDLE)
                         }
                         _ => MAX_IDLE,
                     },
@@ -88,7 +88,7 @@ impl Deliverer {
         if free == 0 {
             return Ok(false);
         }
-        let (now, lease) = (now_ms(), self.lease.as_millis() as u64);
+        let (now, lease) = (self.clock.now_ms(), self.lease.as_millis() as u64);
         let ids = self.schedule.claim_due(now, free, lease).await?;
         // An event lease claimed as one entry may bring several deliveries.
         let full = ids.len() >= free;
@@ -205,7 +205,7 @@ impl Deliverer {
         loop {
             let (next, next_ticket) = ticket.take()?.finish()?;
             *ticket = Some(next_ticket);
-            if in_lease(&next.delivery, self.lease, now_ms()) {
+            if in_lease(&next.delivery, self.lease, self.clock.now_ms()) {
                 return Some(next);
             }
             tracing::debug!(delivery = %next.delivery.id, "waited too long for its origin; it goes out when its lease ends");
@@ -313,5 +313,226 @@ mod tests {
             ..d
         };
         assert!(!in_lease(&done, lease, 1_000));
+    }
+
+    /// The dispatch loop on tokio's paused clock: a schedule that hands out
+    /// entries by due time and notes every look, in front of an empty
+    /// embedded store (so each claimed delivery is found gone and its task
+    /// ends). Nothing here waits on the wall clock.
+    mod paused {
+        use crate::clock::Clock;
+        use crate::delivery::client::HttpClient;
+        use crate::delivery::{CLAIM_BATCH, Deliverer, Limits, MAX_IDLE};
+        use crate::ids::{DeliveryId, TenantId};
+        use crate::metrics::Metrics;
+        use crate::plugin::{PluginConfig, PluginRuntime};
+        use crate::schedule::Schedule;
+        use crate::store::{EmbeddedStore, StoreError};
+        use async_trait::async_trait;
+        use std::sync::{Arc, Mutex};
+        use std::time::Duration;
+
+        const LEASE: Duration = Duration::from_secs(90);
+
+        /// One look at the schedule: when, and how many entries it took.
+        #[derive(Debug, Clone, Copy, PartialEq)]
+        struct Look {
+            at_ms: u64,
+            took: usize,
+        }
+
+        #[derive(Default)]
+        struct Entries {
+            due: Mutex<Vec<u64>>,
+            looks: Mutex<Vec<Look>>,
+        }
+
+        impl Entries {
+            fn add(&self, due_ms: u64, n: usize) {
+                self.due
+                    .lock()
+                    .unwrap()
+                    .extend(std::iter::repeat_n(due_ms, n));
+            }
+            fn looks(&self) -> Vec<Look> {
+                self.looks.lock().unwrap().clone()
+            }
+        }
+
+        #[async_trait]
+        impl Schedule for Entries {
+            async fn claim_due(
+                &self,
+                now_ms: u64,
+                limit: usize,
+                lease_ms: u64,
+            ) -> Result<Vec<(TenantId, DeliveryId)>, StoreError> {
+                assert_eq!(lease_ms, LEASE.as_millis() as u64);
+                let mut due = self.due.lock().unwrap();
+                due.sort_unstable();
+                let took = due.iter().take(limit).filter(|&&d| d <= now_ms).count();
+                due.drain(..took);
+                self.looks.lock().unwrap().push(Look {
+                    at_ms: now_ms,
+                    took,
+                });
+                let tenant = TenantId::from_trusted("t");
+                Ok((0..took)
+                    .map(|_| (tenant.clone(), DeliveryId::generate()))
+                    .collect())
+            }
+
+            async fn next_due_ms(&self) -> Result<Option<u64>, StoreError> {
+                Ok(self.due.lock().unwrap().iter().min().copied())
+            }
+        }
+
+        struct Running {
+            deliverer: Arc<Deliverer>,
+            entries: Arc<Entries>,
+            start_ms: u64,
+            stop: tokio::sync::watch::Sender<bool>,
+            task: tokio::task::JoinHandle<()>,
+            _dir: tempfile::TempDir,
+        }
+
+        impl Running {
+            async fn stop(self) {
+                self.stop.send(true).unwrap();
+                self.task.await.unwrap();
+            }
+        }
+
+        /// A dispatcher on a paused clock, with `entries` scheduled before
+        /// it starts (`(due after start, how many)`).
+        fn start(entries: &[(Duration, usize)]) -> Running {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Arc::new(EmbeddedStore::open(dir.path(), LEASE, 1 << 20).unwrap());
+            let metrics = Arc::new(Metrics::new(None));
+            let config = PluginConfig {
+                instances: 4,
+                ..PluginConfig::default()
+            };
+            let plugins = Arc::new(PluginRuntime::new(config, metrics.plugins.clone()).unwrap());
+            let clock = Clock::tokio();
+            let start_ms = clock.now_ms();
+            let schedule = Arc::new(Entries::default());
+            for (after, n) in entries {
+                schedule.add(start_ms + after.as_millis() as u64, *n);
+            }
+            let limits = Limits {
+                lease: LEASE,
+                concurrency: 1000,
+                origin_concurrency: 8,
+            };
+            let deliverer = Deliverer::new(
+                store,
+                schedule.clone(),
+                plugins,
+                HttpClient::new(&[]),
+                metrics,
+                limits,
+            );
+            let deliverer = Arc::new(deliverer.with_clock(clock));
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let task = tokio::spawn(deliverer.clone().run(stopped));
+            Running {
+                deliverer,
+                entries: schedule,
+                start_ms,
+                stop,
+                task,
+                _dir: dir,
+            }
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_delivery_is_claimed_the_moment_it_comes_due() {
+            let run = start(&[(Duration::from_millis(400), 1)]);
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let looks = run.entries.looks();
+            let claimed: Vec<&Look> = looks.iter().filter(|l| l.took > 0).collect();
+            assert_eq!(claimed.len(), 1, "{looks:?}");
+            assert_eq!(claimed[0].at_ms, run.start_ms + 400, "{looks:?}");
+            assert!(
+                looks
+                    .iter()
+                    .all(|l| l.took == 0 || l.at_ms >= run.start_ms + 400),
+                "nothing is claimed before it is due: {looks:?}"
+            );
+            run.stop().await;
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_later_retry_is_claimed_within_a_second_of_its_due_time() {
+            let due_after = Duration::from_secs(30) + Duration::from_millis(250);
+            let run = start(&[(due_after, 1)]);
+            tokio::time::sleep(Duration::from_secs(40)).await;
+            let due = run.start_ms + due_after.as_millis() as u64;
+            let looks = run.entries.looks();
+            let claimed = looks.iter().find(|l| l.took > 0).expect("claimed");
+            assert!(
+                claimed.at_ms >= due && claimed.at_ms - due < MAX_IDLE.as_millis() as u64,
+                "due at {due}, claimed at {}",
+                claimed.at_ms
+            );
+            // While it waited the dispatcher looked about once per MAX_IDLE.
+            let before = looks.iter().filter(|l| l.at_ms < due).count();
+            assert!((30..=32).contains(&before), "{before} looks in 30 s");
+            run.stop().await;
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn an_idle_dispatcher_looks_once_per_max_idle() {
+            let run = start(&[]);
+            tokio::time::sleep(Duration::from_secs(10) + Duration::from_millis(500)).await;
+            let looks = run.entries.looks();
+            assert_eq!(looks.len(), 11, "at 0, 1, ... 10 s: {looks:?}");
+            for (i, look) in looks.iter().enumerate() {
+                assert_eq!(look.at_ms, run.start_ms + 1000 * i as u64);
+            }
+            run.stop().await;
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_wake_up_makes_it_look_at_once() {
+            let run = start(&[]);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            run.entries.add(run.start_ms + 300, 1);
+            run.deliverer.wake();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let looks = run.entries.looks();
+            let claimed = looks.iter().find(|l| l.took > 0).expect("claimed");
+            assert_eq!(claimed.at_ms, run.start_ms + 300, "{looks:?}");
+            run.stop().await;
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_full_batch_is_followed_by_another_claim_at_once() {
+            let run = start(&[(Duration::ZERO, 2 * CLAIM_BATCH + 88)]);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let looks = run.entries.looks();
+            let at = run.start_ms;
+            // A full batch means more may be due: look again at once;
+            // after a short one, nothing is left until MAX_IDLE.
+            assert_eq!(
+                looks,
+                [
+                    Look {
+                        at_ms: at,
+                        took: CLAIM_BATCH
+                    },
+                    Look {
+                        at_ms: at,
+                        took: CLAIM_BATCH
+                    },
+                    Look {
+                        at_ms: at,
+                        took: 88
+                    },
+                ],
+            );
+            run.stop().await;
+        }
     }
 }

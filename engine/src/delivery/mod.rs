@@ -30,6 +30,7 @@ mod shared;
 pub mod sign;
 pub mod ssrf;
 
+use crate::clock::Clock;
 use crate::ids::{DeliveryId, TenantId};
 use crate::metrics::Metrics;
 use crate::model::{Delivery, Event, Webhook};
@@ -108,6 +109,8 @@ pub struct Deliverer {
     fresh_tx: mpsc::Sender<Job>,
     fresh_rx: tokio::sync::Mutex<mpsc::Receiver<Job>>,
     admission: Admission<Ready>,
+    /// Where claims, leases and attempts read the time.
+    clock: Clock,
 }
 
 /// How many attempts run at once, and for how long a delivery is leased.
@@ -154,7 +157,15 @@ impl Deliverer {
             fresh_tx,
             fresh_rx: tokio::sync::Mutex::new(fresh_rx),
             admission,
+            clock: Clock::Wall,
         }
+    }
+
+    /// The same dispatcher reading the time from `clock` (tests pause
+    /// tokio's clock with [`Clock::tokio`]).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     pub fn lease(&self) -> Duration {

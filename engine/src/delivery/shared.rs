@@ -12,7 +12,6 @@
 
 use super::Deliverer;
 use super::shape::ShapeError;
-use crate::clock::now_ms;
 use crate::ids::DeliveryId;
 use crate::model::{Delivery, Event, Webhook};
 use crate::plugin::request::{AttemptContext, Shaped};
@@ -96,7 +95,11 @@ impl SharedShaping {
                 (Some(plugin.clone()), taken)
             }
             Err(error) => {
-                let ctx = AttemptContext::new(self.targets[place].1.as_str(), 1, now_ms());
+                let ctx = AttemptContext::new(
+                    self.targets[place].1.as_str(),
+                    1,
+                    deliverer.clock.now_ms(),
+                );
                 (None, (ctx, Err(error.clone())))
             }
         }
@@ -109,7 +112,7 @@ impl SharedShaping {
             .get(deliverer.store.as_ref(), tenant, &self.plugin)
             .await
             .map_err(|e| ShapeError::Plugin(e.to_string()))?;
-        let now = now_ms();
+        let now = deliverer.clock.now_ms();
         let contexts: Vec<AttemptContext> = self
             .targets
             .iter()
