@@ -3,7 +3,10 @@
 //! [`Settings`]. Unknown keys and invalid values stop start-up with a message
 //! naming the key.
 
+use crate::metrics::webhook::LabelBound;
+use crate::model::WebhookDefaults;
 use crate::plugin::PluginConfig;
+use crate::schedule::policy::RetryPolicy;
 use ipnet::IpNet;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -73,6 +76,39 @@ pub struct RawConfig {
     pub http_header_timeout_ms: u64,
     /// Time a request's body may take to arrive, from its headers.
     pub http_body_timeout_ms: u64,
+    /// The retry policy of webhooks that name none: JSON (in the
+    /// environment) or a table (in the file), as a webhook's `retry_policy`.
+    pub default_retry_policy: Option<PolicyInput>,
+    /// The timeout of webhooks that name none.
+    pub default_timeout_ms: u64,
+    /// Distinct (tenant, event) label sets of the `webhook_*` metrics; past
+    /// it an event is counted as `event="other"`.
+    pub metrics_label_sets: usize,
+    /// Whether the `webhook_*` metrics carry `tenant_id` and `event` labels
+    /// (off for very large deployments).
+    pub metrics_tenant_labels: bool,
+    /// The health job disables a webhook whose failure rate (percent of its
+    /// finished deliveries in the window that failed) is at least this.
+    pub health_failure_threshold: u32,
+    /// … once it has at least this many finished deliveries in the window.
+    pub health_min_deliveries: u32,
+    /// The window the health job looks back over, in hours.
+    pub health_window_hours: u32,
+    /// When each job runs: cron expressions (5 fields, or 6 with seconds
+    /// first), in UTC.
+    pub job_cleanup_cron: String,
+    pub job_health_cron: String,
+    pub job_plugin_unload_cron: String,
+    pub job_plugin_cache_prune_cron: String,
+}
+
+/// A retry policy as configured: a JSON string (environment variables) or
+/// a table (TOML).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum PolicyInput {
+    Json(String),
+    Table(RetryPolicy),
 }
 
 impl Default for RawConfig {
@@ -103,6 +139,17 @@ impl Default for RawConfig {
             max_connections: 4096,
             http_header_timeout_ms: 30_000,
             http_body_timeout_ms: 60_000,
+            default_retry_policy: None,
+            default_timeout_ms: crate::model::DEFAULT_TIMEOUT_MS,
+            metrics_label_sets: 2000,
+            metrics_tenant_labels: true,
+            health_failure_threshold: 80,
+            health_min_deliveries: 10,
+            health_window_hours: 6,
+            job_cleanup_cron: "0 2 * * *".into(),
+            job_health_cron: "0 */6 * * *".into(),
+            job_plugin_unload_cron: "* * * * *".into(),
+            job_plugin_cache_prune_cron: "30 3 * * *".into(),
         }
     }
 }
@@ -131,6 +178,37 @@ pub struct Settings {
     pub max_connections: usize,
     pub http_header_timeout: Duration,
     pub http_body_timeout: Duration,
+    pub webhook_defaults: WebhookDefaults,
+    pub metrics_bound: LabelBound,
+    pub health: HealthRule,
+    pub jobs: JobSchedules,
+}
+
+/// When the health job disables a webhook.
+#[derive(Clone, Copy, Debug)]
+pub struct HealthRule {
+    /// Failure rate (0 to 1) at or above which it is disabled.
+    pub threshold: f64,
+    pub min_deliveries: u32,
+    pub window: Duration,
+}
+
+/// Each job's schedule (see [`crate::jobs`]).
+#[derive(Clone, Debug)]
+pub struct JobSchedules {
+    pub cleanup: croner::Cron,
+    pub health: croner::Cron,
+    pub plugin_unload: croner::Cron,
+    pub plugin_cache_prune: croner::Cron,
+}
+
+/// Parses a cron expression: 5 fields (minute first) or 6 (seconds first).
+pub fn parse_cron(expr: &str) -> Result<croner::Cron, String> {
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Optional)
+        .build()
+        .parse(expr)
+        .map_err(|e| format!("'{expr}' is not a cron expression ({e})"))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -269,7 +347,58 @@ impl RawConfig {
         if !(100..=3_600_000).contains(&self.http_body_timeout_ms) {
             return Err(invalid("http_body_timeout_ms", "must be 100 to 3600000"));
         }
+        let default_retry_policy = match self.default_retry_policy {
+            None => RetryPolicy::default(),
+            Some(PolicyInput::Table(p)) => p,
+            Some(PolicyInput::Json(text)) => serde_json::from_str(&text)
+                .map_err(|e| invalid("default_retry_policy", format!("not a retry policy: {e}")))?,
+        };
+        default_retry_policy
+            .validate()
+            .map_err(|e| invalid("default_retry_policy", e.to_string()))?;
+        if !(1_000..=300_000).contains(&self.default_timeout_ms) {
+            return Err(invalid("default_timeout_ms", "must be 1000 to 300000"));
+        }
+        if !(1..=1_000_000).contains(&self.metrics_label_sets) {
+            return Err(invalid("metrics_label_sets", "must be 1 to 1000000"));
+        }
+        if !(1..=100).contains(&self.health_failure_threshold) {
+            return Err(invalid(
+                "health_failure_threshold",
+                "must be 1 to 100 (percent)",
+            ));
+        }
+        if self.health_min_deliveries == 0 {
+            return Err(invalid("health_min_deliveries", "must be at least 1"));
+        }
+        if !(1..=24 * 90).contains(&self.health_window_hours) {
+            return Err(invalid("health_window_hours", "must be 1 to 2160"));
+        }
+        let cron = |key: &'static str, expr: &str| parse_cron(expr).map_err(|m| invalid(key, m));
+        let jobs = JobSchedules {
+            cleanup: cron("job_cleanup_cron", &self.job_cleanup_cron)?,
+            health: cron("job_health_cron", &self.job_health_cron)?,
+            plugin_unload: cron("job_plugin_unload_cron", &self.job_plugin_unload_cron)?,
+            plugin_cache_prune: cron(
+                "job_plugin_cache_prune_cron",
+                &self.job_plugin_cache_prune_cron,
+            )?,
+        };
         Ok(Settings {
+            webhook_defaults: WebhookDefaults {
+                retry_policy: default_retry_policy,
+                timeout_ms: self.default_timeout_ms,
+            },
+            metrics_bound: LabelBound {
+                max_label_sets: self.metrics_label_sets,
+                tenant_labels: self.metrics_tenant_labels,
+            },
+            health: HealthRule {
+                threshold: f64::from(self.health_failure_threshold) / 100.0,
+                min_deliveries: self.health_min_deliveries,
+                window: Duration::from_secs(u64::from(self.health_window_hours) * 3600),
+            },
+            jobs,
             listen,
             data_dir: self.data_dir.clone(),
             store_cache_bytes: self.store_cache_mb << 20,

@@ -19,10 +19,13 @@ pub mod delivery;
 pub mod devkit;
 pub mod filter;
 pub mod ids;
+pub mod jobs;
 pub mod metrics;
 pub mod model;
+pub mod operational;
 pub mod payload;
 pub mod plugin;
+pub mod remote;
 pub mod schedule;
 pub mod store;
 
@@ -56,6 +59,10 @@ pub struct App {
     pub webhook_creates: tokio::sync::Mutex<()>,
     /// Plugin uploads, rollbacks and dry runs in progress (see `api::plugins`).
     pub plugin_work: api::PluginWork,
+    /// The retry schedule, for its gauges.
+    pub schedule: Arc<dyn Schedule>,
+    /// The periodic jobs: which run here now.
+    pub jobs: jobs::Jobs,
 }
 
 /// Runs the engine on `listener` until `shutdown` resolves: serves the API,
@@ -104,23 +111,26 @@ pub async fn run(
         };
     // The store's metrics are shown only when it is the embedded one.
     let shown = settings.redis_url.is_none().then_some(&store_metrics);
-    let metrics = Arc::new(Metrics::new(shown));
+    let metrics = Arc::new(Metrics::new(shown, settings.metrics_bound));
     let plugins = Arc::new(
         PluginRuntime::new(settings.plugins.clone(), metrics.plugins.clone())
             .map_err(|e| anyhow::anyhow!("cannot start the plugin runtime: {e}"))?,
     );
-    let deliverer = Arc::new(Deliverer::new(
-        store.clone(),
-        schedule,
-        plugins.clone(),
-        HttpClient::new(&settings.allow_private_targets),
-        metrics.clone(),
-        delivery::Limits {
-            lease: settings.lease,
-            concurrency: settings.delivery_concurrency,
-            origin_concurrency: settings.origin_concurrency,
-        },
-    ));
+    let deliverer = Arc::new(
+        Deliverer::new(
+            store.clone(),
+            schedule.clone(),
+            plugins.clone(),
+            HttpClient::new(&settings.allow_private_targets),
+            metrics.clone(),
+            delivery::Limits {
+                lease: settings.lease,
+                concurrency: settings.delivery_concurrency,
+                origin_concurrency: settings.origin_concurrency,
+            },
+        )
+        .with_defaults(settings.webhook_defaults.clone()),
+    );
     let app = Arc::new(App {
         settings,
         store,
@@ -130,6 +140,8 @@ pub async fn run(
         known_keys: Default::default(),
         webhook_creates: Default::default(),
         plugin_work: Default::default(),
+        schedule,
+        jobs: jobs::Jobs::default(),
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -137,8 +149,9 @@ pub async fn run(
     if let Some(redis) = redis {
         tokio::spawn(follow_notices(redis, app.clone(), stop_rx.clone()));
     }
-    tokio::spawn(sweep_periodically(app.store.clone(), stop_rx.clone()));
-    tokio::spawn(unload_idle_plugins(app.plugins.clone(), stop_rx.clone()));
+    for job in jobs::Job::ALL {
+        tokio::spawn(jobs::run_on_schedule(app.clone(), job, stop_rx.clone()));
+    }
     if let Some(dir) = app.settings.plugins_dir.clone() {
         tokio::spawn(plugin::watch::run(
             app.plugins.clone(),
@@ -168,35 +181,6 @@ pub async fn run(
     }
     tracing::info!("wasmhook stopped");
     Ok(())
-}
-
-/// Applies retention at start-up and then hourly.
-async fn sweep_periodically(store: Arc<dyn Store>, mut stop: Shutdown) {
-    loop {
-        match store.sweep(clock::now_ms()).await {
-            Ok(0) => {}
-            Ok(removed) => tracing::info!(removed, "retention: old records removed"),
-            Err(e) => tracing::warn!(error = %e, "retention sweep failed"),
-        }
-        tokio::select! {
-            _ = stop.changed() => return,
-            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
-        }
-    }
-}
-
-/// Unloads plugin versions nobody called for a while.
-async fn unload_idle_plugins(plugins: Arc<PluginRuntime>, mut stop: Shutdown) {
-    loop {
-        tokio::select! {
-            _ = stop.changed() => return,
-            _ = tokio::time::sleep(Duration::from_secs(30)) => {}
-        }
-        let gone = plugins.unload_idle(clock::now_ms());
-        if gone > 0 {
-            tracing::info!(unloaded = gone, "idle plugin versions unloaded");
-        }
-    }
 }
 
 /// Acts on what other engines sharing the Redis announce: wake the dispatcher

@@ -35,12 +35,32 @@ enum Command {
         #[command(subcommand)]
         command: PluginCommand,
     },
+    /// List the jobs of a running engine, or run one now (admin token).
+    Jobs {
+        /// The engine's address.
+        #[arg(long, env = "WASMHOOK_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// The engine's admin token.
+        #[arg(long, env = "WASMHOOK_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: String,
+        #[command(subcommand)]
+        command: JobsCommand,
+    },
     /// Listen for webhooks and print each one (method, headers, body); answers 200.
     DevReceiver {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:9000")]
         listen: String,
     },
+}
+
+#[derive(Subcommand)]
+enum JobsCommand {
+    /// Each job: its schedule, next run and last run.
+    List,
+    /// Run a job now and wait for it: cleanup, health, plugin-unload,
+    /// plugin-cache-prune, or all.
+    Run { name: String },
 }
 
 #[derive(Subcommand)]
@@ -98,6 +118,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Plugin { command } => plugin(command),
         Command::DevReceiver { listen } => runtime.block_on(dev_receiver(listen)),
+        Command::Jobs {
+            url,
+            admin_token,
+            command,
+        } => {
+            let out = runtime.block_on(async {
+                match command {
+                    JobsCommand::List => wasmhook::remote::list_jobs(&url, &admin_token).await,
+                    JobsCommand::Run { name } => {
+                        wasmhook::remote::run_job(&url, &admin_token, &name).await
+                    }
+                }
+            })?;
+            print!("{out}");
+            Ok(())
+        }
     }
 }
 

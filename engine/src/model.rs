@@ -56,8 +56,36 @@ pub struct RetiredSecret {
     pub expires_at_ms: u64,
 }
 
-/// A webhook's timeout unless it sets one.
+/// A webhook's timeout unless it or the engine's settings set one.
 pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
+
+/// What a webhook that names no retry policy or timeout uses: the
+/// engine-wide `default_retry_policy` and `default_timeout_ms`, read when
+/// each attempt is made (so changing them applies to such webhooks at once).
+#[derive(Clone, Debug, PartialEq)]
+pub struct WebhookDefaults {
+    pub retry_policy: RetryPolicy,
+    pub timeout_ms: u64,
+}
+
+impl Default for WebhookDefaults {
+    fn default() -> Self {
+        WebhookDefaults {
+            retry_policy: RetryPolicy::default(),
+            timeout_ms: DEFAULT_TIMEOUT_MS,
+        }
+    }
+}
+
+impl WebhookDefaults {
+    pub fn retry_policy<'a>(&'a self, webhook: &'a Webhook) -> &'a RetryPolicy {
+        webhook.retry_policy.as_ref().unwrap_or(&self.retry_policy)
+    }
+
+    pub fn timeout_ms(&self, webhook: &Webhook) -> u64 {
+        webhook.timeout_ms.unwrap_or(self.timeout_ms)
+    }
+}
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Webhook {
@@ -67,8 +95,10 @@ pub struct Webhook {
     /// Event types: exact (`invoice.paid`), prefix wildcards (`invoice.*`) or `*`.
     pub events: Vec<String>,
     pub active: bool,
-    /// Why the engine disabled it (e.g. the receiver answered 410 Gone).
+    /// Why the engine disabled it (the health job, or the receiver
+    /// answered 410 Gone), and when.
     pub disabled_reason: Option<String>,
+    pub disabled_at_ms: Option<u64>,
     pub description: String,
     pub headers: BTreeMap<String, String>,
     pub metadata: BTreeMap<String, String>,
@@ -77,8 +107,10 @@ pub struct Webhook {
     /// A declarative payload filter (see [`crate::filter`]).
     #[serde(default)]
     pub filter: Option<serde_json::Value>,
-    pub retry_policy: RetryPolicy,
-    pub timeout_ms: u64,
+    /// None: the engine's `default_retry_policy`.
+    pub retry_policy: Option<RetryPolicy>,
+    /// None: the engine's `default_timeout_ms`.
+    pub timeout_ms: Option<u64>,
     pub secret: Secret,
     pub retired_secrets: Vec<RetiredSecret>,
     pub created_at_ms: u64,
@@ -87,7 +119,7 @@ pub struct Webhook {
 
 impl Webhook {
     /// A new active webhook with the defaults: no plugin or filter, the
-    /// standard retry schedule, a 30 s timeout and a generated `whsec_` secret.
+    /// engine's retry policy and timeout, and a generated `whsec_` secret.
     pub fn new(
         tenant: TenantId,
         url: impl Into<String>,
@@ -101,14 +133,15 @@ impl Webhook {
             events,
             active: true,
             disabled_reason: None,
+            disabled_at_ms: None,
             description: String::new(),
             headers: BTreeMap::new(),
             metadata: BTreeMap::new(),
             plugin: None,
             plugin_config: serde_json::Value::Null,
             filter: None,
-            retry_policy: RetryPolicy::default(),
-            timeout_ms: DEFAULT_TIMEOUT_MS,
+            retry_policy: None,
+            timeout_ms: None,
             secret: Secret::generate(),
             retired_secrets: Vec::new(),
             created_at_ms: now_ms,
@@ -138,7 +171,16 @@ impl Webhook {
 
 /// `*` matches everything; `invoice.*` matches `invoice.paid` and
 /// `invoice.line.added`; anything else matches itself only.
+///
+/// The engine's own event types (`wasmhook.…`, see [`crate::operational`])
+/// match only patterns that name them: `wasmhook.webhook.disabled` or
+/// `wasmhook.*`, never `*`.
 pub fn event_type_matches(pattern: &str, event_type: &str) -> bool {
+    if crate::operational::is_operational(event_type)
+        && !pattern.starts_with(crate::operational::PREFIX)
+    {
+        return false;
+    }
     if pattern == "*" {
         return true;
     }
@@ -249,6 +291,53 @@ pub struct DeliveryStats {
     pub attempts: u64,
     /// Sum of attempt durations, for the average.
     pub attempt_duration_ms_total: u64,
+    /// When the last attempt ended.
+    #[serde(default)]
+    pub last_attempt_at_ms: Option<u64>,
+    /// When the last attempt that succeeded ended.
+    #[serde(default)]
+    pub last_success_at_ms: Option<u64>,
+    /// When the last attempt that failed ended, and its error.
+    #[serde(default)]
+    pub last_failure_at_ms: Option<u64>,
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+/// What an attempt changes in the "last" fields of its webhook's stats:
+/// when it ended, and whether it succeeded or failed (with its error); a
+/// skip is neither.
+#[derive(Clone, Debug, PartialEq)]
+pub enum LastAttempt {
+    Succeeded { at_ms: u64 },
+    Failed { at_ms: u64, error: String },
+    Skipped { at_ms: u64 },
+}
+
+impl LastAttempt {
+    pub fn of(a: &Attempt) -> LastAttempt {
+        let at_ms = a.started_at_ms + a.duration_ms;
+        match a.outcome {
+            AttemptOutcome::Succeeded => LastAttempt::Succeeded { at_ms },
+            AttemptOutcome::Skipped => LastAttempt::Skipped { at_ms },
+            _ => LastAttempt::Failed {
+                at_ms,
+                error: match (&a.error, a.status_code) {
+                    (Some(e), _) => e.clone(),
+                    (None, Some(code)) => format!("receiver answered {code}"),
+                    (None, None) => "failed".into(),
+                },
+            },
+        }
+    }
+
+    pub fn at_ms(&self) -> u64 {
+        match self {
+            LastAttempt::Succeeded { at_ms }
+            | LastAttempt::Failed { at_ms, .. }
+            | LastAttempt::Skipped { at_ms } => *at_ms,
+        }
+    }
 }
 
 impl DeliveryStats {
@@ -262,7 +351,30 @@ impl DeliveryStats {
         *slot = slot.saturating_add_signed(delta);
     }
 
+    /// Notes an attempt in the "last" fields.
+    pub fn note(&mut self, last: &LastAttempt) {
+        self.last_attempt_at_ms = self.last_attempt_at_ms.max(Some(last.at_ms()));
+        match last {
+            LastAttempt::Succeeded { at_ms } => {
+                self.last_success_at_ms = self.last_success_at_ms.max(Some(*at_ms))
+            }
+            LastAttempt::Failed { at_ms, error } => {
+                if self.last_failure_at_ms <= Some(*at_ms) {
+                    self.last_failure_at_ms = Some(*at_ms);
+                    self.last_error = Some(error.clone());
+                }
+            }
+            LastAttempt::Skipped { .. } => {}
+        }
+    }
+
     pub fn add(&mut self, other: &DeliveryStats) {
+        self.last_attempt_at_ms = self.last_attempt_at_ms.max(other.last_attempt_at_ms);
+        self.last_success_at_ms = self.last_success_at_ms.max(other.last_success_at_ms);
+        if other.last_failure_at_ms > self.last_failure_at_ms {
+            self.last_failure_at_ms = other.last_failure_at_ms;
+            self.last_error = other.last_error.clone();
+        }
         self.total += other.total;
         self.pending += other.pending;
         self.succeeded += other.succeeded;
@@ -324,6 +436,16 @@ mod tests {
         assert!(!event_type_matches("invoice.*", "payment.received"));
         assert!(event_type_matches("low-stock-alert", "low-stock-alert"));
         assert!(!event_type_matches("invoice.paid", "invoice.paid.late"));
+    }
+
+    #[test]
+    fn operational_types_match_only_when_named() {
+        let disabled = "wasmhook.webhook.disabled";
+        assert!(!event_type_matches("*", disabled));
+        assert!(!event_type_matches("wasm*", disabled));
+        assert!(event_type_matches("wasmhook.*", disabled));
+        assert!(event_type_matches(disabled, disabled));
+        assert!(!event_type_matches("wasmhook.delivery.exhausted", disabled));
     }
 
     #[test]

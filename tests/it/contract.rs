@@ -15,7 +15,7 @@ const LEASE: u64 = 60_000;
 fn webhook(tenant: &TenantId, events: &[&str]) -> Webhook {
     Webhook {
         url: "http://127.0.0.1:1/x".into(),
-        timeout_ms: 1000,
+        timeout_ms: Some(1000),
         ..Webhook::new(
             tenant.clone(),
             "",

@@ -87,6 +87,11 @@ impl TestEngine {
         engine
     }
 
+    /// The engine's own `redis-server`, on Redis.
+    pub fn redis_server(&mut self) -> Option<&mut RedisServer> {
+        self.redis.as_mut()
+    }
+
     /// Where the engine keeps its files (the embedded store, compiled plugins).
     pub fn data_dir(&self) -> &Path {
         &self.data_dir

@@ -10,6 +10,7 @@ mod devkit;
 mod durability;
 mod formats;
 mod hostile;
+mod ops;
 mod plugin_ops;
 mod plugins;
 mod redis_scale;

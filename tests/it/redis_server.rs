@@ -95,7 +95,8 @@ impl RedisServer {
         self.launch().await;
     }
 
-    fn kill(&mut self) {
+    /// Kills the server (it stays down until `restart`).
+    pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();

@@ -170,6 +170,13 @@ fn new_event(
     idempotency_key: Option<String>,
 ) -> Result<NewEvent, ApiError> {
     check_event_type(&input.event_type)?;
+    if crate::operational::is_operational(&input.event_type) {
+        return Err(ApiError::invalid(format!(
+            "type: {:?} is reserved: types starting with {:?} are the engine's own operational events",
+            input.event_type,
+            crate::operational::PREFIX
+        )));
+    }
     check_data(&input.data)?;
     let id = match &input.id {
         Some(id) => {

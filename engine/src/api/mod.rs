@@ -2,6 +2,7 @@
 //! for a tenant's API key, and at `/api/tenants/{tenant}` for the operator's
 //! admin token acting for that tenant. Every error is JSON (see [`error`]).
 
+mod admin;
 mod auth;
 mod error;
 mod events;
@@ -82,7 +83,10 @@ pub fn router(app: Arc<App>) -> Router {
             "/health",
             get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
         )
+        .route("/ready", get(ready))
         .route("/metrics", get(metrics))
+        .route("/api/admin/jobs", get(admin::jobs))
+        .route("/api/admin/jobs/{name}/run", post(admin::run))
         .route("/api/tenants", post(tenants::create).get(tenants::list))
         .route("/api/tenants/{tenant}", get(tenants::get))
         .nest("/api/tenants/{tenant}", tenant_routes.clone())
@@ -99,12 +103,65 @@ pub fn router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
-async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
+/// `GET /ready`: 200 once the store takes a write (a small one, waited for
+/// until durable), 503 saying why otherwise. `/health` is liveness only.
+async fn ready(State(app): State<Arc<App>>) -> axum::response::Response {
+    let backend = if app.settings.redis_url.is_some() {
+        "redis"
+    } else {
+        "embedded"
+    };
+    let probe = app.store.check_writable();
+    match tokio::time::timeout(std::time::Duration::from_secs(5), probe).await {
+        Ok(Ok(())) => {
+            axum::Json(serde_json::json!({"status": "ready", "store": backend})).into_response()
+        }
+        Ok(Err(e)) => not_ready(backend, format!("the store cannot be written: {e}")),
+        Err(_) => not_ready(backend, "the store did not take a write within 5 s".into()),
+    }
+}
+
+fn not_ready(backend: &str, reason: String) -> axum::response::Response {
+    tracing::warn!(%reason, "not ready");
     (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        app.metrics.render(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        axum::Json(serde_json::json!({
+            "status": "not_ready",
+            "store": backend,
+            "reason": reason,
+        })),
     )
+        .into_response()
+}
+
+/// `GET /metrics`; the schedule gauges are counted now. OpenMetrics for a
+/// scraper that asks for it (Prometheus does), else the Prometheus text
+/// format 0.0.4.
+async fn metrics(State(app): State<Arc<App>>, headers: axum::http::HeaderMap) -> impl IntoResponse {
+    let now = crate::clock::now_ms();
+    match app.schedule.census(now).await {
+        Ok(census) => app.metrics.set_schedule(&census, now),
+        Err(e) => tracing::warn!(error = %e, "cannot count the schedule for /metrics"),
+    }
+    let open_metrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/openmetrics-text"));
+    if open_metrics {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            app.metrics.render(),
+        )
+    } else {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            app.metrics.render_text(),
+        )
+    }
 }

@@ -1,24 +1,29 @@
 //! How records look to API callers: times as RFC 3339, secrets left out.
 
 use crate::clock::rfc3339_ms;
-use crate::model::{Attempt, Delivery, DeliveryStats, PluginVersion, Webhook};
+use crate::model::{Attempt, Delivery, DeliveryStats, PluginVersion, Webhook, WebhookDefaults};
 use serde_json::{Value, json};
 
-pub fn webhook(w: &Webhook) -> Value {
+/// A webhook as shown: its retry policy and timeout are what it uses, its
+/// own or the engine's defaults (then `*_is_default` is true).
+pub fn webhook(w: &Webhook, defaults: &WebhookDefaults) -> Value {
     json!({
         "id": w.id,
         "url": w.url,
         "events": w.events,
         "active": w.active,
         "disabled_reason": w.disabled_reason,
+        "disabled_at": w.disabled_at_ms.map(rfc3339_ms),
         "description": w.description,
         "headers": w.headers,
         "metadata": w.metadata,
         "plugin": w.plugin,
         "plugin_config": w.plugin_config,
         "filter": w.filter,
-        "retry_policy": w.retry_policy,
-        "timeout_ms": w.timeout_ms,
+        "retry_policy": defaults.retry_policy(w),
+        "retry_policy_is_default": w.retry_policy.is_none(),
+        "timeout_ms": defaults.timeout_ms(w),
+        "timeout_ms_is_default": w.timeout_ms.is_none(),
         "created_at": rfc3339_ms(w.created_at_ms),
         "updated_at": rfc3339_ms(w.updated_at_ms),
     })
@@ -64,6 +69,10 @@ pub fn stats(s: &DeliveryStats) -> Value {
         "attempts": s.attempts,
         "average_attempt_ms": s.attempt_duration_ms_total.checked_div(s.attempts).unwrap_or(0),
         "success_rate": if finished == 0 { Value::Null } else { json!(s.succeeded as f64 / finished as f64) },
+        "last_delivery_at": s.last_attempt_at_ms.map(rfc3339_ms),
+        "last_success_at": s.last_success_at_ms.map(rfc3339_ms),
+        "last_failure_at": s.last_failure_at_ms.map(rfc3339_ms),
+        "last_error": s.last_error,
     })
 }
 

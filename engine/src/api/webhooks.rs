@@ -11,7 +11,7 @@ use crate::App;
 use crate::clock::{now_ms, rfc3339_ms};
 use crate::delivery::ssrf;
 use crate::ids::{DeliveryId, WebhookId};
-use crate::model::{DeliveryStatus, RetiredSecret, Secret, Webhook};
+use crate::model::{DeliveryStats, DeliveryStatus, RetiredSecret, Secret, Webhook};
 use crate::schedule::policy::RetryPolicy;
 use crate::store::Page;
 use axum::extract::{Path, State};
@@ -62,8 +62,12 @@ pub struct WebhookInput {
     plugin_config: Option<Value>,
     #[serde(default, deserialize_with = "present")]
     filter: Option<Option<Value>>,
-    retry_policy: Option<RetryPolicy>,
-    timeout_ms: Option<u64>,
+    /// Null: back to the engine's `default_retry_policy`.
+    #[serde(default, deserialize_with = "present")]
+    retry_policy: Option<Option<RetryPolicy>>,
+    /// Null: back to the engine's `default_timeout_ms`.
+    #[serde(default, deserialize_with = "present")]
+    timeout_ms: Option<Option<u64>>,
     secret: Option<String>,
 }
 
@@ -220,6 +224,7 @@ async fn apply(app: &App, caller: &Caller, w: &mut Webhook, input: WebhookInput)
         w.active = active;
         if active {
             w.disabled_reason = None;
+            w.disabled_at_ms = None;
         }
     }
     if let Some(description) = input.description {
@@ -262,13 +267,17 @@ async fn apply(app: &App, caller: &Caller, w: &mut Webhook, input: WebhookInput)
         w.filter = filter;
     }
     if let Some(policy) = input.retry_policy {
-        policy
-            .validate()
-            .map_err(|e| ApiError::invalid(format!("retry_policy: {e}")))?;
+        if let Some(policy) = &policy {
+            policy
+                .validate()
+                .map_err(|e| ApiError::invalid(format!("retry_policy: {e}")))?;
+        }
         w.retry_policy = policy;
     }
     if let Some(timeout) = input.timeout_ms {
-        if !(MIN_TIMEOUT_MS..=MAX_TIMEOUT_MS).contains(&timeout) {
+        if let Some(timeout) = timeout
+            && !(MIN_TIMEOUT_MS..=MAX_TIMEOUT_MS).contains(&timeout)
+        {
             return Err(ApiError::invalid(format!(
                 "timeout_ms: must be {MIN_TIMEOUT_MS} to {MAX_TIMEOUT_MS}"
             )));
@@ -314,7 +323,7 @@ pub async fn create(
         ));
     }
     app.store.put_webhook(w.clone()).await?;
-    let mut body = views::webhook(&w);
+    let mut body = views::webhook(&w, app.deliverer.defaults());
     body["secret"] = json!(w.secret.expose());
     Ok((StatusCode::CREATED, axum::Json(body)))
 }
@@ -359,7 +368,7 @@ pub async fn list(
         .then(|| page.last().map(|w| w.id.clone()))
         .flatten();
     Ok(axum::Json(json!({
-        "data": page.iter().map(views::webhook).collect::<Vec<_>>(),
+        "data": page.iter().map(|w| views::webhook(w, app.deliverer.defaults())).collect::<Vec<_>>(),
         "next_after": next,
     })))
 }
@@ -370,7 +379,7 @@ pub async fn get(
     Path(path): Path<WebhookPath>,
 ) -> ApiResult<axum::Json<Value>> {
     let w = load(&app, &caller, &path.webhook_id).await?;
-    Ok(axum::Json(views::webhook(&w)))
+    Ok(axum::Json(views::webhook(&w, app.deliverer.defaults())))
 }
 
 pub async fn update(
@@ -382,7 +391,7 @@ pub async fn update(
     let mut w = load(&app, &caller, &path.webhook_id).await?;
     apply(&app, &caller, &mut w, input).await?;
     app.store.put_webhook(w.clone()).await?;
-    Ok(axum::Json(views::webhook(&w)))
+    Ok(axum::Json(views::webhook(&w, app.deliverer.defaults())))
 }
 
 pub async fn delete(
@@ -403,14 +412,14 @@ async fn set_active(
 ) -> ApiResult<axum::Json<Value>> {
     let mut w = load(app, caller, id).await?;
     w.active = active;
-    w.disabled_reason = if active {
-        None
-    } else {
-        Some("disabled by the tenant".into())
-    };
     w.updated_at_ms = now_ms();
+    (w.disabled_reason, w.disabled_at_ms) = if active {
+        (None, None)
+    } else {
+        (Some("disabled by the tenant".into()), Some(w.updated_at_ms))
+    };
     app.store.put_webhook(w.clone()).await?;
-    Ok(axum::Json(views::webhook(&w)))
+    Ok(axum::Json(views::webhook(&w, app.deliverer.defaults())))
 }
 
 pub async fn enable(
@@ -534,9 +543,26 @@ pub async fn tenant_stats(
 ) -> ApiResult<axum::Json<Value>> {
     let hooks = app.store.list_webhooks(caller.id()).await?;
     let active = hooks.iter().filter(|w| w.active).count();
-    let s = app.store.tenant_stats(caller.id()).await?;
+    // The webhooks' own totals (as seed 000's `webhooks` section has them):
+    // of the webhooks there are now; `deliveries` counts deleted ones' too.
+    let now: std::collections::HashSet<&str> = hooks.iter().map(|w| w.id.as_str()).collect();
+    let mut current = DeliveryStats::default();
+    let mut s = DeliveryStats::default();
+    for (id, stats) in app.store.stats_by_webhook(caller.id()).await? {
+        if now.contains(id.as_str()) {
+            current.add(&stats);
+        }
+        s.add(&stats);
+    }
     Ok(axum::Json(json!({
-        "webhooks": {"total": hooks.len(), "active": active, "inactive": hooks.len() - active},
+        "webhooks": {
+            "total": hooks.len(),
+            "active": active,
+            "inactive": hooks.len() - active,
+            "total_deliveries": current.total,
+            "succeeded_deliveries": current.succeeded,
+            "failed_deliveries": current.failed,
+        },
         "deliveries": views::stats(&s),
     })))
 }

@@ -26,7 +26,7 @@ use super::shape::{self, ShapeError};
 use super::shared::SharedShaping;
 use super::{Deliverer, RESHAPE_AFTER, Ready};
 use crate::ids::{DeliveryId, TenantId};
-use crate::metrics::OutcomeLabel;
+use crate::metrics::{OutcomeLabel, webhook};
 use crate::model::{Attempt, AttemptOutcome, Delivery, DeliveryStatus, Event, Webhook};
 use crate::plugin::LoadedPlugin;
 use crate::plugin::request::{AttemptContext, OutRequest, Shaped};
@@ -52,6 +52,8 @@ struct Exchange {
     ended: Ended,
     /// `name@version` of the plugin that shaped the request.
     plugin: Option<String>,
+    /// Whether a request went out (then `took` is how long it took).
+    sent: bool,
     took: Duration,
 }
 
@@ -62,6 +64,7 @@ impl Exchange {
         Exchange {
             ended,
             plugin,
+            sent: false,
             took: Duration::ZERO,
         }
     }
@@ -122,7 +125,7 @@ impl Deliverer {
         // An attempt never outlives its lease, or another engine could claim
         // the delivery while this one is still sending it.
         let budget = self.lease.saturating_sub(Duration::from_secs(1));
-        let timeout = Duration::from_millis(webhook.timeout_ms).min(budget);
+        let timeout = Duration::from_millis(self.defaults.timeout_ms(&webhook)).min(budget);
         let slot_until = Instant::now() + (budget - timeout);
 
         let started_at_ms = self.clock.now_ms();
@@ -215,6 +218,7 @@ impl Deliverer {
         Exchange {
             ended,
             plugin,
+            sent: true,
             took,
         }
     }
@@ -278,11 +282,28 @@ impl Deliverer {
         let number = delivery.attempts + 1;
         let next = decide::next(
             &exchange.ended,
-            &webhook.retry_policy,
+            self.defaults.retry_policy(webhook),
             number,
             now,
             &mut rand::rng(),
         );
+        let series = self
+            .metrics
+            .webhooks
+            .series(&delivery.tenant, &delivery.event_type);
+        if exchange.sent {
+            match &exchange.ended {
+                Ended::Answered { status, .. } => {
+                    series.http_status(*status);
+                    series.duration(exchange.took);
+                }
+                Ended::Failed(AttemptOutcome::Timeout, _) => series.duration(exchange.took),
+                _ => {}
+            }
+        }
+        if matches!(next, Next::RetryAt { .. }) {
+            series.retry(retry_reason(&exchange.ended));
+        }
         let attempt = exchange.into_attempt(&delivery.id, number, started_at_ms);
         delivery.attempts = number;
         delivery.last_status_code = attempt.status_code;
@@ -306,7 +327,20 @@ impl Deliverer {
                 outcome: outcome_name(attempt.outcome),
             })
             .inc();
-        self.count_final(delivery.status);
+        self.count_final(&delivery);
+        let event_type = delivery.event_type.clone();
+        let exhausted = (delivery.status == DeliveryStatus::Failed && !gone).then(|| {
+            serde_json::json!({
+                "delivery_id": delivery.id,
+                "webhook_id": delivery.webhook_id,
+                "event_id": delivery.event_id,
+                "event_type": delivery.event_type,
+                "attempts": delivery.attempts,
+                "reason": delivery.reason,
+                "last_status_code": delivery.last_status_code,
+                "failed_at": crate::clock::rfc3339_ms(now),
+            })
+        });
         if due.is_some() {
             self.store.finish_attempt(delivery, Some(attempt)).await?;
             // The dispatcher may be sleeping past this retry's due time; it
@@ -316,8 +350,29 @@ impl Deliverer {
             // Nothing waits for a final outcome's record (see `finish_final`).
             self.store.finish_final(delivery, Some(attempt)).await;
         }
+        let operational = crate::operational::is_operational(&event_type);
         if gone {
-            self.disable(webhook, "receiver answered 410 Gone").await?;
+            crate::operational::disable_webhook(
+                self.store.as_ref(),
+                self,
+                &webhook.tenant,
+                &webhook.id,
+                crate::operational::DisableCause::Gone,
+                "receiver answered 410 Gone".into(),
+                operational,
+            )
+            .await?;
+        }
+        if let Some(data) = exhausted.filter(|_| !operational) {
+            let tenant = &webhook.tenant;
+            crate::operational::emit_or_log(
+                self.store.as_ref(),
+                self,
+                tenant,
+                crate::operational::DELIVERY_EXHAUSTED,
+                data,
+            )
+            .await;
         }
         Ok(())
     }
@@ -363,34 +418,42 @@ impl Deliverer {
         delivery.reason = Some(reason.to_owned());
         delivery.next_attempt_at_ms = None;
         delivery.updated_at_ms = self.clock.now_ms();
-        self.count_final(delivery.status);
+        self.count_final(&delivery);
         self.store.finish_attempt(delivery, None).await
     }
 
-    /// Disables the webhook as stored now (the attempt may have used an
-    /// older copy), so a change made meanwhile is kept.
-    async fn disable(&self, webhook: &Webhook, reason: &str) -> Result<(), StoreError> {
-        let Some(mut webhook) = self.store.get_webhook(&webhook.tenant, &webhook.id).await? else {
-            return Ok(());
-        };
-        tracing::warn!(tenant = %webhook.tenant, webhook = %webhook.id, reason, "disabling webhook");
-        webhook.active = false;
-        webhook.disabled_reason = Some(reason.to_owned());
-        webhook.updated_at_ms = self.clock.now_ms();
-        self.store.put_webhook(webhook).await
-    }
-
-    fn count_final(&self, status: DeliveryStatus) {
-        let outcome = match status {
+    /// Counts a delivery that reached a final status (in both the
+    /// engine's family and seed 001's).
+    fn count_final(&self, delivery: &Delivery) {
+        let (outcome, seed) = match delivery.status {
             DeliveryStatus::Pending => return,
-            DeliveryStatus::Succeeded => "succeeded",
-            DeliveryStatus::Failed => "failed",
-            DeliveryStatus::Skipped => "skipped",
+            DeliveryStatus::Succeeded => ("succeeded", webhook::Outcome::Delivered),
+            DeliveryStatus::Failed => ("failed", webhook::Outcome::Failed),
+            DeliveryStatus::Skipped => ("skipped", webhook::Outcome::Skipped),
         };
         self.metrics
             .deliveries_finished
             .get_or_create(&OutcomeLabel { outcome })
             .inc();
+        self.metrics
+            .webhooks
+            .series(&delivery.tenant, &delivery.event_type)
+            .delivery(seed);
+    }
+}
+
+/// Why a retry follows an attempt that ended so (seed 001's reasons; an
+/// engine failure counts as a server error).
+fn retry_reason(ended: &Ended) -> webhook::RetryReason {
+    use webhook::RetryReason;
+    match ended {
+        Ended::Answered { status, .. } => RetryReason::of_status(*status),
+        Ended::Failed(AttemptOutcome::Timeout, _) => RetryReason::Timeout,
+        Ended::Failed(AttemptOutcome::NetworkError, _) => RetryReason::ConnectionError,
+        Ended::Failed(AttemptOutcome::PluginError, _) | Ended::Skipped(_) => {
+            RetryReason::PluginError
+        }
+        Ended::Failed(_, _) => RetryReason::ServerError,
     }
 }
 

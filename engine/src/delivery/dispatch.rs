@@ -326,7 +326,7 @@ mod tests {
         use crate::ids::{DeliveryId, TenantId};
         use crate::metrics::Metrics;
         use crate::plugin::{PluginConfig, PluginRuntime};
-        use crate::schedule::Schedule;
+        use crate::schedule::{Census, Schedule};
         use crate::store::{EmbeddedStore, StoreError};
         use async_trait::async_trait;
         use std::sync::{Arc, Mutex};
@@ -385,6 +385,16 @@ mod tests {
             async fn next_due_ms(&self) -> Result<Option<u64>, StoreError> {
                 Ok(self.due.lock().unwrap().iter().min().copied())
             }
+
+            async fn census(&self, now_ms: u64) -> Result<Census, StoreError> {
+                let due = self.due.lock().unwrap();
+                let (now, later): (Vec<u64>, Vec<u64>) = due.iter().partition(|&&d| d <= now_ms);
+                Ok(Census {
+                    due: now.len() as u64,
+                    later: later.len() as u64,
+                    oldest_due_ms: now.iter().min().copied(),
+                })
+            }
         }
 
         struct Running {
@@ -408,7 +418,7 @@ mod tests {
         fn start(entries: &[(Duration, usize)]) -> Running {
             let dir = tempfile::tempdir().unwrap();
             let store = Arc::new(EmbeddedStore::open(dir.path(), LEASE, 1 << 20).unwrap());
-            let metrics = Arc::new(Metrics::new(None));
+            let metrics = Arc::new(Metrics::default());
             let config = PluginConfig {
                 instances: 4,
                 ..PluginConfig::default()

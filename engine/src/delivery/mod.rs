@@ -33,7 +33,7 @@ pub mod ssrf;
 use crate::clock::Clock;
 use crate::ids::{DeliveryId, TenantId};
 use crate::metrics::Metrics;
-use crate::model::{Delivery, Event, Webhook};
+use crate::model::{Delivery, Event, Webhook, WebhookDefaults};
 use crate::plugin::PluginRuntime;
 use crate::schedule::Schedule;
 use crate::store::Store;
@@ -111,6 +111,8 @@ pub struct Deliverer {
     admission: Admission<Ready>,
     /// Where claims, leases and attempts read the time.
     clock: Clock,
+    /// The retry policy and timeout of webhooks that name none.
+    defaults: WebhookDefaults,
 }
 
 /// How many attempts run at once, and for how long a delivery is leased.
@@ -158,7 +160,26 @@ impl Deliverer {
             fresh_rx: tokio::sync::Mutex::new(fresh_rx),
             admission,
             clock: Clock::Wall,
+            defaults: WebhookDefaults::default(),
         }
+    }
+
+    /// The same dispatcher with these engine-wide webhook defaults.
+    pub fn with_defaults(mut self, defaults: WebhookDefaults) -> Self {
+        self.defaults = defaults;
+        self
+    }
+
+    pub fn defaults(&self) -> &WebhookDefaults {
+        &self.defaults
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub fn store(&self) -> &dyn Store {
+        self.store.as_ref()
     }
 
     /// The same dispatcher reading the time from `clock` (tests pause

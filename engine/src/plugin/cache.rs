@@ -57,6 +57,35 @@ impl DiskCache {
         }
     }
 
+    /// Removes every file here but this engine build's compiled components
+    /// of the hashes in `keep` (temporary files an hour old go too: their
+    /// writer died). How many files went.
+    pub fn prune(&self, keep: &std::collections::HashSet<String>) -> usize {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return 0;
+        };
+        let ours = format!("-{}.cwasm", self.compat);
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let kept = match name.strip_suffix(&ours) {
+                Some(sha256) => keep.contains(sha256),
+                // A write in progress, unless it is old.
+                None if name.contains(".tmp") => entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age < std::time::Duration::from_secs(3600)),
+                None => !name.ends_with(".cwasm"),
+            };
+            if !kept && std::fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        removed
+    }
+
     /// Keeps a compiled component for the next start. Failing to write only
     /// costs a recompile later, so errors are logged, not returned.
     pub fn save(&self, sha256: &str, component: &Component) {

@@ -407,6 +407,13 @@ impl PluginRuntime {
         gone
     }
 
+    /// Removes compiled plugins from the disk cache that no version in
+    /// `keep` (sha256 of the components) uses, and those another engine
+    /// build wrote; how many files went.
+    pub fn prune_disk_cache(&self, keep: &std::collections::HashSet<String>) -> usize {
+        self.disk.as_ref().map_or(0, |disk| disk.prune(keep))
+    }
+
     /// The current version of a tenant's plugin, loaded on first use.
     pub async fn get<V: Versions + ?Sized>(
         self: &Arc<Self>,

@@ -3,7 +3,7 @@
 //! writer keeps in it). A claim is one write: it moves each due entry to
 //! the end of its lease and the delivery's record with it.
 
-use super::Schedule;
+use super::{Census, Schedule};
 use crate::ids::{DeliveryId, TenantId};
 use crate::store::{EmbeddedStore, StoreError};
 use async_trait::async_trait;
@@ -26,5 +26,9 @@ impl Schedule for EmbeddedStore {
 
     async fn next_due_ms(&self) -> Result<Option<u64>, StoreError> {
         self.next_due()
+    }
+
+    async fn census(&self, now_ms: u64) -> Result<Census, StoreError> {
+        self.schedule_census(now_ms)
     }
 }

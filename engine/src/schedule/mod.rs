@@ -33,4 +33,18 @@ pub trait Schedule: Send + Sync + 'static {
 
     /// When the earliest scheduled delivery comes due, if any is scheduled.
     async fn next_due_ms(&self) -> Result<Option<u64>, StoreError>;
+
+    /// How many entries are due at `now_ms` and later, and since when the
+    /// oldest due one has been (the schedule gauges of `/metrics`).
+    async fn census(&self, now_ms: u64) -> Result<Census, StoreError>;
+}
+
+/// The schedule counted at one time. An entry is a delivery, except for a
+/// trigger's fresh deliveries on the embedded store (one entry for all).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Census {
+    pub due: u64,
+    pub later: u64,
+    /// When the oldest entry due now came due.
+    pub oldest_due_ms: Option<u64>,
 }

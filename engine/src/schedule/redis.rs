@@ -9,7 +9,7 @@
 //! twice: an attempt, if its engine dies before recording it and the lease
 //! runs out (at-least-once).
 
-use super::Schedule;
+use super::{Census, Schedule};
 use crate::ids::{DeliveryId, TenantId};
 use crate::store::{RedisStore, StoreError};
 use async_trait::async_trait;
@@ -77,5 +77,27 @@ impl Schedule for RedisStore {
 
     async fn next_due_ms(&self) -> Result<Option<u64>, StoreError> {
         Ok(partition_heads(self).await?.into_iter().flatten().min())
+    }
+
+    async fn census(&self, now_ms: u64) -> Result<Census, StoreError> {
+        let mut pipe = redis::pipe();
+        for p in 0..self.partitions {
+            let key = self.schedule_key(p);
+            pipe.zcount(&key, "-inf", now_ms).zcard(&key);
+        }
+        let counts: Vec<u64> = pipe.query_async(&mut self.conn()).await?;
+        let due: u64 = counts.iter().step_by(2).sum();
+        let all: u64 = counts.iter().skip(1).step_by(2).sum();
+        let oldest_due_ms = partition_heads(self)
+            .await?
+            .into_iter()
+            .flatten()
+            .min()
+            .filter(|&head| head <= now_ms);
+        Ok(Census {
+            due,
+            later: all - due,
+            oldest_due_ms,
+        })
     }
 }

@@ -17,6 +17,7 @@ pub(crate) mod record;
 pub mod redis;
 
 use crate::ids::{DeliveryId, EventId, TenantId, WebhookId};
+use crate::jobs::JobRun;
 use crate::model::{
     Attempt, Delivery, DeliveryStats, DeliveryStatus, Event, EventTypeSeen, PluginVersion, Tenant,
     Webhook,
@@ -256,8 +257,19 @@ pub trait Store: Send + Sync + 'static {
         tenant: &TenantId,
         id: &WebhookId,
     ) -> Result<DeliveryStats, StoreError>;
+    /// Counters of every webhook the tenant ever had, by webhook id.
+    async fn stats_by_webhook(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Vec<(String, DeliveryStats)>, StoreError>;
     /// Counters of every webhook the tenant ever had, summed.
-    async fn tenant_stats(&self, tenant: &TenantId) -> Result<DeliveryStats, StoreError>;
+    async fn tenant_stats(&self, tenant: &TenantId) -> Result<DeliveryStats, StoreError> {
+        let mut sum = DeliveryStats::default();
+        for (_, stats) in self.stats_by_webhook(tenant).await? {
+            sum.add(&stats);
+        }
+        Ok(sum)
+    }
 
     /// Stores a new version of a plugin (the next sequence number) and makes
     /// it current, in one atomic write; returns it.
@@ -293,6 +305,27 @@ pub trait Store: Send + Sync + 'static {
     /// keys older than the retention period (pending deliveries and their
     /// events stay). Returns how many records went. Run periodically.
     async fn sweep(&self, now_ms: u64) -> Result<u64, StoreError>;
+
+    /// Writes something small and waits until it is durable: `/ready`.
+    async fn check_writable(&self) -> Result<(), StoreError>;
+
+    /// Takes (or renews, for the same `holder`) a job's lease until
+    /// `until_ms`; false if another holder has it. The embedded store's
+    /// process owns its file, so there it is always granted (the process
+    /// itself runs a job once at a time, see [`crate::jobs`]).
+    async fn take_job_lease(
+        &self,
+        job: &str,
+        holder: &str,
+        until_ms: u64,
+    ) -> Result<bool, StoreError>;
+    async fn release_job_lease(&self, job: &str, holder: &str) -> Result<(), StoreError>;
+    /// Claims a job's scheduled time: true for the first engine to claim it.
+    async fn claim_job_time(&self, job: &str, at_ms: u64) -> Result<bool, StoreError>;
+    /// Records a job's latest run.
+    async fn put_job_run(&self, job: &str, run: &JobRun) -> Result<(), StoreError>;
+    /// Each job's latest run, by name.
+    async fn job_runs(&self) -> Result<Vec<(String, JobRun)>, StoreError>;
 }
 
 /// The plugin host's view of a store (see [`crate::plugin::Versions`]).

@@ -69,7 +69,16 @@ use tokio::sync::{mpsc, oneshot};
 pub(crate) use writer::Hot;
 use writer::*;
 
+/// With the `faults` feature (black-box tests only): while a file of this
+/// name is in the data directory, `check_writable` fails as a store whose
+/// disk refuses writes would.
+#[cfg(feature = "faults")]
+pub const UNWRITABLE_FAULT: &str = "wasmhook-fault-unwritable";
+
 pub struct EmbeddedStore {
+    /// The directory its file is in.
+    #[cfg_attr(not(feature = "faults"), allow(dead_code))]
+    dir: std::path::PathBuf,
     db: Arc<Database>,
     writer: Option<mpsc::Sender<Op>>,
     writer_thread: Option<std::thread::JoinHandle<()>>,
@@ -122,6 +131,8 @@ impl EmbeddedStore {
             txn.open_table(PLUGINS).map_err(redb::Error::from)?;
             txn.open_table(PLUGIN_VERSIONS).map_err(redb::Error::from)?;
             txn.open_table(PLUGIN_BLOBS).map_err(redb::Error::from)?;
+            txn.open_table(JOB_RUNS).map_err(redb::Error::from)?;
+            txn.open_table(READY).map_err(redb::Error::from)?;
         }
         let released = release_leases(&mut Hot::open(&txn)?, crate::clock::now_ms())?;
         txn.commit().map_err(redb::Error::from)?;
@@ -139,6 +150,7 @@ impl EmbeddedStore {
             .spawn(move || write_loop(&writer_db, rx, &metrics))
             .map_err(|e| StoreError::Storage(redb::Error::Io(e)))?;
         Ok(EmbeddedStore {
+            dir: dir.to_owned(),
             db,
             writer: Some(writer),
             writer_thread: Some(writer_thread),
@@ -418,12 +430,22 @@ impl Store for EmbeddedStore {
         })
     }
 
-    async fn tenant_stats(&self, tenant: &TenantId) -> Result<DeliveryStats, StoreError> {
+    async fn stats_by_webhook(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Vec<(String, DeliveryStats)>, StoreError> {
         self.read(|txn| {
-            let all: Vec<DeliveryStats> = list_json(&table!(txn, STATS), tenant.as_str())?;
-            let mut sum = DeliveryStats::default();
-            all.iter().for_each(|s| sum.add(s));
-            Ok(sum)
+            let table = table!(txn, STATS);
+            let mut out = Vec::new();
+            let t = tenant.as_str();
+            for item in table
+                .range((t, "")..(t, MAX_ID))
+                .map_err(redb::Error::from)?
+            {
+                let (k, v) = item.map_err(redb::Error::from)?;
+                out.push((k.value().1.to_owned(), dec(v.value())?));
+            }
+            Ok(out)
         })
     }
 
@@ -507,6 +529,58 @@ impl Store for EmbeddedStore {
     async fn sweep(&self, now_ms: u64) -> Result<u64, StoreError> {
         let cutoff = now_ms.saturating_sub(self.retention_ms);
         self.write(move |txn| sweep(txn, cutoff)).await
+    }
+
+    async fn check_writable(&self) -> Result<(), StoreError> {
+        #[cfg(feature = "faults")]
+        if self.dir.join(UNWRITABLE_FAULT).exists() {
+            return Err(StoreError::Commit(format!(
+                "fault injected: {UNWRITABLE_FAULT} exists"
+            )));
+        }
+        let now = crate::clock::now_ms();
+        self.write(move |txn| {
+            table!(txn, READY)
+                .insert("probe", now)
+                .map_err(redb::Error::from)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn take_job_lease(&self, _: &str, _: &str, _: u64) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+
+    async fn release_job_lease(&self, _: &str, _: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn claim_job_time(&self, _: &str, _: u64) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+
+    async fn put_job_run(&self, job: &str, run: &crate::jobs::JobRun) -> Result<(), StoreError> {
+        let (job, run) = (job.to_owned(), enc(run));
+        self.write(move |txn| {
+            table!(txn, JOB_RUNS)
+                .insert(job.as_str(), run.as_slice())
+                .map_err(redb::Error::from)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn job_runs(&self) -> Result<Vec<(String, crate::jobs::JobRun)>, StoreError> {
+        self.read(|txn| {
+            let table = table!(txn, JOB_RUNS);
+            let mut out = Vec::new();
+            for item in table.iter().map_err(redb::Error::from)? {
+                let (k, v) = item.map_err(redb::Error::from)?;
+                out.push((k.value().to_owned(), dec(v.value())?));
+            }
+            Ok(out)
+        })
     }
 
     async fn list_plugins(&self, tenant: &TenantId) -> Result<Vec<PluginVersion>, StoreError> {

@@ -286,4 +286,33 @@ impl EmbeddedStore {
         let first = table.first().map_err(redb::Error::from)?;
         Ok(first.map(|(k, _)| k.value().0))
     }
+
+    /// The schedule table counted at `now_ms` (one read transaction; the
+    /// due entries are walked, the rest is the table's length).
+    pub(crate) fn schedule_census(
+        &self,
+        now_ms: u64,
+    ) -> Result<crate::schedule::Census, StoreError> {
+        use redb::{ReadableDatabase, ReadableTableMetadata};
+        let txn = self.db().begin_read().map_err(redb::Error::from)?;
+        let table = txn.open_table(SCHEDULE).map_err(redb::Error::from)?;
+        let total = table.len().map_err(redb::Error::from)?;
+        let oldest_due_ms = table
+            .first()
+            .map_err(redb::Error::from)?
+            .map(|(k, _)| k.value().0)
+            .filter(|&due| due <= now_ms);
+        let due = match oldest_due_ms {
+            Some(_) => table
+                .range((0u64, "")..=(now_ms, "\u{7f}"))
+                .map_err(redb::Error::from)?
+                .count() as u64,
+            None => 0,
+        };
+        Ok(crate::schedule::Census {
+            due,
+            later: total - due,
+            oldest_due_ms,
+        })
+    }
 }

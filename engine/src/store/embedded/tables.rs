@@ -22,6 +22,10 @@ pub(crate) const PLUGINS: TableDefinition<(&str, &str), u32> = TableDefinition::
 pub(crate) const PLUGIN_VERSIONS: TableDefinition<(&str, &str, u32), Json> =
     TableDefinition::new("plugin_versions");
 pub(crate) const PLUGIN_BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("plugin_blobs");
+/// Each job's latest run, by job name.
+pub(crate) const JOB_RUNS: TableDefinition<&str, Json> = TableDefinition::new("job_runs");
+/// When `/ready` last wrote (its probe).
+pub(crate) const READY: TableDefinition<&str, u64> = TableDefinition::new("ready");
 
 /// Past every id character, for the upper end of a prefix range.
 pub(super) const MAX_ID: &str = "\u{7f}";

@@ -254,6 +254,7 @@ pub(super) fn finishing(
                 if let Some((a, _)) = &attempt {
                     s.attempts += 1;
                     s.attempt_duration_ms_total += a.duration_ms;
+                    s.note(&crate::model::LastAttempt::of(a));
                 }
             },
         )?;

@@ -47,8 +47,8 @@ use scripts::*;
 
 use crate::ids::{DeliveryId, EventId, TenantId, WebhookId};
 use crate::model::{
-    Attempt, Delivery, DeliveryStats, DeliveryStatus, Event, EventTypeSeen, PluginVersion, Tenant,
-    Webhook,
+    Attempt, Delivery, DeliveryStats, DeliveryStatus, Event, EventTypeSeen, LastAttempt,
+    PluginVersion, Tenant, Webhook,
 };
 use crate::store::{
     FanOutGate, IdempotentAnswer, Ingested, NewEvent, Page, PluginUpload, Store, StoreError,
@@ -245,6 +245,7 @@ impl RedisStore {
             _ => String::new(),
         };
         let status = serde_json::to_value(d.status)?;
+        let last = attempt.map(LastAttempt::of);
         let _: i64 = self
             .finish
             .key(self.key(t, &format!("d:{}", d.id)))
@@ -255,6 +256,7 @@ impl RedisStore {
             .key(self.key(t, &format!("evp:{t}:{}", d.event_id)))
             .key(self.key(t, &format!("evd:{t}:{}", d.event_id)))
             .key(self.key(t, &format!("idem:{t}:id:{}", d.event_id)))
+            .key(self.key(t, &format!("errors:{t}")))
             .arg(json(d))
             .arg(attempt.map(json).unwrap_or_default())
             .arg(status.as_str().unwrap_or_default())
@@ -263,6 +265,17 @@ impl RedisStore {
             .arg(next)
             .arg(self.ttl_secs)
             .arg(attempt.map_or(0, |a| a.duration_ms))
+            .arg(last.as_ref().map_or(0, |l| l.at_ms()))
+            .arg(match &last {
+                Some(LastAttempt::Succeeded { .. }) => "s",
+                Some(LastAttempt::Failed { .. }) => "f",
+                Some(LastAttempt::Skipped { .. }) => "k",
+                None => "",
+            })
+            .arg(match &last {
+                Some(LastAttempt::Failed { error, .. }) => error.as_str(),
+                _ => "",
+            })
             .invoke_async(&mut self.conn())
             .await?;
         Ok(())
@@ -284,6 +297,7 @@ fn stats_of(fields: &HashMap<String, i64>, webhook: &str) -> DeliveryStats {
             .unwrap_or(0)
             .max(0) as u64
     };
+    let at = |name: &str| Some(get(name)).filter(|&ms| ms > 0);
     DeliveryStats {
         total: get("total"),
         pending: get("pending"),
@@ -292,6 +306,10 @@ fn stats_of(fields: &HashMap<String, i64>, webhook: &str) -> DeliveryStats {
         skipped: get("skipped"),
         attempts: get("attempts"),
         attempt_duration_ms_total: get("duration"),
+        last_attempt_at_ms: at("last_attempt_at"),
+        last_success_at_ms: at("last_success_at"),
+        last_failure_at_ms: at("last_failure_at"),
+        last_error: None,
     }
 }
 
@@ -524,10 +542,18 @@ impl Store for RedisStore {
         tenant: &TenantId,
         id: &WebhookId,
     ) -> Result<DeliveryStats, StoreError> {
-        Ok(stats_of(&self.stats_fields(tenant).await?, id.as_str()))
+        let mut stats = stats_of(&self.stats_fields(tenant).await?, id.as_str());
+        stats.last_error = self
+            .conn()
+            .hget(self.key(tenant, &format!("errors:{tenant}")), id.as_str())
+            .await?;
+        Ok(stats)
     }
 
-    async fn tenant_stats(&self, tenant: &TenantId) -> Result<DeliveryStats, StoreError> {
+    async fn stats_by_webhook(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Vec<(String, DeliveryStats)>, StoreError> {
         let fields = self.stats_fields(tenant).await?;
         let mut webhooks: Vec<&str> = fields
             .keys()
@@ -535,11 +561,18 @@ impl Store for RedisStore {
             .collect();
         webhooks.sort_unstable();
         webhooks.dedup();
-        let mut sum = DeliveryStats::default();
-        for w in webhooks {
-            sum.add(&stats_of(&fields, w));
-        }
-        Ok(sum)
+        let mut errors: HashMap<String, String> = self
+            .conn()
+            .hgetall(self.key(tenant, &format!("errors:{tenant}")))
+            .await?;
+        Ok(webhooks
+            .into_iter()
+            .map(|w| {
+                let mut stats = stats_of(&fields, w);
+                stats.last_error = errors.remove(w);
+                (w.to_owned(), stats)
+            })
+            .collect())
     }
 
     async fn put_plugin(
@@ -693,6 +726,66 @@ impl Store for RedisStore {
             }
         }
         Ok(removed)
+    }
+
+    async fn check_writable(&self) -> Result<(), StoreError> {
+        let _: () = self
+            .conn()
+            .pset_ex(self.global("ready"), crate::clock::now_ms(), 60_000)
+            .await?;
+        Ok(())
+    }
+
+    async fn take_job_lease(
+        &self,
+        job: &str,
+        holder: &str,
+        until_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let ttl = until_ms.saturating_sub(crate::clock::now_ms()).max(1);
+        let taken: i64 = scripts::TAKE_LEASE
+            .key(self.global(&format!("job:{job}:lease")))
+            .arg(holder)
+            .arg(ttl)
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(taken == 1)
+    }
+
+    async fn release_job_lease(&self, job: &str, holder: &str) -> Result<(), StoreError> {
+        let _: i64 = scripts::RELEASE_LEASE
+            .key(self.global(&format!("job:{job}:lease")))
+            .arg(holder)
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(())
+    }
+
+    async fn claim_job_time(&self, job: &str, at_ms: u64) -> Result<bool, StoreError> {
+        let claimed: Option<String> = redis::cmd("SET")
+            .arg(self.global(&format!("job:{job}:at:{at_ms}")))
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(86_400_000)
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(claimed.is_some())
+    }
+
+    async fn put_job_run(&self, job: &str, run: &crate::jobs::JobRun) -> Result<(), StoreError> {
+        let _: () = self
+            .conn()
+            .hset(self.global("jobs"), job, json(run))
+            .await?;
+        Ok(())
+    }
+
+    async fn job_runs(&self) -> Result<Vec<(String, crate::jobs::JobRun)>, StoreError> {
+        let raw: HashMap<String, String> = self.conn().hgetall(self.global("jobs")).await?;
+        raw.into_iter()
+            .map(|(job, run)| Ok((job, parse(&run)?)))
+            .collect()
     }
 }
 

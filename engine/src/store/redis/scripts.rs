@@ -51,8 +51,9 @@ return record
 
 pub(super) const FINISH: &str = r#"
 -- KEYS: delivery, attempts, schedule, stats, event, event's pending count,
---       event's delivery list, answer under the event id
--- ARGV: delivery json, attempt json or '', status, webhook id, member, next due or '', ttl, duration ms
+--       event's delivery list, answer under the event id, last errors
+-- ARGV: delivery json, attempt json or '', status, webhook id, member, next due or '', ttl,
+--       duration ms, attempt end ms, 's'ucceeded / 'f'ailed / 'k' skipped / '', error
 local prev = redis.call('GET', KEYS[1])
 if not prev then return redis.error_reply('delivery not found') end
 local old = cjson.decode(prev)['status']
@@ -66,6 +67,20 @@ if ARGV[2] ~= '' then
   redis.call('RPUSH', KEYS[2], ARGV[2])
   redis.call('HINCRBY', KEYS[4], wid .. ':attempts', 1)
   redis.call('HINCRBY', KEYS[4], wid .. ':duration', ARGV[8])
+  -- The "last" fields move forward only (attempts may be recorded out of order).
+  local function later(field)
+    local key = wid .. ':' .. field
+    if tonumber(redis.call('HGET', KEYS[4], key) or '0') <= tonumber(ARGV[9]) then
+      redis.call('HSET', KEYS[4], key, ARGV[9])
+      return true
+    end
+    return false
+  end
+  later('last_attempt_at')
+  if ARGV[10] == 's' then later('last_success_at') end
+  if ARGV[10] == 'f' and later('last_failure_at') then
+    redis.call('HSET', KEYS[9], wid, ARGV[11])
+  end
 end
 -- Pending records never expire; finished ones expire after the retention.
 if new == 'pending' then
@@ -94,3 +109,30 @@ if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
 redis.call('HSET', KEYS[2], ARGV[3], ARGV[1])
 return 1
 "#;
+
+/// A job's lease: taken when free, renewed by its holder.
+/// KEYS: lease; ARGV: holder, ttl ms. Returns 1 when held by `holder`.
+pub(super) static TAKE_LEASE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"#,
+    )
+});
+
+/// Gives a job's lease back, if `holder` still has it.
+/// KEYS: lease; ARGV: holder.
+pub(super) static RELEASE_LEASE: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| {
+        redis::Script::new(
+            r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#,
+        )
+    });
