@@ -555,6 +555,41 @@ async fn an_exhausted_delivery_is_told_and_operational_events_cause_none(backend
     );
 }
 
+async fn a_gone_receiver_disables_its_webhook_and_the_tenant_is_told(backend: Backend) {
+    let engine = TestEngine::on(backend, |_| {}).await;
+    let gone = TestReceiver::spawn().await;
+    gone.answer(&[410]);
+    let watcher = TestReceiver::spawn().await;
+    let key = engine.tenant("gone").await;
+    let hook = engine
+        .webhook(&key, &gone.url, json!({"events": ["doc.*"]}))
+        .await;
+    engine
+        .webhook(
+            &key,
+            &watcher.url,
+            json!({"events": ["wasmhook.webhook.disabled"]}),
+        )
+        .await;
+    engine.trigger(&key, "doc.signed", json!({})).await;
+    let got = watcher.wait_for(1, WAIT).await;
+    let event = got[0].json();
+    assert_eq!(event["data"]["webhook_id"], hook["id"], "{event}");
+    assert_eq!(event["data"]["cause"], "gone");
+    assert_eq!(event["data"]["reason"], "receiver answered 410 Gone");
+    let (_, now) = engine
+        .get(
+            &format!("/api/webhooks/{}", hook["id"].as_str().unwrap()),
+            &key,
+        )
+        .await;
+    assert_eq!(now["active"], false);
+    assert!(now["disabled_at"].is_string(), "{now}");
+    engine
+        .assert_metrics(&[r#"wasmhook_webhooks_disabled_total{reason="gone"} 1"#])
+        .await;
+}
+
 async fn jobs_are_listed_and_run_by_api_and_command_line(backend: Backend) {
     let engine = TestEngine::on(backend, |_| {}).await;
     let key = engine.tenant("jobs").await;
@@ -863,6 +898,7 @@ on_both_backends!(
     a_real_prometheus_answers_the_seeds_queries,
     the_health_job_disables_a_failing_webhook_and_tells_the_tenant,
     an_exhausted_delivery_is_told_and_operational_events_cause_none,
+    a_gone_receiver_disables_its_webhook_and_the_tenant_is_told,
     jobs_are_listed_and_run_by_api_and_command_line,
     scheduled_jobs_run_on_time,
     engine_wide_defaults_apply_to_webhooks_that_name_none,

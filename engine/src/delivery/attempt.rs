@@ -327,7 +327,7 @@ impl Deliverer {
                 outcome: outcome_name(attempt.outcome),
             })
             .inc();
-        self.count_final(&delivery);
+        self.count_final(&delivery, &series);
         let event_type = delivery.event_type.clone();
         let exhausted = (delivery.status == DeliveryStatus::Failed && !gone).then(|| {
             serde_json::json!({
@@ -418,13 +418,17 @@ impl Deliverer {
         delivery.reason = Some(reason.to_owned());
         delivery.next_attempt_at_ms = None;
         delivery.updated_at_ms = self.clock.now_ms();
-        self.count_final(&delivery);
+        let series = self
+            .metrics
+            .webhooks
+            .series(&delivery.tenant, &delivery.event_type);
+        self.count_final(&delivery, &series);
         self.store.finish_attempt(delivery, None).await
     }
 
     /// Counts a delivery that reached a final status (in both the
     /// engine's family and seed 001's).
-    fn count_final(&self, delivery: &Delivery) {
+    fn count_final(&self, delivery: &Delivery, series: &webhook::Series) {
         let (outcome, seed) = match delivery.status {
             DeliveryStatus::Pending => return,
             DeliveryStatus::Succeeded => ("succeeded", webhook::Outcome::Delivered),
@@ -435,10 +439,7 @@ impl Deliverer {
             .deliveries_finished
             .get_or_create(&OutcomeLabel { outcome })
             .inc();
-        self.metrics
-            .webhooks
-            .series(&delivery.tenant, &delivery.event_type)
-            .delivery(seed);
+        series.delivery(seed);
     }
 }
 
