@@ -33,9 +33,10 @@ pub struct Report {
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = if self.checked == 1 { "" } else { "s" };
         write!(
             f,
-            "checked {} active webhooks, disabled {}",
+            "checked {} active webhook{s}, disabled {}",
             self.checked, self.disabled
         )
     }
