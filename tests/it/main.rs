@@ -11,6 +11,7 @@ mod durability;
 mod formats;
 mod hostile;
 mod ops;
+mod pause;
 mod plugin_ops;
 mod plugins;
 mod redis_scale;

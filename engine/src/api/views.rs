@@ -1,6 +1,7 @@
 //! How records look to API callers: times as RFC 3339, secrets left out.
 
 use crate::clock::rfc3339_ms;
+use crate::delivery::pause::PAUSED_DUE_MS;
 use crate::model::{Attempt, Delivery, DeliveryStats, PluginVersion, Webhook, WebhookDefaults};
 use serde_json::{Value, json};
 
@@ -37,7 +38,8 @@ pub fn delivery(d: &Delivery) -> Value {
         "event_type": d.event_type,
         "status": d.status,
         "attempts": d.attempts,
-        "next_attempt_at": d.next_attempt_at_ms.map(rfc3339_ms),
+        "next_attempt_at": d.next_attempt_at_ms.filter(|&t| t != PAUSED_DUE_MS).map(rfc3339_ms),
+        "waiting_for_webhook": d.next_attempt_at_ms == Some(PAUSED_DUE_MS),
         "reason": d.reason,
         "last_status_code": d.last_status_code,
         "created_at": rfc3339_ms(d.created_at_ms),

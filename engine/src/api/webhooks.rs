@@ -389,9 +389,14 @@ pub async fn update(
     Json(input): Json<WebhookInput>,
 ) -> ApiResult<axum::Json<Value>> {
     let mut w = load(&app, &caller, &path.webhook_id).await?;
+    let enabling = input.active == Some(true);
     apply(&app, &caller, &mut w, input).await?;
     app.store.put_webhook(w.clone()).await?;
-    Ok(axum::Json(views::webhook(&w, app.deliverer.defaults())))
+    let mut body = views::webhook(&w, app.deliverer.defaults());
+    if enabling {
+        body["resumed_deliveries"] = json!(app.deliverer.resume(caller.id(), &w.id).await?);
+    }
+    Ok(axum::Json(body))
 }
 
 pub async fn delete(
@@ -400,6 +405,11 @@ pub async fn delete(
     Path(path): Path<WebhookPath>,
 ) -> ApiResult<StatusCode> {
     let w = load(&app, &caller, &path.webhook_id).await?;
+    // Its pending deliveries (waiting ones too) fail now, not when each
+    // would have come due; one created meanwhile fails when it does.
+    app.deliverer
+        .fail_pending(caller.id(), &w.id, "webhook was deleted")
+        .await?;
     app.store.delete_webhook(caller.id(), &w.id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -419,7 +429,11 @@ async fn set_active(
         (Some("disabled by the tenant".into()), Some(w.updated_at_ms))
     };
     app.store.put_webhook(w.clone()).await?;
-    Ok(axum::Json(views::webhook(&w, app.deliverer.defaults())))
+    let mut body = views::webhook(&w, app.deliverer.defaults());
+    if active {
+        body["resumed_deliveries"] = json!(app.deliverer.resume(caller.id(), &w.id).await?);
+    }
+    Ok(axum::Json(body))
 }
 
 pub async fn enable(

@@ -120,7 +120,7 @@ impl Deliverer {
         #[cfg(feature = "faults")]
         super::faults::attempt(&webhook);
         if !webhook.active {
-            return self.give_up(*delivery, "webhook is disabled").await;
+            return self.park(*delivery).await;
         }
         // An attempt never outlives its lease, or another engine could claim
         // the delivery while this one is still sending it.

@@ -392,6 +392,7 @@ mod tests {
                 Ok(Census {
                     due: now.len() as u64,
                     later: later.len() as u64,
+                    paused: 0,
                     oldest_due_ms: now.iter().min().copied(),
                 })
             }

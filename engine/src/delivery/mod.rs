@@ -8,6 +8,7 @@
 //! - [`decide`]: what follows an attempt, a pure function.
 //! - [`shape`], [`outgoing`], [`sign`]: the request as shaped, as sent, its
 //!   signature. [`shared`]: one plugin call for a fan-out's first attempts.
+//! - [`pause`]: a disabled webhook's deliveries wait; enabling sends them.
 //! - [`admission`], [`origins`]: per-origin limits. [`client`], [`ssrf`]:
 //!   the HTTP client and the addresses it may reach.
 //!
@@ -25,6 +26,7 @@ mod dispatch;
 mod faults;
 pub mod origins;
 pub mod outgoing;
+pub mod pause;
 pub mod shape;
 mod shared;
 pub mod sign;

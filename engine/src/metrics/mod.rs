@@ -104,6 +104,8 @@ pub struct Metrics {
     pub schedule_due: Gauge,
     /// Schedule entries due later (leases of attempts in flight included).
     pub schedule_later: Gauge,
+    /// Deliveries waiting for their webhook to be enabled.
+    pub schedule_paused: Gauge,
     /// Age of the oldest entry due now (0 when none is).
     pub schedule_oldest_due_seconds: Gauge<f64, AtomicU64>,
     /// Webhooks the engine disabled, by reason (`failure_rate`, `gone`).
@@ -211,6 +213,7 @@ impl Metrics {
         );
         let schedule_due = Gauge::default();
         let schedule_later = Gauge::default();
+        let schedule_paused = Gauge::default();
         let schedule_oldest_due_seconds = Gauge::<f64, AtomicU64>::default();
         let webhooks_disabled = Family::<ReasonLabel, Counter>::default();
         let operational_events = Family::<EventTypeLabel, Counter>::default();
@@ -224,6 +227,11 @@ impl Metrics {
             "schedule_later",
             "Deliveries scheduled later: retries, and leases of attempts in flight",
             schedule_later.clone(),
+        );
+        registry.register(
+            "schedule_paused",
+            "Deliveries waiting for their webhook to be enabled (they use no attempts)",
+            schedule_paused.clone(),
         );
         registry.register(
             "schedule_oldest_due_age_seconds",
@@ -272,6 +280,7 @@ impl Metrics {
             webhooks,
             schedule_due,
             schedule_later,
+            schedule_paused,
             schedule_oldest_due_seconds,
             webhooks_disabled,
             operational_events,
@@ -294,6 +303,7 @@ impl Metrics {
     pub fn set_schedule(&self, census: &crate::schedule::Census, now_ms: u64) {
         self.schedule_due.set(census.due as i64);
         self.schedule_later.set(census.later as i64);
+        self.schedule_paused.set(census.paused as i64);
         let age = census
             .oldest_due_ms
             .map_or(0.0, |due| now_ms.saturating_sub(due) as f64 / 1000.0);

@@ -44,7 +44,10 @@ pub trait Schedule: Send + Sync + 'static {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Census {
     pub due: u64,
+    /// Due later, not counting those waiting for their webhook.
     pub later: u64,
+    /// Waiting for their webhook to be enabled (see `delivery::pause`).
+    pub paused: u64,
     /// When the oldest entry due now came due.
     pub oldest_due_ms: Option<u64>,
 }

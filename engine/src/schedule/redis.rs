@@ -10,6 +10,7 @@
 //! runs out (at-least-once).
 
 use super::{Census, Schedule};
+use crate::delivery::pause::PAUSED_DUE_MS;
 use crate::ids::{DeliveryId, TenantId};
 use crate::store::{RedisStore, StoreError};
 use async_trait::async_trait;
@@ -83,11 +84,13 @@ impl Schedule for RedisStore {
         let mut pipe = redis::pipe();
         for p in 0..self.partitions {
             let key = self.schedule_key(p);
-            pipe.zcount(&key, "-inf", now_ms).zcard(&key);
+            pipe.zcount(&key, "-inf", now_ms)
+                .zcard(&key)
+                .zcount(&key, PAUSED_DUE_MS, "+inf");
         }
         let counts: Vec<u64> = pipe.query_async(&mut self.conn()).await?;
-        let due: u64 = counts.iter().step_by(2).sum();
-        let all: u64 = counts.iter().skip(1).step_by(2).sum();
+        let sum = |skip: usize| -> u64 { counts.iter().skip(skip).step_by(3).sum() };
+        let (due, all, paused) = (sum(0), sum(1), sum(2));
         let oldest_due_ms = partition_heads(self)
             .await?
             .into_iter()
@@ -96,7 +99,8 @@ impl Schedule for RedisStore {
             .filter(|&head| head <= now_ms);
         Ok(Census {
             due,
-            later: all - due,
+            later: all - due - paused,
+            paused,
             oldest_due_ms,
         })
     }

@@ -309,9 +309,14 @@ impl EmbeddedStore {
                 .count() as u64,
             None => 0,
         };
+        let paused = table
+            .range((crate::delivery::pause::PAUSED_DUE_MS, "")..)
+            .map_err(redb::Error::from)?
+            .count() as u64;
         Ok(crate::schedule::Census {
             due,
-            later: total - due,
+            later: total - due - paused,
+            paused,
             oldest_due_ms,
         })
     }
