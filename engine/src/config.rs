@@ -76,6 +76,12 @@ pub struct RawConfig {
     pub http_header_timeout_ms: u64,
     /// Time a request's body may take to arrive, from its headers.
     pub http_body_timeout_ms: u64,
+    /// Events one tenant may trigger per second on average (0: no limit);
+    /// past it `POST /api/events` answers 429 with `Retry-After`.
+    pub tenant_events_per_second: f64,
+    /// Events one tenant may trigger at once above that rate (0: as many
+    /// as one second's worth).
+    pub tenant_events_burst: u32,
     /// The retry policy of webhooks that name none: JSON (in the
     /// environment) or a table (in the file), as a webhook's `retry_policy`.
     pub default_retry_policy: Option<PolicyInput>,
@@ -139,6 +145,8 @@ impl Default for RawConfig {
             max_connections: 4096,
             http_header_timeout_ms: 30_000,
             http_body_timeout_ms: 60_000,
+            tenant_events_per_second: 0.0,
+            tenant_events_burst: 0,
             default_retry_policy: None,
             default_timeout_ms: crate::model::DEFAULT_TIMEOUT_MS,
             metrics_label_sets: 2000,
@@ -179,6 +187,8 @@ pub struct Settings {
     pub http_header_timeout: Duration,
     pub http_body_timeout: Duration,
     pub webhook_defaults: WebhookDefaults,
+    /// The per-tenant ingest limit, if any.
+    pub tenant_events: Option<crate::limit::Rate>,
     pub metrics_bound: LabelBound,
     pub health: HealthRule,
     pub jobs: JobSchedules,
@@ -374,6 +384,16 @@ impl RawConfig {
         if !(1..=24 * 90).contains(&self.health_window_hours) {
             return Err(invalid("health_window_hours", "must be 1 to 2160"));
         }
+        if !(0.0..=1_000_000.0).contains(&self.tenant_events_per_second) {
+            return Err(invalid("tenant_events_per_second", "must be 0 to 1000000"));
+        }
+        let tenant_events = (self.tenant_events_per_second > 0.0).then(|| crate::limit::Rate {
+            per_second: self.tenant_events_per_second,
+            burst: match self.tenant_events_burst {
+                0 => (self.tenant_events_per_second.ceil() as u32).max(1),
+                burst => burst,
+            },
+        });
         let cron = |key: &'static str, expr: &str| parse_cron(expr).map_err(|m| invalid(key, m));
         let jobs = JobSchedules {
             cleanup: cron("job_cleanup_cron", &self.job_cleanup_cron)?,
@@ -385,6 +405,7 @@ impl RawConfig {
             )?,
         };
         Ok(Settings {
+            tenant_events,
             webhook_defaults: WebhookDefaults {
                 retry_policy: default_retry_policy,
                 timeout_ms: self.default_timeout_ms,

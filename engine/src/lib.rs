@@ -20,6 +20,7 @@ pub mod devkit;
 pub mod filter;
 pub mod ids;
 pub mod jobs;
+pub mod limit;
 pub mod metrics;
 pub mod model;
 pub mod operational;

@@ -10,6 +10,7 @@ mod devkit;
 mod durability;
 mod formats;
 mod hostile;
+mod limits;
 mod ops;
 mod pause;
 mod plugin_ops;

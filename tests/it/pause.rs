@@ -108,7 +108,10 @@ async fn deleting_a_webhook_fails_its_pending_deliveries(backend: Backend) {
         .await;
     let event = engine.trigger(&key, "order.created", json!({})).await;
     receiver.wait_for(1, WAIT).await;
-    wait_all(&engine, &key, &[event.clone()], |d| d["attempts"] == 1).await;
+    wait_all(&engine, &key, std::slice::from_ref(&event), |d| {
+        d["attempts"] == 1
+    })
+    .await;
     let (status, _) = engine
         .call(
             Method::DELETE,

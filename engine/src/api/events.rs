@@ -88,7 +88,42 @@ pub async fn trigger(
     Json(input): Json<Trigger>,
 ) -> ApiResult<Response> {
     let new = new_event(&app, caller.id(), input, idempotency_key(&headers)?)?;
+    within_limit(&app, caller.id(), 1).await?;
     ingest(&app, new).await
+}
+
+/// The tenant's ingest limit (`tenant_events_per_second`): `n` more events
+/// now, or a `429` saying when to come back. Checked once the request is
+/// known to be valid, so a bad request costs nothing.
+async fn within_limit(app: &App, tenant: &crate::ids::TenantId, n: u32) -> Result<(), ApiError> {
+    let Some(rate) = app.settings.tenant_events else {
+        return Ok(());
+    };
+    match app
+        .store
+        .take_rate(tenant, "events", rate, n, now_ms())
+        .await?
+    {
+        Ok(()) => Ok(()),
+        Err(Some(wait)) => Err(ApiError::too_many(
+            "rate_limited",
+            format!(
+                "this tenant may trigger {} events per second (bursts of {}); try again in {} ms",
+                rate.per_second,
+                rate.burst,
+                wait.as_millis().max(1)
+            ),
+            wait.as_secs_f64().ceil().max(1.0) as u64,
+        )),
+        Err(None) => Err(ApiError::too_many(
+            "rate_limited",
+            format!(
+                "{n} events at once is more than this tenant's burst of {}; send smaller batches",
+                rate.burst
+            ),
+            1,
+        )),
+    }
 }
 
 /// Writes one event, hands its deliveries to the worker and answers; shared
@@ -130,6 +165,7 @@ pub async fn trigger_batch(
         })?;
         news.push(new);
     }
+    within_limit(&app, caller.id(), n as u32).await?;
     let (mut accepted, mut replayed, mut conflicts) = (0u32, 0u32, 0u32);
     let results: Vec<Value> = app
         .store

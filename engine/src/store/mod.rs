@@ -306,6 +306,19 @@ pub trait Store: Send + Sync + 'static {
     /// events stay). Returns how many records went. Run periodically.
     async fn sweep(&self, now_ms: u64) -> Result<u64, StoreError>;
 
+    /// Takes `n` units of the rate limit `name` of `tenant` at `now_ms`
+    /// (see [`crate::limit`]): `Ok` if they pass, else how long to wait
+    /// (`None`: never, `n` is over the burst). Kept in memory on the
+    /// embedded store (one process), in Redis across engines.
+    async fn take_rate(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        rate: crate::limit::Rate,
+        n: u32,
+        now_ms: u64,
+    ) -> Result<Result<(), Option<std::time::Duration>>, StoreError>;
+
     /// Writes something small and waits until it is durable: `/ready`.
     async fn check_writable(&self) -> Result<(), StoreError>;
 

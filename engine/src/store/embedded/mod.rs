@@ -76,6 +76,9 @@ use writer::*;
 pub const UNWRITABLE_FAULT: &str = "wasmhook-fault-unwritable";
 
 pub struct EmbeddedStore {
+    /// Rate limits' arrival times by `tenant/name` (see [`crate::limit`]):
+    /// the process owns the store, so memory is where they are shared.
+    rates: std::sync::Mutex<std::collections::HashMap<String, f64>>,
     /// The directory its file is in.
     #[cfg_attr(not(feature = "faults"), allow(dead_code))]
     dir: std::path::PathBuf,
@@ -150,6 +153,7 @@ impl EmbeddedStore {
             .spawn(move || write_loop(&writer_db, rx, &metrics))
             .map_err(|e| StoreError::Storage(redb::Error::Io(e)))?;
         Ok(EmbeddedStore {
+            rates: Default::default(),
             dir: dir.to_owned(),
             db,
             writer: Some(writer),
@@ -546,6 +550,22 @@ impl Store for EmbeddedStore {
             Ok(())
         })
         .await
+    }
+
+    async fn take_rate(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        rate: crate::limit::Rate,
+        n: u32,
+        now_ms: u64,
+    ) -> Result<Result<(), Option<std::time::Duration>>, StoreError> {
+        let key = format!("{tenant}/{name}");
+        let mut rates = self.rates.lock().expect("rates lock");
+        let taken = crate::limit::take(rates.get(&key).copied(), now_ms as f64, rate, n);
+        Ok(taken.map(|tat| {
+            rates.insert(key, tat);
+        }))
     }
 
     async fn take_job_lease(&self, _: &str, _: &str, _: u64) -> Result<bool, StoreError> {

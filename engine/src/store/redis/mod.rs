@@ -736,6 +736,34 @@ impl Store for RedisStore {
         Ok(())
     }
 
+    async fn take_rate(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        rate: crate::limit::Rate,
+        n: u32,
+        now_ms: u64,
+    ) -> Result<Result<(), Option<std::time::Duration>>, StoreError> {
+        if n > rate.burst {
+            return Ok(Err(None));
+        }
+        let wait_ms: f64 = scripts::TAKE_RATE
+            .key(self.key(tenant, &format!("rate:{tenant}:{name}")))
+            .arg(now_ms)
+            .arg(rate.interval_ms())
+            .arg(rate.tolerance_ms())
+            .arg(n)
+            .invoke_async::<String>(&mut self.conn())
+            .await?
+            .parse()
+            .unwrap_or(0.0);
+        Ok(if wait_ms > 0.0 {
+            Err(Some(std::time::Duration::from_secs_f64(wait_ms / 1000.0)))
+        } else {
+            Ok(())
+        })
+    }
+
     async fn take_job_lease(
         &self,
         job: &str,

@@ -136,3 +136,21 @@ return 0
 "#,
         )
     });
+
+/// One take of a rate limit (GCRA, as `crate::limit::take`).
+/// KEYS: arrival time; ARGV: now ms, interval ms, tolerance ms, n.
+/// Returns the wait in ms as a string ("0" when the units pass).
+pub(super) static TAKE_RATE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+local now, interval, tolerance, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local tat = tonumber(redis.call('GET', KEYS[1]) or ARGV[1])
+if tat < now then tat = now end
+local nxt = tat + interval * n
+local allowed_at = nxt - tolerance
+if allowed_at > now then return tostring(allowed_at - now) end
+redis.call('SET', KEYS[1], tostring(nxt), 'PX', math.ceil(nxt - now) + 1000)
+return '0'
+"#,
+    )
+});
