@@ -179,7 +179,85 @@ async fn gone_disables_the_webhook(backend: Backend) {
     );
 }
 
+/// Seed 002's views: a webhook's failed events, and a retry by event id.
+async fn failed_events_are_listed_and_retried_by_event_id(backend: Backend) {
+    let engine = TestEngine::on(backend, |_| {}).await;
+    let receiver = TestReceiver::spawn().await;
+    receiver.answer(&[500]);
+    let key = engine.tenant("seed002").await;
+    let once = json!({"strategy": "fixed", "retries": 0, "delay_ms": 0});
+    let hook = engine
+        .webhook(&key, &receiver.url, json!({"retry_policy": once}))
+        .await;
+    let hook_id = hook["id"].as_str().unwrap();
+    let failed = engine
+        .trigger(&key, "low-stock-alert", json!({"sku": "A-1"}))
+        .await;
+    receiver.wait_for(1, WAIT).await;
+    let ok = engine
+        .trigger(&key, "low-stock-alert", json!({"sku": "B-2"}))
+        .await;
+    receiver.wait_for(2, WAIT).await;
+    let failed_id = failed["id"].as_str().unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let list = loop {
+        let (status, list) = engine
+            .get(
+                &format!("/api/webhooks/{hook_id}/events?status=failed"),
+                &key,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{list}");
+        if !list["data"].as_array().unwrap().is_empty() {
+            break list;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{list}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    let events = list["data"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{list}");
+    assert_eq!(events[0]["id"], failed_id);
+    assert_eq!(events[0]["type"], "low-stock-alert");
+    assert_eq!(events[0]["data"], json!({"sku": "A-1"}));
+    assert_eq!(events[0]["delivery"]["status"], "failed");
+    let (_, all) = engine
+        .get(&format!("/api/webhooks/{hook_id}/events"), &key)
+        .await;
+    assert_eq!(all["data"].as_array().unwrap().len(), 2, "{all}");
+
+    let (status, retried) = engine
+        .post(
+            &format!("/api/webhooks/{hook_id}/events/{failed_id}/retry"),
+            &key,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{retried}");
+    let got = receiver.wait_for(3, WAIT).await;
+    assert_eq!(got[2].json()["data"], json!({"sku": "A-1"}));
+    let (status, body) = engine
+        .post(
+            &format!(
+                "/api/webhooks/{hook_id}/events/{}/retry",
+                ok["id"].as_str().unwrap()
+            ),
+            &key,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let (status, body) = engine
+        .post(
+            &format!("/api/webhooks/{hook_id}/events/evt_nope/retry"),
+            &key,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+}
+
 on_both_backends!(
+    failed_events_are_listed_and_retried_by_event_id,
     failing_receiver_is_retried_with_backoff_until_it_lands,
     exhausted_delivery_fails_and_can_be_retried_by_hand,
     retry_after_is_honoured,

@@ -65,6 +65,11 @@ pub fn router(app: Arc<App>) -> Router {
             "/webhooks/{webhook_id}/deliveries/{delivery_id}/retry",
             post(webhooks::retry),
         )
+        .route("/webhooks/{webhook_id}/events", get(webhooks::events))
+        .route(
+            "/webhooks/{webhook_id}/events/{event_id}/retry",
+            post(webhooks::retry_event),
+        )
         .route("/plugins", get(plugins::list))
         .route(
             "/plugins/{name}",

@@ -11,7 +11,7 @@ use crate::App;
 use crate::clock::{now_ms, rfc3339_ms};
 use crate::delivery::ssrf;
 use crate::ids::{DeliveryId, WebhookId};
-use crate::model::{DeliveryStats, DeliveryStatus, RetiredSecret, Secret, Webhook};
+use crate::model::{Delivery, DeliveryStats, DeliveryStatus, RetiredSecret, Secret, Webhook};
 use crate::schedule::policy::RetryPolicy;
 use crate::store::Page;
 use axum::extract::{Path, State};
@@ -608,6 +608,46 @@ pub async fn deliveries(
     Query(q): Query<DeliveryQuery>,
 ) -> ApiResult<axum::Json<Value>> {
     let w = load(&app, &caller, &path.webhook_id).await?;
+    let (list, next) = delivery_page(&app, &caller, &w, &q).await?;
+    Ok(axum::Json(json!({
+        "data": list.iter().map(views::delivery).collect::<Vec<_>>(),
+        "next_before": next,
+    })))
+}
+
+/// `GET /webhooks/{id}/events?status=&limit=&before=` (seed 002's view):
+/// the events sent to this webhook, newest first, each with its delivery
+/// here; `status=failed` lists its failed events.
+pub async fn events(
+    caller: Caller,
+    State(app): State<Arc<App>>,
+    Path(path): Path<WebhookPath>,
+    Query(q): Query<DeliveryQuery>,
+) -> ApiResult<axum::Json<Value>> {
+    let w = load(&app, &caller, &path.webhook_id).await?;
+    let (list, next) = delivery_page(&app, &caller, &w, &q).await?;
+    let mut data = Vec::with_capacity(list.len());
+    for d in &list {
+        let event = app.store.get_event(caller.id(), &d.event_id).await?;
+        data.push(json!({
+            "id": d.event_id,
+            "type": d.event_type,
+            "data": event.as_ref().map(|e| &e.data),
+            "occurred_at": event.as_ref().map(|e| rfc3339_ms(e.occurred_at_ms)),
+            "delivery": views::delivery(d),
+        }));
+    }
+    Ok(axum::Json(json!({"data": data, "next_before": next})))
+}
+
+/// One page of a webhook's deliveries as `q` asks, and the cursor of the
+/// next page.
+async fn delivery_page(
+    app: &App,
+    caller: &Caller,
+    w: &Webhook,
+    q: &DeliveryQuery,
+) -> ApiResult<(Vec<Delivery>, Option<DeliveryId>)> {
     let status = match &q.status {
         None => None,
         Some(s) => Some(DeliveryStatus::parse(s).ok_or_else(|| {
@@ -634,10 +674,7 @@ pub async fn deliveries(
     let next = (list.len() == limit)
         .then(|| list.last().map(|d| d.id.clone()))
         .flatten();
-    Ok(axum::Json(json!({
-        "data": list.iter().map(views::delivery).collect::<Vec<_>>(),
-        "next_before": next,
-    })))
+    Ok((list, next))
 }
 
 async fn load_delivery(
@@ -675,6 +712,41 @@ pub async fn retry(
     Path(path): Path<DeliveryPath>,
 ) -> ApiResult<(StatusCode, axum::Json<Value>)> {
     let d = load_delivery(&app, &caller, &path).await?;
+    retry_one(&app, &caller, d).await
+}
+
+#[derive(Deserialize)]
+pub struct EventPath {
+    webhook_id: String,
+    event_id: String,
+}
+
+/// `POST /webhooks/{id}/events/{event_id}/retry` (seed 002's route): the
+/// retry of this webhook's delivery of that event.
+pub async fn retry_event(
+    caller: Caller,
+    State(app): State<Arc<App>>,
+    Path(path): Path<EventPath>,
+) -> ApiResult<(StatusCode, axum::Json<Value>)> {
+    let w = load(&app, &caller, &path.webhook_id).await?;
+    let not_found = || ApiError::not_found("a delivery of this event to this webhook");
+    let event = crate::ids::EventId::parse_external(&path.event_id).map_err(|_| not_found())?;
+    let d = app
+        .store
+        .event_deliveries(caller.id(), &event)
+        .await?
+        .into_iter()
+        .find(|d| d.webhook_id == w.id)
+        .ok_or_else(not_found)?;
+    retry_one(&app, &caller, d).await
+}
+
+/// Makes a failed or skipped delivery pending again, due now.
+async fn retry_one(
+    app: &App,
+    caller: &Caller,
+    d: Delivery,
+) -> ApiResult<(StatusCode, axum::Json<Value>)> {
     if d.status == DeliveryStatus::Pending {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
