@@ -235,6 +235,8 @@ pub struct Delivery {
     pub last_status_code: Option<u16>,
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
+    /// The delivery this one sends again (a resend or replay of its event).
+    pub replay_of: Option<DeliveryId>,
 }
 
 impl Delivery {

@@ -17,6 +17,7 @@ mod plugin_ops;
 mod plugins;
 mod redis_scale;
 mod redis_server;
+mod replay;
 mod retries;
 mod sandbox;
 mod tenancy;

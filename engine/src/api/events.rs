@@ -10,7 +10,7 @@
 
 use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
-use super::extract::Json;
+use super::extract::{Json, RawBody};
 use super::views;
 use crate::App;
 use crate::clock::{now_ms, rfc3339_ms};
@@ -327,6 +327,94 @@ pub async fn get(
         "occurred_at": rfc3339_ms(event.occurred_at_ms),
         "deliveries": deliveries.iter().map(views::delivery).collect::<Vec<_>>(),
     })))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Resend {
+    /// Only to this webhook (one the event went to).
+    webhook_id: Option<String>,
+}
+
+/// `POST /api/events/{id}/resend`: sends the event again, whatever its
+/// deliveries' status, to every webhook it went to that still exists (or
+/// to the one named): one new delivery each, linked to the latest one
+/// there by `replay_of`. `202` with the new deliveries.
+pub async fn resend(
+    caller: Caller,
+    State(app): State<Arc<App>>,
+    Path(path): Path<EventPath>,
+    RawBody(body): RawBody,
+) -> ApiResult<(StatusCode, axum::Json<Value>)> {
+    let input: Resend = if body.iter().all(u8::is_ascii_whitespace) {
+        Resend::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_request("malformed_json", format!("the body is not a resend: {e}"))
+        })?
+    };
+    let id = EventId::parse_external(&path.event_id).map_err(|_| ApiError::not_found("event"))?;
+    let event = app
+        .store
+        .get_event(caller.id(), &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("event"))?;
+    let only = match &input.webhook_id {
+        Some(w) => Some(WebhookId::parse_external(w).map_err(|_| ApiError::not_found("webhook"))?),
+        None => None,
+    };
+    // The latest delivery to each webhook, in the order the event first went.
+    let mut latest: Vec<Delivery> = Vec::new();
+    for d in app.store.event_deliveries(caller.id(), &id).await? {
+        if only.as_ref().is_some_and(|w| *w != d.webhook_id) {
+            continue;
+        }
+        match latest.iter_mut().find(|l| l.webhook_id == d.webhook_id) {
+            Some(l) if d.id > l.id => *l = d,
+            Some(_) => {}
+            None => latest.push(d),
+        }
+    }
+    if let Some(w) = &only
+        && latest.is_empty()
+    {
+        return Err(ApiError::not_found(&format!(
+            "a delivery of this event to webhook {w}"
+        )));
+    }
+    let now = now_ms();
+    let mut fresh = Vec::new();
+    for original in &latest {
+        let Some(webhook) = app
+            .store
+            .get_webhook(caller.id(), &original.webhook_id)
+            .await?
+        else {
+            continue;
+        };
+        fresh.push(crate::store::replay_delivery(
+            &event,
+            &webhook,
+            &original.id,
+            now,
+        ));
+    }
+    if !fresh.is_empty() {
+        app.store
+            .add_deliveries(caller.id(), &id, fresh.clone())
+            .await?;
+        app.metrics.deliveries_created.inc_by(fresh.len() as u64);
+        app.deliverer.wake();
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(json!({
+            "id": event.id,
+            "type": event.event_type,
+            "deliveries": fresh.len(),
+            "delivery_ids": fresh.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
+        })),
+    ))
 }
 
 /// A test event for one webhook (the `test` route).

@@ -34,6 +34,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/events", post(events::trigger))
         .route("/events/batch", post(events::trigger_batch))
         .route("/events/{event_id}", get(events::get))
+        .route("/events/{event_id}/resend", post(events::resend))
         .route("/webhooks", post(webhooks::create).get(webhooks::list))
         .route("/webhooks/stats", get(webhooks::tenant_stats))
         .route("/webhooks/events", get(webhooks::event_types))

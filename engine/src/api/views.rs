@@ -42,6 +42,7 @@ pub fn delivery(d: &Delivery) -> Value {
         "waiting_for_webhook": d.next_attempt_at_ms == Some(PAUSED_DUE_MS),
         "reason": d.reason,
         "last_status_code": d.last_status_code,
+        "replay_of": d.replay_of,
         "created_at": rfc3339_ms(d.created_at_ms),
         "updated_at": rfc3339_ms(d.updated_at_ms),
     })

@@ -50,6 +50,23 @@ pub fn new_delivery(event: &Event, webhook: &Webhook, due_at_ms: u64) -> Deliver
         last_status_code: None,
         created_at_ms: event.occurred_at_ms,
         updated_at_ms: event.occurred_at_ms,
+        replay_of: None,
+    }
+}
+
+/// A new pending delivery that sends `event` again to `webhook` in place
+/// of `original`, due at `now_ms`.
+pub fn replay_delivery(
+    event: &Event,
+    webhook: &Webhook,
+    original: &DeliveryId,
+    now_ms: u64,
+) -> Delivery {
+    Delivery {
+        created_at_ms: now_ms,
+        updated_at_ms: now_ms,
+        replay_of: Some(original.clone()),
+        ..new_delivery(event, webhook, now_ms)
     }
 }
 
@@ -244,6 +261,16 @@ pub trait Store: Send + Sync + 'static {
             unrecorded(&id, &e);
         }
     }
+    /// Adds new pending deliveries to an existing event (a resend or a
+    /// replay), each due at its `next_attempt_at_ms`, atomically: the
+    /// deliveries, their schedule entries, indexes and counters. `NotFound`
+    /// if the event is gone (retention).
+    async fn add_deliveries(
+        &self,
+        tenant: &TenantId,
+        event: &EventId,
+        deliveries: Vec<Delivery>,
+    ) -> Result<(), StoreError>;
     /// Makes a finished delivery pending again, due now (manual retry).
     async fn retry_delivery(
         &self,

@@ -401,6 +401,45 @@ impl Store for EmbeddedStore {
         .await;
     }
 
+    async fn add_deliveries(
+        &self,
+        tenant: &TenantId,
+        event: &EventId,
+        deliveries: Vec<Delivery>,
+    ) -> Result<(), StoreError> {
+        let (tenant, event) = (tenant.clone(), event.clone());
+        let encoded: Vec<Vec<u8>> = deliveries.iter().map(compact).collect();
+        self.write_hot(move |hot| {
+            let (t, e) = (tenant.as_str(), event.as_str());
+            if hot.events.get((t, e)).map_err(redb::Error::from)?.is_none() {
+                return Err(StoreError::NotFound("event"));
+            }
+            // The record under the event id lists its deliveries.
+            let key = ingest::id_key(e);
+            let mut answer: IdempotentAnswer = get_json(&hot.idempotency, (t, key.as_str()))?
+                .ok_or(StoreError::NotFound("event"))?;
+            answer
+                .delivery_ids
+                .extend(deliveries.iter().map(|d| d.id.clone()));
+            hot.idempotency
+                .insert((t, key.as_str()), enc(&answer).as_slice())
+                .map_err(redb::Error::from)?;
+            for (d, bytes) in deliveries.iter().zip(&encoded) {
+                let hook = d.webhook_id.as_str();
+                hot.webhook_deliveries
+                    .insert((hook, d.id.as_str()), ())
+                    .map_err(redb::Error::from)?;
+                update_stats(hot, t, hook, |s| {
+                    s.total += 1;
+                    s.pending += 1;
+                })?;
+                write_delivery(hot, None, d, bytes)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
     async fn retry_delivery(
         &self,
         tenant: &TenantId,

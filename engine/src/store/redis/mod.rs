@@ -521,6 +521,39 @@ impl Store for RedisStore {
         self.finish_script(&delivery, attempt.as_ref()).await
     }
 
+    async fn add_deliveries(
+        &self,
+        tenant: &TenantId,
+        event: &EventId,
+        deliveries: Vec<Delivery>,
+    ) -> Result<(), StoreError> {
+        let t = tenant;
+        let script = Script::new(ADD_DELIVERIES);
+        let mut call = script.prepare_invoke();
+        call.key(self.key(t, &format!("ev:{t}:{event}")))
+            .key(self.key(t, &format!("evd:{t}:{event}")))
+            .key(self.schedule_key(self.partition(t)))
+            .key(self.key(t, &format!("stats:{t}")))
+            .key(self.key(t, &format!("evp:{t}:{event}")))
+            .key(self.key(t, &format!("idem:{t}:id:{event}")))
+            .arg(t.as_str())
+            .arg(deliveries.len());
+        for d in &deliveries {
+            call.key(self.key(t, &format!("d:{}", d.id)))
+                .key(self.key(t, &format!("whd:{}", d.webhook_id)))
+                .arg(d.id.as_str())
+                .arg(json(d))
+                .arg(d.webhook_id.as_str())
+                .arg(d.next_attempt_at_ms.unwrap_or_else(crate::clock::now_ms));
+        }
+        let added: i64 = call.invoke_async(&mut self.conn()).await?;
+        if added == 0 {
+            return Err(StoreError::NotFound("event"));
+        }
+        self.publish("wake".into()).await?;
+        Ok(())
+    }
+
     async fn retry_delivery(
         &self,
         tenant: &TenantId,

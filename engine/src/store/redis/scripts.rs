@@ -154,3 +154,27 @@ return '0'
 "#,
     )
 });
+
+/// New deliveries of an existing event (a resend or replay).
+/// KEYS: event, event's delivery list, schedule, stats, event's pending
+///       count, answer under the event id, then (delivery, webhook index) pairs
+/// ARGV: tenant, n, then (delivery id, delivery json, webhook id, due) quadruples
+/// Returns 0 if the event is gone, else 1.
+pub(super) const ADD_DELIVERIES: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local n = tonumber(ARGV[2])
+for i = 0, n - 1 do
+  local did, djson, wid, due = ARGV[3 + i * 4], ARGV[4 + i * 4], ARGV[5 + i * 4], ARGV[6 + i * 4]
+  redis.call('SET', KEYS[7 + i * 2], djson)
+  redis.call('ZADD', KEYS[8 + i * 2], 0, did)
+  redis.call('RPUSH', KEYS[2], did)
+  redis.call('ZADD', KEYS[3], due, ARGV[1] .. '|' .. did)
+  redis.call('HINCRBY', KEYS[4], wid .. ':total', 1)
+  redis.call('HINCRBY', KEYS[4], wid .. ':pending', 1)
+end
+-- Pending again: the event, its list and its answer stay until they finish
+-- (FINISH sets their expiry when the count is back to 0).
+redis.call('INCRBY', KEYS[5], n)
+for _, k in ipairs({KEYS[1], KEYS[2], KEYS[6]}) do redis.call('PERSIST', k) end
+return 1
+"#;
