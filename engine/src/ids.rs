@@ -65,6 +65,12 @@ id_type!(
     "dlv"
 );
 
+id_type!(
+    /// A bulk replay of a webhook's events.
+    ReplayId,
+    "rpl"
+);
+
 /// An id a caller supplied is not acceptable.
 #[derive(Debug, thiserror::Error)]
 #[error("ids are 1 to 128 characters of letters, digits, '-', '_', '.' and ':'")]

@@ -249,6 +249,23 @@ impl Delivery {
     }
 }
 
+/// A bulk replay: a webhook's events in a time range sent again, each as a
+/// new delivery linked to the latest one there.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Replay {
+    pub id: crate::ids::ReplayId,
+    pub tenant: TenantId,
+    pub webhook_id: WebhookId,
+    pub since_ms: u64,
+    pub until_ms: Option<u64>,
+    /// Only events whose delivery there had this status.
+    pub status: Option<DeliveryStatus>,
+    pub idempotency_key: Option<String>,
+    /// The deliveries it made, in the order the events were accepted.
+    pub delivery_ids: Vec<DeliveryId>,
+    pub created_at_ms: u64,
+}
+
 /// One try of a delivery.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Attempt {

@@ -8,6 +8,7 @@ mod error;
 mod events;
 mod extract;
 mod plugins;
+mod replays;
 pub mod serve;
 mod tenants;
 mod views;
@@ -67,6 +68,11 @@ pub fn router(app: Arc<App>) -> Router {
             post(webhooks::retry),
         )
         .route("/webhooks/{webhook_id}/events", get(webhooks::events))
+        .route("/webhooks/{webhook_id}/replay", post(replays::create))
+        .route(
+            "/webhooks/{webhook_id}/replays/{replay_id}",
+            get(replays::get),
+        )
         .route(
             "/webhooks/{webhook_id}/events/{event_id}/retry",
             post(webhooks::retry_event),

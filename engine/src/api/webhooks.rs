@@ -82,7 +82,7 @@ pub struct DeliveryPath {
     delivery_id: String,
 }
 
-async fn load(app: &App, caller: &Caller, id: &str) -> ApiResult<Webhook> {
+pub(super) async fn load(app: &App, caller: &Caller, id: &str) -> ApiResult<Webhook> {
     let id = WebhookId::parse_external(id).map_err(|_| ApiError::not_found("webhook"))?;
     app.store
         .get_webhook(caller.id(), &id)

@@ -16,11 +16,11 @@ pub mod plan;
 pub(crate) mod record;
 pub mod redis;
 
-use crate::ids::{DeliveryId, EventId, TenantId, WebhookId};
+use crate::ids::{DeliveryId, EventId, ReplayId, TenantId, WebhookId};
 use crate::jobs::JobRun;
 use crate::model::{
-    Attempt, Delivery, DeliveryStats, DeliveryStatus, Event, EventTypeSeen, PluginVersion, Tenant,
-    Webhook,
+    Attempt, Delivery, DeliveryStats, DeliveryStatus, Event, EventTypeSeen, PluginVersion, Replay,
+    Tenant, Webhook,
 };
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -271,6 +271,15 @@ pub trait Store: Send + Sync + 'static {
         event: &EventId,
         deliveries: Vec<Delivery>,
     ) -> Result<(), StoreError>;
+    /// Stores a replay, unless one with the same idempotency key is
+    /// stored for the tenant: then that one is answered and nothing is
+    /// written.
+    async fn put_replay(&self, replay: Replay) -> Result<Option<Replay>, StoreError>;
+    async fn get_replay(
+        &self,
+        tenant: &TenantId,
+        id: &ReplayId,
+    ) -> Result<Option<Replay>, StoreError>;
     /// Makes a finished delivery pending again, due now (manual retry).
     async fn retry_delivery(
         &self,

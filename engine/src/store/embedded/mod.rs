@@ -46,8 +46,8 @@ mod writer;
 use crate::ids::{DeliveryId, EventId, TenantId, WebhookId};
 use crate::metrics::StoreMetrics;
 use crate::model::{
-    Attempt, Delivery, DeliveryStats, DeliveryStatus, Event, EventTypeSeen, PluginVersion, Tenant,
-    Webhook,
+    Attempt, Delivery, DeliveryStats, DeliveryStatus, Event, EventTypeSeen, PluginVersion, Replay,
+    Tenant, Webhook,
 };
 use crate::store::record::{compact, decode as dec, json as enc};
 use crate::store::{FanOutGate, VersionedHooks, WebhookCache};
@@ -135,6 +135,7 @@ impl EmbeddedStore {
             txn.open_table(PLUGIN_VERSIONS).map_err(redb::Error::from)?;
             txn.open_table(PLUGIN_BLOBS).map_err(redb::Error::from)?;
             txn.open_table(JOB_RUNS).map_err(redb::Error::from)?;
+            txn.open_table(REPLAYS).map_err(redb::Error::from)?;
             txn.open_table(READY).map_err(redb::Error::from)?;
         }
         let released = release_leases(&mut Hot::open(&txn)?, crate::clock::now_ms())?;
@@ -438,6 +439,36 @@ impl Store for EmbeddedStore {
             Ok(())
         })
         .await
+    }
+
+    async fn put_replay(&self, replay: Replay) -> Result<Option<Replay>, StoreError> {
+        self.write(move |txn| {
+            let mut table = table!(txn, REPLAYS);
+            let t = replay.tenant.as_str();
+            if let Some(key) = &replay.idempotency_key {
+                let by_key = format!("key:{key}");
+                let earlier: Option<String> = get_json(&table, (t, by_key.as_str()))?;
+                if let Some(id) = earlier {
+                    return get_json(&table, (t, id.as_str()));
+                }
+                table
+                    .insert((t, by_key.as_str()), enc(&replay.id).as_slice())
+                    .map_err(redb::Error::from)?;
+            }
+            table
+                .insert((t, replay.id.as_str()), enc(&replay).as_slice())
+                .map_err(redb::Error::from)?;
+            Ok(None)
+        })
+        .await
+    }
+
+    async fn get_replay(
+        &self,
+        tenant: &TenantId,
+        id: &crate::ids::ReplayId,
+    ) -> Result<Option<Replay>, StoreError> {
+        self.read(|txn| get_json(&table!(txn, REPLAYS), (tenant.as_str(), id.as_str())))
     }
 
     async fn retry_delivery(

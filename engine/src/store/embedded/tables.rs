@@ -22,6 +22,9 @@ pub(crate) const PLUGINS: TableDefinition<(&str, &str), u32> = TableDefinition::
 pub(crate) const PLUGIN_VERSIONS: TableDefinition<(&str, &str, u32), Json> =
     TableDefinition::new("plugin_versions");
 pub(crate) const PLUGIN_BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("plugin_blobs");
+/// Bulk replays by (tenant, id), and by (tenant, `key:` idempotency key)
+/// the id of the replay that key made.
+pub(crate) const REPLAYS: TableDefinition<(&str, &str), Json> = TableDefinition::new("replays");
 /// Each job's latest run, by job name.
 pub(crate) const JOB_RUNS: TableDefinition<&str, Json> = TableDefinition::new("job_runs");
 /// When `/ready` last wrote (its probe).

@@ -48,7 +48,7 @@ use scripts::*;
 use crate::ids::{DeliveryId, EventId, TenantId, WebhookId};
 use crate::model::{
     Attempt, Delivery, DeliveryStats, DeliveryStatus, Event, EventTypeSeen, LastAttempt,
-    PluginVersion, Tenant, Webhook,
+    PluginVersion, Replay, Tenant, Webhook,
 };
 use crate::store::{
     FanOutGate, IdempotentAnswer, Ingested, NewEvent, Page, PluginUpload, Store, StoreError,
@@ -552,6 +552,31 @@ impl Store for RedisStore {
         }
         self.publish("wake".into()).await?;
         Ok(())
+    }
+
+    async fn put_replay(&self, replay: Replay) -> Result<Option<Replay>, StoreError> {
+        let t = &replay.tenant;
+        let earlier: Option<String> = scripts::PUT_REPLAY
+            .key(self.key(t, &format!("replaykeys:{t}")))
+            .key(self.key(t, &format!("replays:{t}")))
+            .arg(replay.idempotency_key.as_deref().unwrap_or(""))
+            .arg(replay.id.as_str())
+            .arg(json(&replay))
+            .invoke_async(&mut self.conn())
+            .await?;
+        earlier.map(|r| parse(&r)).transpose()
+    }
+
+    async fn get_replay(
+        &self,
+        tenant: &TenantId,
+        id: &crate::ids::ReplayId,
+    ) -> Result<Option<Replay>, StoreError> {
+        let raw: Option<String> = self
+            .conn()
+            .hget(self.key(tenant, &format!("replays:{tenant}")), id.as_str())
+            .await?;
+        raw.map(|r| parse(&r)).transpose()
     }
 
     async fn retry_delivery(

@@ -178,3 +178,19 @@ redis.call('INCRBY', KEYS[5], n)
 for _, k in ipairs({KEYS[1], KEYS[2], KEYS[6]}) do redis.call('PERSIST', k) end
 return 1
 "#;
+
+/// Stores a replay unless its idempotency key made one before (answered).
+/// KEYS: replay ids by key, replays; ARGV: key or '', id, json.
+pub(super) static PUT_REPLAY: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+if ARGV[1] ~= '' then
+  local prev = redis.call('HGET', KEYS[1], ARGV[1])
+  if prev then return redis.call('HGET', KEYS[2], prev) end
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+return false
+"#,
+    )
+});
