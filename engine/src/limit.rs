@@ -47,9 +47,44 @@ pub fn take(tat_ms: Option<f64>, now_ms: f64, rate: Rate, n: u32) -> Result<f64,
     Ok(next)
 }
 
+/// Reserves one unit at `now_ms`: the arrival time to store, and when the
+/// unit may go (`now_ms` or later: a caller that cannot go now waits until
+/// then, its unit kept for it, so waiting units are not taken twice).
+pub fn reserve(tat_ms: Option<f64>, now_ms: f64, rate: Rate) -> (f64, f64) {
+    let tat = tat_ms.unwrap_or(now_ms).max(now_ms);
+    let next = tat + rate.interval_ms();
+    (next, (next - rate.tolerance_ms()).max(now_ms))
+}
+
+/// The arrival time that lets no unit go before `until_ms` (a receiver
+/// asked to be left alone until then); never earlier than `tat_ms`.
+pub fn hold(tat_ms: Option<f64>, until_ms: f64, rate: Rate) -> f64 {
+    let held = until_ms + rate.tolerance_ms() - rate.interval_ms();
+    tat_ms.map_or(held, |tat| tat.max(held))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reserved_units_go_one_interval_apart_after_the_burst() {
+        let rate = Rate {
+            per_second: 10.0,
+            burst: 2,
+        };
+        let mut tat = None;
+        let mut at = Vec::new();
+        for _ in 0..5 {
+            let (next, go) = reserve(tat, 1000.0, rate);
+            tat = Some(next);
+            at.push(go);
+        }
+        assert_eq!(at, [1000.0, 1000.0, 1100.0, 1200.0, 1300.0]);
+        // Held until 5000: the next unit goes then, not before.
+        let held = hold(tat, 5000.0, rate);
+        assert_eq!(reserve(Some(held), 1400.0, rate).1, 5000.0);
+    }
 
     #[test]
     fn a_burst_passes_then_the_rate() {

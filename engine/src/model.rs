@@ -107,6 +107,10 @@ pub struct Webhook {
     /// A declarative payload filter (see [`crate::filter`]).
     #[serde(default)]
     pub filter: Option<serde_json::Value>,
+    /// Deliveries per second at most (bursts of one second's worth); those
+    /// beyond it wait their turn (see `delivery::pace`).
+    #[serde(default)]
+    pub rate_limit: Option<f64>,
     /// None: the engine's `default_retry_policy`.
     pub retry_policy: Option<RetryPolicy>,
     /// None: the engine's `default_timeout_ms`.
@@ -140,6 +144,7 @@ impl Webhook {
             plugin: None,
             plugin_config: serde_json::Value::Null,
             filter: None,
+            rate_limit: None,
             retry_policy: None,
             timeout_ms: None,
             secret: Secret::generate(),
@@ -237,6 +242,9 @@ pub struct Delivery {
     pub updated_at_ms: u64,
     /// The delivery this one sends again (a resend or replay of its event).
     pub replay_of: Option<DeliveryId>,
+    /// The time its webhook's rate limit reserved for its next attempt:
+    /// then it goes without taking another turn.
+    pub rate_slot_ms: Option<u64>,
 }
 
 impl Delivery {

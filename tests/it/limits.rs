@@ -2,7 +2,7 @@
 //! limit (`tenant_events_per_second`), on both backends and across two
 //! engines on one Redis.
 
-use crate::harness::{Backend, TestEngine, on_both_backends};
+use crate::harness::{Backend, TestEngine, TestReceiver, on_both_backends};
 use axum::http::StatusCode;
 use serde_json::json;
 use std::time::Duration;
@@ -83,4 +83,99 @@ async fn with_redis_the_ingest_limit_holds_across_engines() {
     }
     assert_eq!(raw_trigger(&b, &key).await.status().as_u16(), 429);
     assert_eq!(raw_trigger(&a, &key).await.status().as_u16(), 429);
+}
+
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn batch(engine: &TestEngine, key: &str, n: usize) {
+    let events: Vec<_> = (0..n)
+        .map(|i| json!({"type": "stock.low", "data": {"i": i}}))
+        .collect();
+    let (status, body) = engine
+        .post("/api/events/batch", key, json!({"events": events}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+}
+
+async fn a_rate_limited_webhook_gets_its_deliveries_at_its_pace(backend: Backend) {
+    let engine = TestEngine::on(backend, |_| {}).await;
+    let receiver = TestReceiver::spawn().await;
+    let key = engine.tenant("paced").await;
+    let hook = engine
+        .webhook(&key, &receiver.url, json!({"rate_limit": 5}))
+        .await;
+    assert_eq!(hook["rate_limit"], 5.0);
+    batch(&engine, &key, 15).await;
+    let got = receiver.wait_for(15, WAIT).await;
+    // A burst of 5, then 5 a second: the last ten take about two seconds.
+    let span = got[14].at - got[0].at;
+    assert!(span >= Duration::from_millis(1600), "{span:?}");
+    let early = got
+        .iter()
+        .filter(|r| r.at - got[0].at < Duration::from_millis(500))
+        .count();
+    assert!(early <= 7, "{early} in the first half second");
+    // Nothing was failed or used an attempt to wait.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, list) = engine
+            .get(
+                &format!("/api/webhooks/{}/deliveries", hook["id"].as_str().unwrap()),
+                &key,
+            )
+            .await;
+        let list = list["data"].as_array().unwrap();
+        assert_eq!(list.len(), 15);
+        if list.iter().all(|d| d["status"] == "succeeded") {
+            assert!(list.iter().all(|d| d["attempts"] == 1), "{list:?}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{list:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn a_receivers_retry_after_holds_the_whole_webhook(backend: Backend) {
+    let engine = TestEngine::on(backend, |_| {}).await;
+    let receiver = TestReceiver::spawn().await;
+    receiver.answer_with_headers(429, &[("retry-after", "2")]);
+    let key = engine.tenant("held").await;
+    let hook = engine.webhook(&key, &receiver.url, json!({})).await;
+    let hook_id = hook["id"].as_str().unwrap();
+    engine.trigger(&key, "stock.low", json!({"n": 1})).await;
+    let first = receiver.wait_for(1, WAIT).await;
+    // Once the 429 is recorded, the webhook is held.
+    engine
+        .wait_delivery(&key, hook_id, first[0].header("webhook-id"), WAIT, |d| {
+            d["attempts"] == 1
+        })
+        .await;
+    engine.trigger(&key, "stock.low", json!({"n": 2})).await;
+    let got = receiver.wait_for(3, WAIT).await;
+    // The second event waited out the receiver's two seconds as well.
+    for r in &got[1..] {
+        let after = r.at - first[0].at;
+        assert!(after >= Duration::from_millis(1800), "{after:?}");
+    }
+}
+
+on_both_backends!(
+    a_rate_limited_webhook_gets_its_deliveries_at_its_pace,
+    a_receivers_retry_after_holds_the_whole_webhook,
+);
+
+#[tokio::test]
+async fn with_redis_a_webhooks_rate_limit_holds_across_engines() {
+    let server = crate::redis_server::RedisServer::start().await;
+    let a = TestEngine::spawn_redis_tuned(&server.url(), "paced", |_| {}).await;
+    let b = TestEngine::spawn_redis_tuned(&server.url(), "paced", |_| {}).await;
+    let receiver = TestReceiver::spawn().await;
+    let key = a.tenant("shared").await;
+    a.webhook(&key, &receiver.url, json!({"rate_limit": 4}))
+        .await;
+    tokio::join!(batch(&a, &key, 6), batch(&b, &key, 6));
+    let got = receiver.wait_for(12, WAIT).await;
+    // Together, not each: a burst of 4, then 4 a second.
+    let span = got[11].at - got[0].at;
+    assert!(span >= Duration::from_millis(1600), "{span:?}");
 }

@@ -21,6 +21,7 @@ pub fn webhook(w: &Webhook, defaults: &WebhookDefaults) -> Value {
         "plugin": w.plugin,
         "plugin_config": w.plugin_config,
         "filter": w.filter,
+        "rate_limit": w.rate_limit,
         "retry_policy": defaults.retry_policy(w),
         "retry_policy_is_default": w.retry_policy.is_none(),
         "timeout_ms": defaults.timeout_ms(w),

@@ -62,6 +62,9 @@ pub struct WebhookInput {
     plugin_config: Option<Value>,
     #[serde(default, deserialize_with = "present")]
     filter: Option<Option<Value>>,
+    /// Deliveries per second; null: no limit.
+    #[serde(default, deserialize_with = "present")]
+    rate_limit: Option<Option<f64>>,
     /// Null: back to the engine's `default_retry_policy`.
     #[serde(default, deserialize_with = "present")]
     retry_policy: Option<Option<RetryPolicy>>,
@@ -265,6 +268,16 @@ async fn apply(app: &App, caller: &Caller, w: &mut Webhook, input: WebhookInput)
                 .map_err(|e| ApiError::invalid(format!("filter: {e}")))?;
         }
         w.filter = filter;
+    }
+    if let Some(rate) = input.rate_limit {
+        if let Some(r) = rate
+            && !(0.01..=100_000.0).contains(&r)
+        {
+            return Err(ApiError::invalid(
+                "rate_limit: deliveries per second, 0.01 to 100000 (null for none)",
+            ));
+        }
+        w.rate_limit = rate;
     }
     if let Some(policy) = input.retry_policy {
         if let Some(policy) = &policy {

@@ -122,6 +122,10 @@ impl Deliverer {
         if !webhook.active {
             return self.park(*delivery).await;
         }
+        let mut delivery = delivery;
+        if let Some((at, why)) = self.pace(&webhook, &mut delivery).await? {
+            return self.wait_until(*delivery, at, why).await;
+        }
         // An attempt never outlives its lease, or another engine could claim
         // the delivery while this one is still sending it.
         let budget = self.lease.saturating_sub(Duration::from_secs(1));
@@ -303,6 +307,20 @@ impl Deliverer {
         }
         if matches!(next, Next::RetryAt { .. }) {
             series.retry(retry_reason(&exchange.ended));
+        }
+        // A receiver that asks for a break gets it for all of the
+        // webhook's deliveries, not only this one's retry.
+        if let Ended::Answered {
+            status: 429 | 503,
+            retry_after: Some(after),
+            ..
+        } = &exchange.ended
+        {
+            let until = now
+                + after
+                    .min(&crate::schedule::policy::MAX_RETRY_AFTER)
+                    .as_millis() as u64;
+            self.hold(webhook, until).await?;
         }
         let attempt = exchange.into_attempt(&delivery.id, number, started_at_ms);
         delivery.attempts = number;

@@ -9,6 +9,7 @@
 //! - [`shape`], [`outgoing`], [`sign`]: the request as shaped, as sent, its
 //!   signature. [`shared`]: one plugin call for a fan-out's first attempts.
 //! - [`pause`]: a disabled webhook's deliveries wait; enabling sends them.
+//! - [`pace`]: a webhook's rate limit, and receivers asking for a break.
 //! - [`admission`], [`origins`]: per-origin limits. [`client`], [`ssrf`]:
 //!   the HTTP client and the addresses it may reach.
 //!
@@ -26,6 +27,7 @@ mod dispatch;
 mod faults;
 pub mod origins;
 pub mod outgoing;
+pub mod pace;
 pub mod pause;
 pub mod shape;
 mod shared;
@@ -115,6 +117,11 @@ pub struct Deliverer {
     clock: Clock,
     /// The retry policy and timeout of webhooks that name none.
     defaults: WebhookDefaults,
+    /// Webhooks without a rate limit whose receivers asked this engine to
+    /// wait, until when (see [`pace`]); `holding` counts them, so the
+    /// attempt path takes no lock while there are none.
+    holds: std::sync::Mutex<std::collections::HashMap<crate::ids::WebhookId, u64>>,
+    holding: std::sync::atomic::AtomicUsize,
 }
 
 /// How many attempts run at once, and for how long a delivery is leased.
@@ -163,6 +170,8 @@ impl Deliverer {
             admission,
             clock: Clock::Wall,
             defaults: WebhookDefaults::default(),
+            holds: Default::default(),
+            holding: Default::default(),
         }
     }
 

@@ -51,6 +51,7 @@ pub fn new_delivery(event: &Event, webhook: &Webhook, due_at_ms: u64) -> Deliver
         created_at_ms: event.occurred_at_ms,
         updated_at_ms: event.occurred_at_ms,
         replay_of: None,
+        rate_slot_ms: None,
     }
 }
 
@@ -354,6 +355,24 @@ pub trait Store: Send + Sync + 'static {
         n: u32,
         now_ms: u64,
     ) -> Result<Result<(), Option<std::time::Duration>>, StoreError>;
+
+    /// Reserves one unit of the rate limit `name` of `tenant` at `now_ms`
+    /// (see [`crate::limit::reserve`]): when it may go.
+    async fn reserve_rate(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        rate: crate::limit::Rate,
+        now_ms: u64,
+    ) -> Result<u64, StoreError>;
+    /// Lets no unit of the rate limit `name` go before `until_ms`.
+    async fn hold_rate(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        rate: crate::limit::Rate,
+        until_ms: u64,
+    ) -> Result<(), StoreError>;
 
     /// Writes something small and waits until it is durable: `/ready`.
     async fn check_writable(&self) -> Result<(), StoreError>;

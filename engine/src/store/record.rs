@@ -66,6 +66,7 @@ mod tests {
             created_at_ms: 7,
             updated_at_ms: 9,
             replay_of: None,
+            rate_slot_ms: None,
         }
     }
 
@@ -109,7 +110,7 @@ mod tests {
     fn layout_is_pinned() {
         assert_eq!(
             hex::encode(compact(&delivery())),
-            "0105646c765f310461636d65056576745f310477685f310c696e766f6963652e70616964000201e8070115726563656976657220616e7377657265642035303001f403070900"
+            "0105646c765f310461636d65056576745f310477685f310c696e766f6963652e70616964000201e8070115726563656976657220616e7377657265642035303001f40307090000"
         );
         assert_eq!(
             hex::encode(compact(&attempt())),

@@ -638,6 +638,34 @@ impl Store for EmbeddedStore {
         }))
     }
 
+    async fn reserve_rate(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        rate: crate::limit::Rate,
+        now_ms: u64,
+    ) -> Result<u64, StoreError> {
+        let key = format!("{tenant}/{name}");
+        let mut rates = self.rates.lock().expect("rates lock");
+        let (next, go) = crate::limit::reserve(rates.get(&key).copied(), now_ms as f64, rate);
+        rates.insert(key, next);
+        Ok(go.ceil() as u64)
+    }
+
+    async fn hold_rate(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        rate: crate::limit::Rate,
+        until_ms: u64,
+    ) -> Result<(), StoreError> {
+        let key = format!("{tenant}/{name}");
+        let mut rates = self.rates.lock().expect("rates lock");
+        let held = crate::limit::hold(rates.get(&key).copied(), until_ms as f64, rate);
+        rates.insert(key, held);
+        Ok(())
+    }
+
     async fn take_job_lease(&self, _: &str, _: &str, _: u64) -> Result<bool, StoreError> {
         Ok(true)
     }

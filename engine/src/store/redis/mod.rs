@@ -822,6 +822,41 @@ impl Store for RedisStore {
         })
     }
 
+    async fn reserve_rate(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        rate: crate::limit::Rate,
+        now_ms: u64,
+    ) -> Result<u64, StoreError> {
+        let go: String = scripts::RESERVE_RATE
+            .key(self.key(tenant, &format!("rate:{tenant}:{name}")))
+            .arg(now_ms)
+            .arg(rate.interval_ms())
+            .arg(rate.tolerance_ms())
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(go.parse::<f64>().map_or(now_ms, |g| g.ceil() as u64))
+    }
+
+    async fn hold_rate(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        rate: crate::limit::Rate,
+        until_ms: u64,
+    ) -> Result<(), StoreError> {
+        let _: i64 = scripts::HOLD_RATE
+            .key(self.key(tenant, &format!("rate:{tenant}:{name}")))
+            .arg(until_ms)
+            .arg(rate.interval_ms())
+            .arg(rate.tolerance_ms())
+            .arg(crate::clock::now_ms())
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(())
+    }
+
     async fn take_job_lease(
         &self,
         job: &str,

@@ -194,3 +194,36 @@ return false
 "#,
     )
 });
+
+/// Reserves one unit of a rate limit (as `crate::limit::reserve`).
+/// KEYS: arrival time; ARGV: now ms, interval ms, tolerance ms.
+/// Returns when the unit may go, in ms, as a string.
+pub(super) static RESERVE_RATE: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| {
+        redis::Script::new(
+            r#"
+local now, interval, tolerance = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local tat = tonumber(redis.call('GET', KEYS[1]) or ARGV[1])
+if tat < now then tat = now end
+local nxt = tat + interval
+redis.call('SET', KEYS[1], tostring(nxt), 'PX', math.ceil(nxt - now) + 1000)
+local go = nxt - tolerance
+if go < now then go = now end
+return tostring(go)
+"#,
+        )
+    });
+
+/// Holds a rate limit until a time (as `crate::limit::hold`).
+/// KEYS: arrival time; ARGV: until ms, interval ms, tolerance ms, now ms.
+pub(super) static HOLD_RATE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+local held = tonumber(ARGV[1]) + tonumber(ARGV[3]) - tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat > held then held = tat end
+redis.call('SET', KEYS[1], tostring(held), 'PX', math.ceil(held - tonumber(ARGV[4])) + 1000)
+return 1
+"#,
+    )
+});
