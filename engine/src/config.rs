@@ -76,6 +76,12 @@ pub struct RawConfig {
     pub http_header_timeout_ms: u64,
     /// Time a request's body may take to arrive, from its headers.
     pub http_body_timeout_ms: u64,
+    /// Consecutive failed attempts of a webhook that open its circuit
+    /// breaker (0: never).
+    pub breaker_failures: u32,
+    /// How long an open breaker holds the webhook's deliveries before one
+    /// probe attempt.
+    pub breaker_cooldown_secs: u64,
     /// Events one tenant may trigger per second on average (0: no limit);
     /// past it `POST /api/events` answers 429 with `Retry-After`.
     pub tenant_events_per_second: f64,
@@ -145,6 +151,8 @@ impl Default for RawConfig {
             max_connections: 4096,
             http_header_timeout_ms: 30_000,
             http_body_timeout_ms: 60_000,
+            breaker_failures: 10,
+            breaker_cooldown_secs: 30,
             tenant_events_per_second: 0.0,
             tenant_events_burst: 0,
             default_retry_policy: None,
@@ -187,6 +195,7 @@ pub struct Settings {
     pub http_header_timeout: Duration,
     pub http_body_timeout: Duration,
     pub webhook_defaults: WebhookDefaults,
+    pub breakers: crate::delivery::breaker::BreakerRule,
     /// The per-tenant ingest limit, if any.
     pub tenant_events: Option<crate::limit::Rate>,
     pub metrics_bound: LabelBound,
@@ -404,7 +413,14 @@ impl RawConfig {
                 &self.job_plugin_cache_prune_cron,
             )?,
         };
+        if !(1..=86_400).contains(&self.breaker_cooldown_secs) {
+            return Err(invalid("breaker_cooldown_secs", "must be 1 to 86400"));
+        }
         Ok(Settings {
+            breakers: crate::delivery::breaker::BreakerRule {
+                failures: self.breaker_failures,
+                cooldown_ms: self.breaker_cooldown_secs * 1000,
+            },
             tenant_events,
             webhook_defaults: WebhookDefaults {
                 retry_policy: default_retry_policy,

@@ -130,7 +130,8 @@ pub async fn run(
                 origin_concurrency: settings.origin_concurrency,
             },
         )
-        .with_defaults(settings.webhook_defaults.clone()),
+        .with_defaults(settings.webhook_defaults.clone())
+        .with_breakers(settings.breakers),
     );
     let app = Arc::new(App {
         settings,
@@ -198,6 +199,9 @@ async fn follow_notices(redis: Arc<RedisStore>, app: Arc<App>, mut stop: Shutdow
                         _ = stop.changed() => return,
                         notice = stream.next() => match notice {
                             Some(Notice::Wake) => app.deliverer.wake(),
+                            Some(Notice::Breaker { webhook, open_until }) => {
+                                app.deliverer.breakers().apply(&webhook, open_until)
+                            }
                             Some(Notice::Plugin { tenant, name, version }) => {
                                 app.plugins.forget_older(&tenant, &name, version)
                             }

@@ -159,7 +159,79 @@ async fn a_receivers_retry_after_holds_the_whole_webhook(backend: Backend) {
     }
 }
 
+fn breaker_after_three(s: &mut wasmhook::config::Settings) {
+    s.breakers = wasmhook::delivery::breaker::BreakerRule {
+        failures: 3,
+        cooldown_ms: 1500,
+    };
+}
+
+async fn a_failing_receivers_breaker_opens_and_one_probe_closes_it(backend: Backend) {
+    let engine = TestEngine::on(backend, breaker_after_three).await;
+    let receiver = TestReceiver::spawn().await;
+    receiver.answer(&[500; 6]);
+    let key = engine.tenant("breaker").await;
+    let retry = json!({"strategy": "fixed", "retries": 5, "delay_ms": 100, "jitter": false});
+    let hook = engine
+        .webhook(&key, &receiver.url, json!({"retry_policy": retry}))
+        .await;
+    let hook_id = hook["id"].as_str().unwrap();
+    assert_eq!(hook["breaker"]["state"], "closed");
+    batch(&engine, &key, 6).await;
+    receiver.wait_for(6, WAIT).await;
+    // Three failures in a row open it; the retries of all six wait.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, w) = engine.get(&format!("/api/webhooks/{hook_id}"), &key).await;
+        if w["breaker"]["state"] == "open" {
+            assert!(
+                w["breaker"]["consecutive_failures"].as_u64().unwrap() >= 3,
+                "{w}"
+            );
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{w}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        receiver.received().len(),
+        6,
+        "nothing goes while it is open"
+    );
+    engine
+        .assert_metrics(&[
+            "wasmhook_breakers_opened_total 1",
+            "wasmhook_breakers_open 1",
+        ])
+        .await;
+    // After the cool-down one probe succeeds (the receiver is back) and
+    // everything goes, each delivery's attempts untouched by the wait.
+    let got = receiver.wait_for(12, WAIT).await;
+    assert!(
+        got[6].at - got[5].at >= Duration::from_millis(1200),
+        "the probe waited"
+    );
+    let (_, w) = engine.get(&format!("/api/webhooks/{hook_id}"), &key).await;
+    assert_eq!(w["breaker"]["state"], "closed", "{w}");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, list) = engine
+            .get(&format!("/api/webhooks/{hook_id}/deliveries"), &key)
+            .await;
+        let list = list["data"].as_array().unwrap().clone();
+        if list.iter().all(|d| d["status"] == "succeeded") {
+            let attempts: u64 = list.iter().map(|d| d["attempts"].as_u64().unwrap()).sum();
+            assert_eq!(attempts, 12, "{list:?}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{list:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 on_both_backends!(
+    a_failing_receivers_breaker_opens_and_one_probe_closes_it,
     a_rate_limited_webhook_gets_its_deliveries_at_its_pace,
     a_receivers_retry_after_holds_the_whole_webhook,
 );
@@ -178,4 +250,35 @@ async fn with_redis_a_webhooks_rate_limit_holds_across_engines() {
     // Together, not each: a burst of 4, then 4 a second.
     let span = got[11].at - got[0].at;
     assert!(span >= Duration::from_millis(1600), "{span:?}");
+}
+
+#[tokio::test]
+async fn with_redis_an_open_breaker_holds_on_every_engine() {
+    let server = crate::redis_server::RedisServer::start().await;
+    let a = TestEngine::spawn_redis_tuned(&server.url(), "breakers", breaker_after_three).await;
+    let b = TestEngine::spawn_redis_tuned(&server.url(), "breakers", breaker_after_three).await;
+    let receiver = TestReceiver::spawn().await;
+    receiver.answer(&[500; 3]);
+    let key = a.tenant("shared").await;
+    let retry = json!({"strategy": "fixed", "retries": 5, "delay_ms": 100, "jitter": false});
+    let hook = a
+        .webhook(&key, &receiver.url, json!({"retry_policy": retry}))
+        .await;
+    let hook_id = hook["id"].as_str().unwrap();
+    batch(&a, &key, 3).await;
+    receiver.wait_for(3, WAIT).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, w) = b.get(&format!("/api/webhooks/{hook_id}"), &key).await;
+        if w["breaker"]["state"] == "open" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{w}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A trigger through the other engine waits too.
+    batch(&b, &key, 2).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(receiver.received().len(), 3);
+    receiver.wait_for(8, WAIT).await;
 }

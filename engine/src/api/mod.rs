@@ -155,6 +155,9 @@ async fn metrics(State(app): State<Arc<App>>, headers: axum::http::HeaderMap) ->
         Ok(census) => app.metrics.set_schedule(&census, now),
         Err(e) => tracing::warn!(error = %e, "cannot count the schedule for /metrics"),
     }
+    app.metrics
+        .breakers_open
+        .set(app.deliverer.breakers().open_count() as i64);
     let open_metrics = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())

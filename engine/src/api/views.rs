@@ -2,13 +2,15 @@
 
 use crate::clock::rfc3339_ms;
 use crate::delivery::pause::PAUSED_DUE_MS;
-use crate::model::{Attempt, Delivery, DeliveryStats, PluginVersion, Webhook, WebhookDefaults};
+use crate::model::{Attempt, Delivery, DeliveryStats, PluginVersion, Webhook};
 use serde_json::{Value, json};
 
 /// A webhook as shown: its retry policy and timeout are what it uses, its
 /// own or the engine's defaults (then `*_is_default` is true).
-pub fn webhook(w: &Webhook, defaults: &WebhookDefaults) -> Value {
+pub fn webhook(w: &Webhook, deliverer: &crate::delivery::Deliverer) -> Value {
+    let defaults = deliverer.defaults();
     json!({
+        "breaker": deliverer.breakers().view(&w.id, crate::clock::now_ms()),
         "id": w.id,
         "url": w.url,
         "events": w.events,

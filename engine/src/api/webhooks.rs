@@ -336,7 +336,7 @@ pub async fn create(
         ));
     }
     app.store.put_webhook(w.clone()).await?;
-    let mut body = views::webhook(&w, app.deliverer.defaults());
+    let mut body = views::webhook(&w, &app.deliverer);
     body["secret"] = json!(w.secret.expose());
     Ok((StatusCode::CREATED, axum::Json(body)))
 }
@@ -381,7 +381,7 @@ pub async fn list(
         .then(|| page.last().map(|w| w.id.clone()))
         .flatten();
     Ok(axum::Json(json!({
-        "data": page.iter().map(|w| views::webhook(w, app.deliverer.defaults())).collect::<Vec<_>>(),
+        "data": page.iter().map(|w| views::webhook(w, &app.deliverer)).collect::<Vec<_>>(),
         "next_after": next,
     })))
 }
@@ -392,7 +392,7 @@ pub async fn get(
     Path(path): Path<WebhookPath>,
 ) -> ApiResult<axum::Json<Value>> {
     let w = load(&app, &caller, &path.webhook_id).await?;
-    Ok(axum::Json(views::webhook(&w, app.deliverer.defaults())))
+    Ok(axum::Json(views::webhook(&w, &app.deliverer)))
 }
 
 pub async fn update(
@@ -405,7 +405,7 @@ pub async fn update(
     let enabling = input.active == Some(true);
     apply(&app, &caller, &mut w, input).await?;
     app.store.put_webhook(w.clone()).await?;
-    let mut body = views::webhook(&w, app.deliverer.defaults());
+    let mut body = views::webhook(&w, &app.deliverer);
     if enabling {
         body["resumed_deliveries"] = json!(app.deliverer.resume(caller.id(), &w.id).await?);
     }
@@ -442,7 +442,7 @@ async fn set_active(
         (Some("disabled by the tenant".into()), Some(w.updated_at_ms))
     };
     app.store.put_webhook(w.clone()).await?;
-    let mut body = views::webhook(&w, app.deliverer.defaults());
+    let mut body = views::webhook(&w, &app.deliverer);
     if active {
         body["resumed_deliveries"] = json!(app.deliverer.resume(caller.id(), &w.id).await?);
     }

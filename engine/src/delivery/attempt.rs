@@ -19,6 +19,7 @@
 //! woken then, sees it. What may happen twice: a request is shaped twice
 //! when it is re-signed; it is sent once per attempt.
 
+use super::breaker::{self, Gate};
 use super::decide::{self, Ended, Next};
 use super::origins::Target;
 use super::outgoing::Outgoing;
@@ -125,6 +126,9 @@ impl Deliverer {
         let mut delivery = delivery;
         if let Some((at, why)) = self.pace(&webhook, &mut delivery).await? {
             return self.wait_until(*delivery, at, why).await;
+        }
+        if let Gate::WaitUntil(at) = self.breakers.gate(&webhook.id, self.clock.now_ms()) {
+            return self.wait_until(*delivery, at, breaker::WAITING).await;
         }
         // An attempt never outlives its lease, or another engine could claim
         // the delivery while this one is still sending it.
@@ -308,6 +312,14 @@ impl Deliverer {
         if matches!(next, Next::RetryAt { .. }) {
             series.retry(retry_reason(&exchange.ended));
         }
+        match counts_for_breaker(&exchange.ended) {
+            Some(failed) => {
+                if let Some(change) = self.breakers.record(&webhook.id, failed, now) {
+                    self.breaker_changed(webhook, change).await;
+                }
+            }
+            None => self.breakers.release_probe(&webhook.id),
+        }
         // A receiver that asks for a break gets it for all of the
         // webhook's deliveries, not only this one's retry.
         if let Ended::Answered {
@@ -458,6 +470,16 @@ impl Deliverer {
             .get_or_create(&OutcomeLabel { outcome })
             .inc();
         series.delivery(seed);
+    }
+}
+
+/// Whether an attempt that ended so is a failure the breaker counts
+/// (none: it says nothing of the receiver, such as a skip).
+fn counts_for_breaker(ended: &Ended) -> Option<bool> {
+    match ended {
+        Ended::Answered { status, .. } => Some(matches!(status, 408 | 429 | 500..)),
+        Ended::Failed(AttemptOutcome::Timeout | AttemptOutcome::NetworkError, _) => Some(true),
+        Ended::Failed(..) | Ended::Skipped(_) => None,
     }
 }
 

@@ -10,6 +10,7 @@
 //!   signature. [`shared`]: one plugin call for a fan-out's first attempts.
 //! - [`pause`]: a disabled webhook's deliveries wait; enabling sends them.
 //! - [`pace`]: a webhook's rate limit, and receivers asking for a break.
+//! - [`breaker`]: each webhook's circuit breaker.
 //! - [`admission`], [`origins`]: per-origin limits. [`client`], [`ssrf`]:
 //!   the HTTP client and the addresses it may reach.
 //!
@@ -20,6 +21,7 @@
 
 mod admission;
 mod attempt;
+pub mod breaker;
 pub mod client;
 pub mod decide;
 mod dispatch;
@@ -122,6 +124,8 @@ pub struct Deliverer {
     /// attempt path takes no lock while there are none.
     holds: std::sync::Mutex<std::collections::HashMap<crate::ids::WebhookId, u64>>,
     holding: std::sync::atomic::AtomicUsize,
+    /// Each webhook's circuit breaker.
+    breakers: breaker::Breakers,
 }
 
 /// How many attempts run at once, and for how long a delivery is leased.
@@ -172,6 +176,7 @@ impl Deliverer {
             defaults: WebhookDefaults::default(),
             holds: Default::default(),
             holding: Default::default(),
+            breakers: breaker::Breakers::default(),
         }
     }
 
@@ -179,6 +184,16 @@ impl Deliverer {
     pub fn with_defaults(mut self, defaults: WebhookDefaults) -> Self {
         self.defaults = defaults;
         self
+    }
+
+    /// The same dispatcher with breakers that open by `rule`.
+    pub fn with_breakers(mut self, rule: breaker::BreakerRule) -> Self {
+        self.breakers = breaker::Breakers::new(rule);
+        self
+    }
+
+    pub fn breakers(&self) -> &breaker::Breakers {
+        &self.breakers
     }
 
     pub fn defaults(&self) -> &WebhookDefaults {

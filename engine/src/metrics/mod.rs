@@ -108,6 +108,10 @@ pub struct Metrics {
     pub schedule_paused: Gauge,
     /// Age of the oldest entry due now (0 when none is).
     pub schedule_oldest_due_seconds: Gauge<f64, AtomicU64>,
+    /// Circuit breakers that opened (see `delivery::breaker`).
+    pub breakers_opened: Counter,
+    /// Circuit breakers open now, set at each scrape.
+    pub breakers_open: Gauge,
     /// Webhooks the engine disabled, by reason (`failure_rate`, `gone`).
     pub webhooks_disabled: Family<ReasonLabel, Counter>,
     /// Operational events emitted, by type.
@@ -216,6 +220,18 @@ impl Metrics {
         let schedule_paused = Gauge::default();
         let schedule_oldest_due_seconds = Gauge::<f64, AtomicU64>::default();
         let webhooks_disabled = Family::<ReasonLabel, Counter>::default();
+        let breakers_opened = Counter::default();
+        let breakers_open = Gauge::default();
+        registry.register(
+            "breakers_opened",
+            "Webhook circuit breakers that opened after a run of failures",
+            breakers_opened.clone(),
+        );
+        registry.register(
+            "breakers_open",
+            "Webhook circuit breakers open now (this engine's view)",
+            breakers_open.clone(),
+        );
         let operational_events = Family::<EventTypeLabel, Counter>::default();
         let job_runs = Family::<JobLabel, Counter>::default();
         registry.register(
@@ -283,6 +299,8 @@ impl Metrics {
             schedule_paused,
             schedule_oldest_due_seconds,
             webhooks_disabled,
+            breakers_opened,
+            breakers_open,
             operational_events,
             job_runs,
             plugins,

@@ -374,6 +374,16 @@ pub trait Store: Send + Sync + 'static {
         until_ms: u64,
     ) -> Result<(), StoreError>;
 
+    /// Tells the other engines sharing the store that a webhook's circuit
+    /// breaker opened (until then) or closed. Only Redis has others.
+    async fn announce_breaker(
+        &self,
+        _webhook: &WebhookId,
+        _open_until: Option<u64>,
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Writes something small and waits until it is durable: `/ready`.
     async fn check_writable(&self) -> Result<(), StoreError>;
 

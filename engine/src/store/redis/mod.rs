@@ -857,6 +857,16 @@ impl Store for RedisStore {
         Ok(())
     }
 
+    async fn announce_breaker(
+        &self,
+        webhook: &WebhookId,
+        open_until: Option<u64>,
+    ) -> Result<(), StoreError> {
+        let until = open_until.map(|u| u.to_string()).unwrap_or_default();
+        self.publish(format!("breaker\u{1f}{webhook}\u{1f}{until}"))
+            .await
+    }
+
     async fn take_job_lease(
         &self,
         job: &str,

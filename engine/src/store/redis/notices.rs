@@ -10,6 +10,11 @@ use super::*;
 pub enum Notice {
     /// Deliveries became due now (e.g. a manual retry).
     Wake,
+    /// A webhook's circuit breaker opened (until then) or closed.
+    Breaker {
+        webhook: WebhookId,
+        open_until: Option<u64>,
+    },
     /// A tenant's plugin has a new current version.
     Plugin {
         tenant: TenantId,
@@ -48,6 +53,10 @@ impl RedisStore {
                 let mut parts = text.split('\u{1f}');
                 match parts.next()? {
                     "wake" => Some(Notice::Wake),
+                    "breaker" => Some(Notice::Breaker {
+                        webhook: WebhookId::from_trusted(parts.next()?),
+                        open_until: parts.next()?.parse().ok(),
+                    }),
                     "plugin" => Some(Notice::Plugin {
                         tenant: TenantId::from_trusted(parts.next()?),
                         name: parts.next()?.to_owned(),
