@@ -11,6 +11,7 @@ mod durability;
 mod formats;
 mod hostile;
 mod limits;
+mod lists;
 mod ops;
 mod pause;
 mod plugin_ops;

@@ -7,6 +7,7 @@ mod auth;
 mod error;
 mod events;
 mod extract;
+mod lists;
 mod plugins;
 mod replays;
 pub mod serve;
@@ -32,8 +33,9 @@ pub fn router(app: Arc<App>) -> Router {
     let body_limit = app.settings.max_body_bytes;
     let plugin_limit = app.settings.max_plugin_bytes;
     let tenant_routes = Router::new()
-        .route("/events", post(events::trigger))
+        .route("/events", post(events::trigger).get(lists::events))
         .route("/events/batch", post(events::trigger_batch))
+        .route("/deliveries", get(lists::deliveries))
         .route("/events/{event_id}", get(events::get))
         .route("/events/{event_id}/resend", post(events::resend))
         .route("/webhooks", post(webhooks::create).get(webhooks::list))

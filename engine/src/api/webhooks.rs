@@ -606,13 +606,7 @@ pub async fn event_types(
     })))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DeliveryQuery {
-    status: Option<String>,
-    limit: Option<usize>,
-    before: Option<String>,
-}
+type DeliveryQuery = super::lists::ListQuery;
 
 pub async fn deliveries(
     caller: Caller,
@@ -621,7 +615,7 @@ pub async fn deliveries(
     Query(q): Query<DeliveryQuery>,
 ) -> ApiResult<axum::Json<Value>> {
     let w = load(&app, &caller, &path.webhook_id).await?;
-    let (list, next) = delivery_page(&app, &caller, &w, &q).await?;
+    let (list, next) = filtered_page(&app, &caller, &w, &q, &q.filters()?).await?;
     Ok(axum::Json(json!({
         "data": list.iter().map(views::delivery).collect::<Vec<_>>(),
         "next_before": next,
@@ -638,7 +632,7 @@ pub async fn events(
     Query(q): Query<DeliveryQuery>,
 ) -> ApiResult<axum::Json<Value>> {
     let w = load(&app, &caller, &path.webhook_id).await?;
-    let (list, next) = delivery_page(&app, &caller, &w, &q).await?;
+    let (list, next) = filtered_page(&app, &caller, &w, &q, &q.filters()?).await?;
     let mut data = Vec::with_capacity(list.len());
     for d in &list {
         let event = app.store.get_event(caller.id(), &d.event_id).await?;
@@ -653,41 +647,46 @@ pub async fn events(
     Ok(axum::Json(json!({"data": data, "next_before": next})))
 }
 
-/// One page of a webhook's deliveries as `q` asks, and the cursor of the
-/// next page.
-async fn delivery_page(
+/// One page of a webhook's deliveries, newest first, as `q` asks (status,
+/// type, time range), and the cursor of the next page. Reads at most
+/// `store::EVENT_SCAN` deliveries, so a narrow filter may answer a short
+/// page with a cursor.
+pub(super) async fn filtered_page(
     app: &App,
     caller: &Caller,
     w: &Webhook,
     q: &DeliveryQuery,
+    f: &super::lists::Filters,
 ) -> ApiResult<(Vec<Delivery>, Option<DeliveryId>)> {
-    let status = match &q.status {
-        None => None,
-        Some(s) => Some(DeliveryStatus::parse(s).ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_query",
-                format!("status: {s:?} is not pending, succeeded, failed or skipped"),
-            )
-        })?),
-    };
-    let limit = page_limit(q.limit)?;
-    let before = q.before.as_deref().map(DeliveryId::from_trusted);
-    let list = app
-        .store
-        .list_deliveries(
-            caller.id(),
-            &w.id,
-            Page {
-                limit,
-                before: before.as_ref(),
-                status,
-            },
-        )
-        .await?;
-    let next = (list.len() == limit)
-        .then(|| list.last().map(|d| d.id.clone()))
-        .flatten();
-    Ok((list, next))
+    let mut before = q.before.as_deref().map(DeliveryId::from_trusted);
+    let mut kept = Vec::new();
+    let mut scanned = 0;
+    loop {
+        let page = Page {
+            limit: 250,
+            before: before.as_ref(),
+            status: f.status,
+        };
+        let list = app.store.list_deliveries(caller.id(), &w.id, page).await?;
+        let full = list.len() == 250;
+        for d in list {
+            scanned += 1;
+            let past = f.since_ms.is_some_and(|s| d.created_at_ms < s);
+            before = Some(d.id.clone());
+            if past {
+                return Ok((kept, None));
+            }
+            if q.keeps(f, &d) {
+                kept.push(d);
+            }
+            if kept.len() >= f.limit || scanned >= crate::store::EVENT_SCAN {
+                return Ok((kept, before));
+            }
+        }
+        if !full {
+            return Ok((kept, None));
+        }
+    }
 }
 
 async fn load_delivery(

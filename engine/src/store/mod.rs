@@ -178,6 +178,32 @@ pub enum Ingested {
     KeyReused(IdempotentAnswer),
 }
 
+/// A page of a tenant's events, newest first (by when they were
+/// accepted, then id).
+#[derive(Clone, Copy, Debug)]
+pub struct EventQuery<'a> {
+    pub limit: usize,
+    /// Only events before this one: `(occurred_at_ms, id)`.
+    pub before: Option<(u64, &'a str)>,
+    /// Accepted at or after this time.
+    pub since_ms: Option<u64>,
+    /// Accepted before this time.
+    pub until_ms: Option<u64>,
+    pub event_type: Option<&'a str>,
+}
+
+/// Events of a page, and where the next page starts when there may be
+/// one (a page stops after [`EVENT_SCAN`] events even when the type
+/// filter kept fewer than the limit).
+#[derive(Debug, Default)]
+pub struct EventList {
+    pub events: Vec<Event>,
+    pub next: Option<(u64, String)>,
+}
+
+/// Events one page looks at, at most.
+pub const EVENT_SCAN: usize = 5_000;
+
 #[derive(Clone, Copy, Debug)]
 pub struct Page<'a> {
     pub limit: usize,
@@ -222,6 +248,12 @@ pub trait Store: Send + Sync + 'static {
         id: &EventId,
     ) -> Result<Vec<Delivery>, StoreError>;
     async fn event_types(&self, tenant: &TenantId) -> Result<Vec<EventTypeSeen>, StoreError>;
+    /// The tenant's events, newest first, as `query` asks.
+    async fn list_events(
+        &self,
+        tenant: &TenantId,
+        query: EventQuery<'_>,
+    ) -> Result<EventList, StoreError>;
 
     /// A delivery of `tenant` (another tenant's id finds nothing).
     async fn get_delivery(

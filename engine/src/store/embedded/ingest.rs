@@ -67,6 +67,9 @@ pub(super) fn ingest(hot: &mut Hot<'_>, t: Trigger) -> Result<Ingested, StoreErr
     hot.events
         .insert((tenant, event.id.as_str()), event_bytes.as_slice())
         .map_err(redb::Error::from)?;
+    hot.event_times
+        .insert((tenant, event.occurred_at_ms, event.id.as_str()), ())
+        .map_err(redb::Error::from)?;
     let mut answer = plan.answer();
     if let Some(key) = &header_key {
         hot.idempotency

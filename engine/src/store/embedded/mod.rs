@@ -123,6 +123,7 @@ impl EmbeddedStore {
             txn.open_table(API_KEYS).map_err(redb::Error::from)?;
             txn.open_table(WEBHOOKS).map_err(redb::Error::from)?;
             txn.open_table(EVENTS).map_err(redb::Error::from)?;
+            txn.open_table(EVENT_TIMES).map_err(redb::Error::from)?;
             txn.open_table(IDEMPOTENCY).map_err(redb::Error::from)?;
             txn.open_table(DELIVERIES).map_err(redb::Error::from)?;
             txn.open_table(WEBHOOK_DELIVERIES)
@@ -400,6 +401,41 @@ impl Store for EmbeddedStore {
             },
         )
         .await;
+    }
+
+    async fn list_events(
+        &self,
+        tenant: &TenantId,
+        q: crate::store::EventQuery<'_>,
+    ) -> Result<crate::store::EventList, StoreError> {
+        self.read(|txn| {
+            let (times, events) = (table!(txn, EVENT_TIMES), table!(txn, EVENTS));
+            let t = tenant.as_str();
+            let low = (t, q.since_ms.unwrap_or(0), "");
+            let top = match (q.before, q.until_ms) {
+                (Some((ms, _)), Some(until)) if until <= ms => (t, until, ""),
+                (Some((ms, id)), _) => (t, ms, id),
+                (None, Some(until)) => (t, until, ""),
+                (None, None) => (t, u64::MAX, ""),
+            };
+            let mut list = crate::store::EventList::default();
+            let mut scanned = 0;
+            for item in times.range(low..top).map_err(redb::Error::from)?.rev() {
+                let (k, _) = item.map_err(redb::Error::from)?;
+                let (_, ms, id) = k.value();
+                scanned += 1;
+                let event: Option<Event> = get_json(&events, (t, id))?;
+                if let Some(e) = event.filter(|e| q.event_type.is_none_or(|ty| e.event_type == ty))
+                {
+                    list.events.push(e);
+                }
+                if list.events.len() >= q.limit || scanned >= crate::store::EVENT_SCAN {
+                    list.next = Some((ms, id.to_owned()));
+                    break;
+                }
+            }
+            Ok(list)
+        })
     }
 
     async fn add_deliveries(

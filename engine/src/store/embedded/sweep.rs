@@ -36,7 +36,7 @@ pub(super) fn sweep(txn: &WriteTransaction, cutoff_ms: u64) -> Result<u64, Store
         table!(txn, ATTEMPTS).retain_in((id, 0)..=(id, u32::MAX), |_, _| false)?;
         removed += 1;
     }
-    let old_events: Vec<(String, String)> = {
+    let old_events: Vec<(String, u64, String)> = {
         let events = table!(txn, EVENTS);
         let (deliveries, idem) = (table!(txn, DELIVERIES), table!(txn, IDEMPOTENCY));
         let mut out = Vec::new();
@@ -52,13 +52,14 @@ pub(super) fn sweep(txn: &WriteTransaction, cutoff_ms: u64) -> Result<u64, Store
                 kept |= deliveries.get(d.as_str())?.is_some();
             }
             if !kept {
-                out.push((t.to_owned(), id.to_owned()));
+                out.push((t.to_owned(), e.occurred_at_ms, id.to_owned()));
             }
         }
         out
     };
-    for (t, id) in &old_events {
+    for (t, at, id) in &old_events {
         table!(txn, EVENTS).remove((t.as_str(), id.as_str()))?;
+        table!(txn, EVENT_TIMES).remove((t.as_str(), *at, id.as_str()))?;
         removed += 1;
     }
     let old_keys: Vec<(String, String)> = {

@@ -8,6 +8,9 @@ pub(crate) const TENANTS: TableDefinition<&str, Json> = TableDefinition::new("te
 pub(crate) const API_KEYS: TableDefinition<&str, &str> = TableDefinition::new("api_keys");
 pub(crate) const WEBHOOKS: TableDefinition<(&str, &str), Json> = TableDefinition::new("webhooks");
 pub(crate) const EVENTS: TableDefinition<(&str, &str), Json> = TableDefinition::new("events");
+/// A tenant's events by when they were accepted: (tenant, ms, event id).
+pub(crate) const EVENT_TIMES: TableDefinition<(&str, u64, &str), ()> =
+    TableDefinition::new("event_times");
 pub(crate) const IDEMPOTENCY: TableDefinition<(&str, &str), Json> =
     TableDefinition::new("idempotency");
 pub(crate) const DELIVERIES: TableDefinition<&str, Json> = TableDefinition::new("deliveries");

@@ -14,6 +14,7 @@ pub(super) type Op = Box<dyn for<'b, 't> FnOnce(Option<&'b mut Batch<'t>>) -> Do
 /// The tables hot-path writes use, open together.
 pub(crate) struct Hot<'t> {
     pub events: Table<'t, Keyed2, Json>,
+    pub event_times: Table<'t, (&'static str, u64, &'static str), ()>,
     pub idempotency: Table<'t, Keyed2, Json>,
     pub event_types: Table<'t, Keyed2, Json>,
     pub webhook_deliveries: Table<'t, Keyed2, ()>,
@@ -27,6 +28,7 @@ impl<'t> Hot<'t> {
     pub fn open(txn: &'t WriteTransaction) -> Result<Hot<'t>, redb::Error> {
         Ok(Hot {
             events: txn.open_table(EVENTS)?,
+            event_times: txn.open_table(EVENT_TIMES)?,
             idempotency: txn.open_table(IDEMPOTENCY)?,
             event_types: txn.open_table(EVENT_TYPES)?,
             webhook_deliveries: txn.open_table(WEBHOOK_DELIVERIES)?,

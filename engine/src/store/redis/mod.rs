@@ -191,7 +191,9 @@ impl RedisStore {
             .arg(event.occurred_at_ms)
             .arg(plan.deliveries.len())
             .key(self.key(&t, &format!("whv:{t}")))
-            .arg(version);
+            .arg(version)
+            .key(self.key(&t, &format!("evt:{t}")))
+            .arg(event.id.as_str());
         for d in &plan.deliveries {
             call.key(self.key(&t, &format!("d:{}", d.id)))
                 .key(self.key(&t, &format!("whd:{}", d.webhook_id)))
@@ -521,6 +523,74 @@ impl Store for RedisStore {
         self.finish_script(&delivery, attempt.as_ref()).await
     }
 
+    async fn list_events(
+        &self,
+        tenant: &TenantId,
+        q: crate::store::EventQuery<'_>,
+    ) -> Result<crate::store::EventList, StoreError> {
+        let t = tenant;
+        let index = self.key(t, &format!("evt:{t}"));
+        // Highest score first; the cursor's own score again, past its id.
+        let max = match (q.before, q.until_ms) {
+            (Some((ms, _)), Some(until)) if until <= ms => format!("({until}"),
+            (Some((ms, _)), _) => ms.to_string(),
+            (None, Some(until)) => format!("({until}"),
+            (None, None) => "+inf".into(),
+        };
+        let min = q.since_ms.map_or("-inf".into(), |s| s.to_string());
+        let mut list = crate::store::EventList::default();
+        let (mut offset, mut scanned) = (0usize, 0usize);
+        loop {
+            let batch: Vec<(String, f64)> = redis::cmd("ZREVRANGEBYSCORE")
+                .arg(&index)
+                .arg(&max)
+                .arg(&min)
+                .arg("WITHSCORES")
+                .arg("LIMIT")
+                .arg(offset)
+                .arg(500)
+                .query_async(&mut self.conn())
+                .await?;
+            offset += batch.len();
+            let wanted: Vec<(u64, String)> = batch
+                .iter()
+                .map(|(id, score)| (*score as u64, id.clone()))
+                .filter(|(ms, id)| {
+                    q.before
+                        .is_none_or(|(b_ms, b_id)| *ms != b_ms || id.as_str() < b_id)
+                })
+                .collect();
+            let keys: Vec<String> = wanted
+                .iter()
+                .map(|(_, id)| self.key(t, &format!("ev:{t}:{id}")))
+                .collect();
+            let raw: Vec<Option<String>> = if keys.is_empty() {
+                Vec::new()
+            } else {
+                redis::cmd("MGET")
+                    .arg(&keys)
+                    .query_async(&mut self.conn())
+                    .await?
+            };
+            for ((ms, id), raw) in wanted.into_iter().zip(raw) {
+                scanned += 1;
+                if let Some(raw) = raw {
+                    let e: Event = parse(&raw)?;
+                    if q.event_type.is_none_or(|ty| e.event_type == ty) {
+                        list.events.push(e);
+                    }
+                }
+                if list.events.len() >= q.limit || scanned >= crate::store::EVENT_SCAN {
+                    list.next = Some((ms, id));
+                    return Ok(list);
+                }
+            }
+            if batch.len() < 500 {
+                return Ok(list);
+            }
+        }
+    }
+
     async fn add_deliveries(
         &self,
         tenant: &TenantId,
@@ -756,6 +826,25 @@ impl Store for RedisStore {
         let mut removed = 0u64;
         for tenant in self.list_tenants().await? {
             let t = &tenant.id;
+            // The events index keeps members whose events expired.
+            let index = self.key(t, &format!("evt:{t}"));
+            let old: Vec<String> = self.conn().zrangebyscore(&index, "-inf", cutoff).await?;
+            for chunk in old.chunks(500) {
+                let mut pipe = redis::pipe();
+                for id in chunk {
+                    pipe.exists(self.key(t, &format!("ev:{t}:{id}")));
+                }
+                let exists: Vec<bool> = pipe.query_async(&mut self.conn()).await?;
+                let gone: Vec<&String> = chunk
+                    .iter()
+                    .zip(exists)
+                    .filter(|(_, e)| !e)
+                    .map(|(id, _)| id)
+                    .collect();
+                if !gone.is_empty() {
+                    let _: u64 = self.conn().zrem(&index, gone).await?;
+                }
+            }
             for hook in self.list_webhooks(t).await? {
                 let index = self.key(t, &format!("whd:{}", hook.id));
                 let old: Vec<String> = redis::cmd("ZRANGEBYLEX")

@@ -3,9 +3,10 @@
 
 pub(super) const INGEST: &str = r#"
 -- KEYS: idem(id), idem(header or id again), event, event deliveries, schedule, stats, types,
---       event's pending count, webhook version, then (delivery, webhook index) pairs
+--       event's pending count, webhook version, the tenant's events by time,
+--       then (delivery, webhook index) pairs
 -- ARGV: answer, event, ttl, due, tenant, type, now, n, webhook version the fan-out used,
---       then (delivery id, delivery json, webhook id) triples
+--       event id, then (delivery id, delivery json, webhook id) triples
 -- Returns {1, ''} written, {0, first answer} a replay, {2, ''} fan-out from stale webhooks.
 for i = 1, 2 do
   local prev = redis.call('GET', KEYS[i])
@@ -27,10 +28,11 @@ end
 if KEYS[2] ~= KEYS[1] then redis.call('SET', KEYS[2], ARGV[1], 'EX', ttl) end
 redis.call('HINCRBY', KEYS[7], 'c:' .. ARGV[6], 1)
 redis.call('HSET', KEYS[7], 'l:' .. ARGV[6], ARGV[7])
+redis.call('ZADD', KEYS[10], ARGV[7], ARGV[10])
 for i = 0, n - 1 do
-  local did, djson, wid = ARGV[10 + i * 3], ARGV[11 + i * 3], ARGV[12 + i * 3]
-  redis.call('SET', KEYS[10 + i * 2], djson)
-  redis.call('ZADD', KEYS[11 + i * 2], 0, did)
+  local did, djson, wid = ARGV[11 + i * 3], ARGV[12 + i * 3], ARGV[13 + i * 3]
+  redis.call('SET', KEYS[11 + i * 2], djson)
+  redis.call('ZADD', KEYS[12 + i * 2], 0, did)
   redis.call('RPUSH', KEYS[4], did)
   redis.call('ZADD', KEYS[5], ARGV[4], ARGV[5] .. '|' .. did)
   redis.call('HINCRBY', KEYS[6], wid .. ':total', 1)
