@@ -76,6 +76,11 @@ pub struct RawConfig {
     pub http_header_timeout_ms: u64,
     /// Time a request's body may take to arrive, from its headers.
     pub http_body_timeout_ms: u64,
+    /// Bytes of a plugin-shaped request body each attempt's log keeps (the
+    /// default format's body is rebuilt from the event, whole).
+    pub log_request_body_bytes: usize,
+    /// Bytes of an answer's body each attempt's log keeps.
+    pub log_response_body_bytes: usize,
     /// Consecutive failed attempts of a webhook that open its circuit
     /// breaker (0: never).
     pub breaker_failures: u32,
@@ -151,6 +156,8 @@ impl Default for RawConfig {
             max_connections: 4096,
             http_header_timeout_ms: 30_000,
             http_body_timeout_ms: 60_000,
+            log_request_body_bytes: 16 << 10,
+            log_response_body_bytes: 4 << 10,
             breaker_failures: 10,
             breaker_cooldown_secs: 30,
             tenant_events_per_second: 0.0,
@@ -196,6 +203,8 @@ pub struct Settings {
     pub http_body_timeout: Duration,
     pub webhook_defaults: WebhookDefaults,
     pub breakers: crate::delivery::breaker::BreakerRule,
+    pub log_request_body_bytes: usize,
+    pub log_response_body_bytes: usize,
     /// The per-tenant ingest limit, if any.
     pub tenant_events: Option<crate::limit::Rate>,
     pub metrics_bound: LabelBound,
@@ -416,7 +425,15 @@ impl RawConfig {
         if !(1..=86_400).contains(&self.breaker_cooldown_secs) {
             return Err(invalid("breaker_cooldown_secs", "must be 1 to 86400"));
         }
+        if self.log_request_body_bytes > 1 << 20 || self.log_response_body_bytes > 1 << 20 {
+            return Err(invalid(
+                "log_request_body_bytes",
+                "log_request_body_bytes and log_response_body_bytes must be at most 1 MiB",
+            ));
+        }
         Ok(Settings {
+            log_request_body_bytes: self.log_request_body_bytes,
+            log_response_body_bytes: self.log_response_body_bytes,
             breakers: crate::delivery::breaker::BreakerRule {
                 failures: self.breaker_failures,
                 cooldown_ms: self.breaker_cooldown_secs * 1000,

@@ -122,7 +122,8 @@ pub async fn run(
             store.clone(),
             schedule.clone(),
             plugins.clone(),
-            HttpClient::new(&settings.allow_private_targets),
+            HttpClient::new(&settings.allow_private_targets)
+                .keeping(settings.log_response_body_bytes),
             metrics.clone(),
             delivery::Limits {
                 lease: settings.lease,
@@ -131,7 +132,8 @@ pub async fn run(
             },
         )
         .with_defaults(settings.webhook_defaults.clone())
-        .with_breakers(settings.breakers),
+        .with_breakers(settings.breakers)
+        .logging_request_bodies(settings.log_request_body_bytes),
     );
     let app = Arc::new(App {
         settings,

@@ -288,6 +288,28 @@ pub struct Attempt {
     /// `name@version` of the plugin that shaped the request, if any.
     pub plugin: Option<String>,
     pub outcome: AttemptOutcome,
+    /// The request as sent, if one was.
+    pub request: Option<SentRequest>,
+    /// The answer's headers, `name: value` lines (the first bytes).
+    pub response_headers: Option<String>,
+}
+
+/// A request as an attempt sent it. Signature and authorization header
+/// values are redacted; the body is kept up to `log_request_body_bytes`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SentRequest {
+    pub url: String,
+    /// `name: value` lines; none for the default format with no custom
+    /// headers, whose headers follow from the delivery id and `timestamp`
+    /// (rebuilt when shown), so such attempts store no copy.
+    pub headers: Option<String>,
+    /// The signed timestamp (`webhook-timestamp`, seconds).
+    pub timestamp: u64,
+    /// None: the event's default-format body (rebuilt from the event when
+    /// shown, byte for byte), so the default format stores no copy.
+    pub body: Option<String>,
+    /// The body's whole length; over the stored part's, it was cut.
+    pub body_bytes: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -555,8 +555,22 @@ async fn calls_honour_the_tenant(store: Arc<dyn Store>, _schedule: Arc<dyn Sched
         error: None,
         plugin: None,
         outcome: AttemptOutcome::HttpError,
+        request: Some(wasmhook::model::SentRequest {
+            url: "http://127.0.0.1/h".into(),
+            headers: Some("content-type: application/json\n".into()),
+            timestamp: 1,
+            body: Some("{}".into()),
+            body_bytes: 2,
+        }),
+        response_headers: Some("x-a: b\n".into()),
     };
-    store.finish_attempt(failed, Some(attempt)).await.unwrap();
+    store
+        .finish_attempt(failed, Some(attempt.clone()))
+        .await
+        .unwrap();
+    let kept = &store.attempts(&owner, &d.id).await.unwrap()[0];
+    assert_eq!(kept.request, attempt.request, "the request as sent is kept");
+    assert_eq!(kept.response_headers, attempt.response_headers);
     assert_eq!(store.attempts(&owner, &d.id).await.unwrap().len(), 1);
     assert!(store.attempts(&other, &d.id).await.unwrap().is_empty());
 }

@@ -179,6 +179,109 @@ async fn gone_disables_the_webhook(backend: Backend) {
     );
 }
 
+/// Every attempt's log holds the request as sent (signature and
+/// authorization values redacted) and the answer, headers included.
+async fn the_attempt_log_holds_the_request_as_sent_and_the_answer(backend: Backend) {
+    let engine = TestEngine::on(backend, |s| s.log_request_body_bytes = 10).await;
+    let receiver = TestReceiver::spawn().await;
+    receiver.answer_with_headers(503, &[("x-why", "busy")]);
+    let key = engine.tenant("logs").await;
+    let fixed = json!({"strategy": "fixed", "retries": 2, "delay_ms": 100, "jitter": false});
+    let hook = engine
+        .webhook(
+            &key,
+            &receiver.url,
+            json!({"events": ["invoice.*"], "retry_policy": fixed, "headers": {"authorization": "Bearer s3cret", "x-team": "billing"}}),
+        )
+        .await;
+    engine
+        .trigger(&key, "invoice.paid", json!({"amount": 12}))
+        .await;
+    let got = receiver.wait_for(2, WAIT).await;
+    let d = engine
+        .wait_delivery(
+            &key,
+            hook["id"].as_str().unwrap(),
+            got[0].header("webhook-id"),
+            WAIT,
+            |d| d["status"] == "succeeded",
+        )
+        .await;
+    let first = &d["attempt_log"][0];
+    let req = &first["request"];
+    assert_eq!(req["url"], receiver.url, "{first}");
+    assert_eq!(req["method"], "POST");
+    assert_eq!(req["headers"]["webhook-signature"], "[redacted]", "{req}");
+    assert_eq!(req["headers"]["authorization"], "[redacted]");
+    assert_eq!(req["headers"]["x-team"], "billing");
+    assert_eq!(req["headers"]["webhook-id"], got[0].header("webhook-id"));
+    assert_eq!(
+        req["headers"]["webhook-timestamp"],
+        got[0].header("webhook-timestamp")
+    );
+    // The default format's body is shown whole, byte for byte as sent.
+    assert_eq!(req["body"], got[0].text(), "{req}");
+    assert_eq!(req["body_truncated"], false);
+    assert_eq!(first["response"]["status"], 503);
+    assert_eq!(first["response"]["headers"]["x-why"], "busy", "{first}");
+    assert_eq!(d["attempt_log"][1]["response"]["status"], 200);
+    assert!(!d.to_string().contains("s3cret"), "{d}");
+
+    // Without custom headers, the default format's headers are rebuilt
+    // from the delivery id and the signed time: the same as sent.
+    let plain = engine
+        .webhook(&key, &receiver.url, json!({"events": ["doc.*"]}))
+        .await;
+    let doc = engine.trigger(&key, "doc.signed", json!({"doc": 1})).await;
+    let sent = receiver.wait_for(3, WAIT).await;
+    let d = engine
+        .wait_delivery(
+            &key,
+            plain["id"].as_str().unwrap(),
+            doc["delivery_ids"][0].as_str().unwrap(),
+            WAIT,
+            |d| d["status"] == "succeeded",
+        )
+        .await;
+    let req = &d["attempt_log"][0]["request"];
+    for name in [
+        "webhook-id",
+        "webhook-timestamp",
+        "content-type",
+        "user-agent",
+    ] {
+        assert_eq!(req["headers"][name], sent[2].header(name), "{name}: {req}");
+    }
+    assert_eq!(req["headers"]["webhook-signature"], "[redacted]");
+    assert_eq!(req["body"], sent[2].text());
+
+    // A plugin's body is kept up to log_request_body_bytes.
+    engine
+        .install_plugin(&key, "fmt", wasmhook_tests::plugins::GESTIQCLOUD)
+        .await;
+    let plugged = engine
+        .webhook(
+            &key,
+            &receiver.url,
+            json!({"plugin": "fmt", "events": ["order.*"]}),
+        )
+        .await;
+    let order = engine
+        .trigger(&key, "order.created", json!({"id": "o-1"}))
+        .await;
+    let got = receiver.wait_for(4, WAIT).await;
+    let id = order["delivery_ids"][0].as_str().unwrap();
+    let d = engine
+        .wait_delivery(&key, plugged["id"].as_str().unwrap(), id, WAIT, |d| {
+            d["status"] == "succeeded"
+        })
+        .await;
+    let req = &d["attempt_log"][0]["request"];
+    assert_eq!(req["body"], &got[3].text()[..10], "{req}");
+    assert_eq!(req["body_bytes"], got[3].body.len());
+    assert_eq!(req["body_truncated"], true);
+}
+
 /// Seed 002's views: a webhook's failed events, and a retry by event id.
 async fn failed_events_are_listed_and_retried_by_event_id(backend: Backend) {
     let engine = TestEngine::on(backend, |_| {}).await;
@@ -257,6 +360,7 @@ async fn failed_events_are_listed_and_retried_by_event_id(backend: Backend) {
 }
 
 on_both_backends!(
+    the_attempt_log_holds_the_request_as_sent_and_the_answer,
     failed_events_are_listed_and_retried_by_event_id,
     failing_receiver_is_retried_with_backoff_until_it_lands,
     exhausted_delivery_fails_and_can_be_retried_by_hand,

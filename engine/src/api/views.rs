@@ -51,8 +51,39 @@ pub fn delivery(d: &Delivery) -> Value {
     })
 }
 
-pub fn attempt(a: &Attempt) -> Value {
+/// An attempt with the request as sent and the answer; `event` rebuilds
+/// the default format's body, which is not stored.
+pub fn attempt(a: &Attempt, event: Option<&crate::model::Event>) -> Value {
+    let request = a.request.as_ref().map(|r| {
+        let body = match &r.body {
+            Some(body) => Some(body.clone()),
+            None => event.map(|e| {
+                String::from_utf8_lossy(&crate::delivery::shape::envelope(e)).into_owned()
+            }),
+        };
+        let headers = match &r.headers {
+            Some(lines) => header_map(lines),
+            None => crate::delivery::outgoing::default_headers(a.delivery_id.as_str(), r.timestamp),
+        };
+        json!({
+            "url": r.url,
+            "method": "POST",
+            "headers": headers,
+            "body": body,
+            "body_bytes": r.body_bytes,
+            "body_truncated": body.as_ref().is_some_and(|b| (b.len() as u64) < r.body_bytes),
+        })
+    });
+    let response = a.status_code.map(|status| {
+        json!({
+            "status": status,
+            "headers": a.response_headers.as_deref().map(header_map),
+            "body": a.response_body,
+        })
+    });
     json!({
+        "request": request,
+        "response": response,
         "attempt": a.attempt,
         "outcome": a.outcome,
         "started_at": rfc3339_ms(a.started_at_ms),
@@ -92,4 +123,14 @@ pub fn plugin(p: &PluginVersion) -> Value {
         "uploaded_by": p.uploaded_by,
         "restored_from": p.restored_from,
     })
+}
+
+/// `name: value` lines as an object (a repeated name keeps its last value).
+fn header_map(lines: &str) -> Value {
+    let map: serde_json::Map<String, Value> = lines
+        .lines()
+        .filter_map(|l| l.split_once(": "))
+        .map(|(k, v)| (k.to_owned(), Value::String(v.to_owned())))
+        .collect();
+    Value::Object(map)
 }

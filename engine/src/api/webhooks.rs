@@ -712,8 +712,14 @@ pub async fn delivery(
 ) -> ApiResult<axum::Json<Value>> {
     let d = load_delivery(&app, &caller, &path).await?;
     let attempts = app.store.attempts(caller.id(), &d.id).await?;
+    let event = app.store.get_event(caller.id(), &d.event_id).await?;
     let mut body = views::delivery(&d);
-    body["attempt_log"] = json!(attempts.iter().map(views::attempt).collect::<Vec<_>>());
+    body["attempt_log"] = json!(
+        attempts
+            .iter()
+            .map(|a| views::attempt(a, event.as_ref()))
+            .collect::<Vec<_>>()
+    );
     Ok(axum::Json(body))
 }
 

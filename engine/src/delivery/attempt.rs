@@ -28,7 +28,9 @@ use super::shared::SharedShaping;
 use super::{Deliverer, RESHAPE_AFTER, Ready};
 use crate::ids::{DeliveryId, TenantId};
 use crate::metrics::{OutcomeLabel, webhook};
-use crate::model::{Attempt, AttemptOutcome, Delivery, DeliveryStatus, Event, Webhook};
+use crate::model::{
+    Attempt, AttemptOutcome, Delivery, DeliveryStatus, Event, SentRequest, Webhook,
+};
 use crate::plugin::LoadedPlugin;
 use crate::plugin::request::{AttemptContext, OutRequest, Shaped};
 use crate::schedule::policy::parse_retry_after;
@@ -56,6 +58,10 @@ struct Exchange {
     /// Whether a request went out (then `took` is how long it took).
     sent: bool,
     took: Duration,
+    /// The request as sent, for the attempt log.
+    request: Option<SentRequest>,
+    /// The answer's headers.
+    response_headers: Option<String>,
 }
 
 impl Exchange {
@@ -67,6 +73,8 @@ impl Exchange {
             plugin,
             sent: false,
             took: Duration::ZERO,
+            request: None,
+            response_headers: None,
         }
     }
 
@@ -88,6 +96,8 @@ impl Exchange {
             error,
             plugin: self.plugin,
             outcome,
+            request: self.request,
+            response_headers: self.response_headers,
         }
     }
 }
@@ -196,14 +206,18 @@ impl Deliverer {
                 Err(ended) => return Exchange::before_sending(ended, plugin),
             };
         }
+        let signature = req.signature.as_ref().map(|s| s.header.clone());
         let out = Outgoing::build(what.webhook, req, &ctx, self.clock.now_ms());
+        let request = self.sent_request(what, &ctx, &out, signature.as_deref());
         let sent = self
             .client
             .post(&target.uri, out.headers, out.body, timeout)
             .await;
         drop(slot);
+        let mut response_headers = None;
         let (ended, took) = match sent {
             Ok((answer, took)) => {
+                response_headers = Some(answer.headers);
                 self.metrics.attempt_seconds.observe(took.as_secs_f64());
                 let retry_after = answer
                     .retry_after
@@ -228,6 +242,41 @@ impl Deliverer {
             plugin,
             sent: true,
             took,
+            request: Some(request),
+            response_headers,
+        }
+    }
+
+    /// The request as the attempt log keeps it: the URL, the headers
+    /// (signature and authorization values redacted) and the body up to
+    /// `log_request_body_bytes`, or none when it is the event's default
+    /// format (rebuilt from the event when shown).
+    fn sent_request(
+        &self,
+        what: &ToShape<'_>,
+        ctx: &AttemptContext,
+        out: &Outgoing,
+        signature: Option<&str>,
+    ) -> SentRequest {
+        let default_format = what.webhook.plugin.is_none();
+        let redact = [
+            signature.unwrap_or("webhook-signature"),
+            "authorization",
+            "proxy-authorization",
+        ];
+        let body = (!default_format).then(|| {
+            let kept = &out.body[..out.body.len().min(self.log_request_body_bytes)];
+            String::from_utf8_lossy(kept).into_owned()
+        });
+        let headers = (!default_format || !what.webhook.headers.is_empty()).then(|| {
+            super::client::header_lines(&out.headers, super::client::MAX_HEADER_BYTES, &redact)
+        });
+        SentRequest {
+            url: what.webhook.url.clone(),
+            headers,
+            timestamp: ctx.timestamp,
+            body,
+            body_bytes: out.body.len() as u64,
         }
     }
 

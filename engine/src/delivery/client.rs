@@ -18,7 +18,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-/// How much of a response body an attempt keeps.
+/// How much of a response body an attempt keeps, unless set
+/// (`log_response_body_bytes`).
 pub const MAX_RESPONSE_BYTES: usize = 4096;
 
 /// Resolves names and drops the addresses deliveries may not reach.
@@ -67,6 +68,8 @@ type Connector = hyper_rustls::HttpsConnector<HttpConnector<GuardedResolver>>;
 pub struct HttpClient {
     client: Client<Connector, Full<Bytes>>,
     allow: Arc<[IpNet]>,
+    /// How much of an answer's body is kept.
+    response_bytes: usize,
 }
 
 /// What the receiver answered.
@@ -75,6 +78,32 @@ pub struct Answer {
     pub status: u16,
     pub retry_after: Option<String>,
     pub body: String,
+    /// Its headers, `name: value` lines, the first [`MAX_HEADER_BYTES`].
+    pub headers: String,
+}
+
+/// Bytes of an answer's headers kept for the attempt log.
+pub const MAX_HEADER_BYTES: usize = 4096;
+
+/// `name: value` lines of `headers`, at most `max` bytes of them, with the
+/// values of the headers `redact` names replaced (for the attempt log).
+pub fn header_lines(headers: &hyper::HeaderMap, max: usize, redact: &[&str]) -> String {
+    let mut out = String::new();
+    for (name, value) in headers {
+        let value = if redact.iter().any(|r| name.as_str().eq_ignore_ascii_case(r)) {
+            "[redacted]"
+        } else {
+            value.to_str().unwrap_or("[not text]")
+        };
+        if out.len() + name.as_str().len() + value.len() + 3 > max {
+            break;
+        }
+        out.push_str(name.as_str());
+        out.push_str(": ");
+        out.push_str(value);
+        out.push('\n');
+    }
+    out
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,7 +134,18 @@ impl HttpClient {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .build(https);
-        HttpClient { client, allow }
+        HttpClient {
+            client,
+            allow,
+            response_bytes: MAX_RESPONSE_BYTES,
+        }
+    }
+
+    /// The same client keeping `bytes` of each answer's body
+    /// (`log_response_body_bytes`).
+    pub fn keeping(mut self, bytes: usize) -> Self {
+        self.response_bytes = bytes;
+        self
     }
 
     /// POSTs `body` to `uri`; the whole exchange, body read included, is bounded by `timeout`.
@@ -133,6 +173,7 @@ impl HttpClient {
         let exchange = async {
             let resp = self.client.request(req).await.map_err(|e| describe(&e))?;
             let status = resp.status().as_u16();
+            let headers = header_lines(resp.headers(), MAX_HEADER_BYTES, &[]);
             let retry_after = resp
                 .headers()
                 .get(hyper::header::RETRY_AFTER)
@@ -140,11 +181,12 @@ impl HttpClient {
                 .map(str::to_owned);
             let mut body = resp.into_body();
             let mut kept = Vec::new();
-            while kept.len() < MAX_RESPONSE_BYTES {
+            let max_body = self.response_bytes;
+            while kept.len() < max_body {
                 match body.frame().await {
                     Some(Ok(frame)) => {
                         if let Some(data) = frame.data_ref() {
-                            let room = MAX_RESPONSE_BYTES - kept.len();
+                            let room = max_body - kept.len();
                             kept.extend_from_slice(&data[..data.len().min(room)]);
                         }
                     }
@@ -156,6 +198,7 @@ impl HttpClient {
                 status,
                 retry_after,
                 body: String::from_utf8_lossy(&kept).into_owned(),
+                headers,
             })
         };
         match tokio::time::timeout(timeout, exchange).await {

@@ -126,6 +126,8 @@ pub struct Deliverer {
     holding: std::sync::atomic::AtomicUsize,
     /// Each webhook's circuit breaker.
     breakers: breaker::Breakers,
+    /// Bytes of a plugin-shaped request body the attempt log keeps.
+    log_request_body_bytes: usize,
 }
 
 /// How many attempts run at once, and for how long a delivery is leased.
@@ -177,12 +179,20 @@ impl Deliverer {
             holds: Default::default(),
             holding: Default::default(),
             breakers: breaker::Breakers::default(),
+            log_request_body_bytes: 16 << 10,
         }
     }
 
     /// The same dispatcher with these engine-wide webhook defaults.
     pub fn with_defaults(mut self, defaults: WebhookDefaults) -> Self {
         self.defaults = defaults;
+        self
+    }
+
+    /// The same dispatcher keeping `bytes` of each request body it sends
+    /// in the attempt log (`log_request_body_bytes`).
+    pub fn logging_request_bodies(mut self, bytes: usize) -> Self {
+        self.log_request_body_bytes = bytes;
         self
     }
 

@@ -41,10 +41,7 @@ impl Outgoing {
                 Cow::Owned(text) => HeaderValue::from_str(text).expect(valid),
             },
         );
-        headers.insert(
-            header::USER_AGENT,
-            HeaderValue::from_static(concat!("wasmhook/", env!("CARGO_PKG_VERSION"))),
-        );
+        headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
         for (name, value) in &req.headers {
             headers.insert(
                 header_name(name),
@@ -77,6 +74,21 @@ impl Outgoing {
         }
     }
 }
+
+/// The headers the default format sends with no custom headers, as the
+/// attempt log shows them (the signature redacted): rebuilt from the
+/// delivery id and signed timestamp, since such attempts store none.
+pub fn default_headers(delivery_id: &str, timestamp: u64) -> serde_json::Value {
+    serde_json::json!({
+        "content-type": "application/json",
+        "user-agent": USER_AGENT,
+        "webhook-id": delivery_id,
+        "webhook-timestamp": timestamp.to_string(),
+        "webhook-signature": "[redacted]",
+    })
+}
+
+const USER_AGENT: &str = concat!("wasmhook/", env!("CARGO_PKG_VERSION"));
 
 /// A shaped header's name: the default format's constants are taken as
 /// they are, a plugin's are parsed (and copied).

@@ -81,6 +81,8 @@ mod tests {
             error: None,
             plugin: Some("fmt@1".into()),
             outcome: AttemptOutcome::HttpError,
+            request: None,
+            response_headers: None,
         }
     }
 
@@ -114,7 +116,7 @@ mod tests {
         );
         assert_eq!(
             hex::encode(compact(&attempt())),
-            "0105646c765f3102080301f40301026e6f000105666d74403101"
+            "0105646c765f3102080301f40301026e6f000105666d744031010000"
         );
     }
 }
