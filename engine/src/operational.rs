@@ -20,7 +20,7 @@ use crate::clock::now_ms;
 use crate::delivery::Deliverer;
 use crate::ids::{EventId, TenantId};
 use crate::metrics::EventTypeLabel;
-use crate::store::{Ingested, NewEvent, Store, StoreError};
+use crate::store::{Ingested, NewEvent, StoreError};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
@@ -40,7 +40,6 @@ pub fn is_operational(event_type: &str) -> bool {
 /// returns, and hands its deliveries to `deliverer`. Answers how many
 /// deliveries it made.
 pub async fn emit(
-    store: &dyn Store,
     deliverer: &Deliverer,
     tenant: &TenantId,
     event_type: &'static str,
@@ -66,7 +65,7 @@ pub async fn emit(
         deliveries,
         webhooks,
         ..
-    } = store.insert_event(new).await?
+    } = deliverer.store().insert_event(new).await?
     else {
         // A fresh id cannot have been used before.
         return Ok(0);
@@ -81,16 +80,30 @@ pub async fn emit(
     Ok(made)
 }
 
+/// The data of `wasmhook.delivery.exhausted` for a delivery that used up
+/// its attempts at `now_ms`.
+pub fn exhausted(delivery: &crate::model::Delivery, now_ms: u64) -> Value {
+    serde_json::json!({
+        "delivery_id": delivery.id,
+        "webhook_id": delivery.webhook_id,
+        "event_id": delivery.event_id,
+        "event_type": delivery.event_type,
+        "attempts": delivery.attempts,
+        "reason": delivery.reason,
+        "last_status_code": delivery.last_status_code,
+        "failed_at": crate::clock::rfc3339_ms(now_ms),
+    })
+}
+
 /// Emits one, logging (not returning) a failure: the change it reports is
 /// already written.
 pub async fn emit_or_log(
-    store: &dyn Store,
     deliverer: &Deliverer,
     tenant: &TenantId,
     event_type: &'static str,
     data: Value,
 ) {
-    if let Err(e) = emit(store, deliverer, tenant, event_type, data).await {
+    if let Err(e) = emit(deliverer, tenant, event_type, data).await {
         tracing::warn!(tenant = %tenant, event_type, error = %e, "cannot emit an operational event");
     }
 }
@@ -120,7 +133,6 @@ impl DisableCause {
 /// cause was itself an operational event's delivery). False if it was gone
 /// or already disabled.
 pub async fn disable_webhook(
-    store: &dyn Store,
     deliverer: &Deliverer,
     tenant: &TenantId,
     id: &crate::ids::WebhookId,
@@ -128,6 +140,7 @@ pub async fn disable_webhook(
     reason: String,
     quiet: bool,
 ) -> Result<bool, StoreError> {
+    let store = deliverer.store();
     let Some(mut webhook) = store.get_webhook(tenant, id).await? else {
         return Ok(false);
     };
@@ -157,7 +170,7 @@ pub async fn disable_webhook(
             "reason": reason,
             "disabled_at": crate::clock::rfc3339_ms(now),
         });
-        emit_or_log(store, deliverer, tenant, WEBHOOK_DISABLED, data).await;
+        emit_or_log(deliverer, tenant, WEBHOOK_DISABLED, data).await;
     }
     Ok(true)
 }

@@ -44,15 +44,18 @@ fn bad(message: String) -> ApiError {
     ApiError::bad_request("invalid_query", message)
 }
 
-fn time(field: &str, value: &str) -> Result<u64, ApiError> {
+/// An RFC 3339 time in Unix milliseconds, or what is wrong with it.
+pub fn parse_time(field: &str, value: &str) -> Result<u64, String> {
     chrono::DateTime::parse_from_rfc3339(value)
         .ok()
         .and_then(|t| u64::try_from(t.timestamp_millis()).ok())
         .ok_or_else(|| {
-            bad(format!(
-                "{field}: {value:?} is not an RFC 3339 time such as 2026-12-04T10:00:00Z"
-            ))
+            format!("{field}: {value:?} is not an RFC 3339 time such as 2026-12-04T10:00:00Z")
         })
+}
+
+fn time(field: &str, value: &str) -> Result<u64, ApiError> {
+    parse_time(field, value).map_err(bad)
 }
 
 impl ListQuery {

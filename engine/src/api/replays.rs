@@ -14,22 +14,22 @@
 use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
 use super::extract::Json;
-use super::webhooks::load;
+use super::webhooks::{WebhookPath, load};
 use crate::App;
 use crate::clock::{now_ms, rfc3339_ms};
 use crate::ids::ReplayId;
 use crate::model::{Delivery, DeliveryStatus, Replay};
-use crate::store::Page;
+use crate::store::walk_deliveries;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 /// Most events one replay sends.
 pub const MAX_EVENTS: usize = 10_000;
-const PAGE: usize = 500;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -40,25 +40,13 @@ pub struct ReplayInput {
 }
 
 #[derive(Deserialize)]
-pub struct WebhookPath {
-    webhook_id: String,
-}
-
-#[derive(Deserialize)]
 pub struct ReplayPath {
     webhook_id: String,
     replay_id: String,
 }
 
 fn time(field: &str, value: &str) -> Result<u64, ApiError> {
-    chrono::DateTime::parse_from_rfc3339(value)
-        .ok()
-        .and_then(|t| u64::try_from(t.timestamp_millis()).ok())
-        .ok_or_else(|| {
-            ApiError::invalid(format!(
-                "{field}: {value:?} is not an RFC 3339 time such as 2026-12-04T10:00:00Z"
-            ))
-        })
+    super::lists::parse_time(field, value).map_err(ApiError::invalid)
 }
 
 pub async fn create(
@@ -164,43 +152,28 @@ async fn choose(
 ) -> ApiResult<Vec<Delivery>> {
     let mut seen = std::collections::HashSet::new();
     let mut chosen = Vec::new();
-    let mut before = None;
-    'pages: loop {
-        let page = Page {
-            limit: PAGE,
-            before: before.as_ref(),
-            status: None,
+    walk_deliveries(app.store.as_ref(), caller.id(), webhook, None, None, |d| {
+        if d.created_at_ms < since || chosen.len() > MAX_EVENTS {
+            return ControlFlow::Break(());
+        }
+        // Newest first: the first delivery seen of an event is its latest.
+        if until.is_some_and(|u| d.created_at_ms >= u) || !seen.insert(d.event_id.clone()) {
+            return ControlFlow::Continue(());
+        }
+        let wanted = match status {
+            Some(s) => d.status == s,
+            None => d.status != DeliveryStatus::Pending,
         };
-        let list = app
-            .store
-            .list_deliveries(caller.id(), webhook, page)
-            .await?;
-        let full = list.len() == PAGE;
-        before = list.last().map(|d| d.id.clone());
-        for d in list {
-            if d.created_at_ms < since {
-                break 'pages;
-            }
-            // Newest first: the first delivery seen of an event is its latest.
-            if until.is_some_and(|u| d.created_at_ms >= u) || !seen.insert(d.event_id.clone()) {
-                continue;
-            }
-            let wanted = match status {
-                Some(s) => d.status == s,
-                None => d.status != DeliveryStatus::Pending,
-            };
-            if wanted {
-                chosen.push(d);
-                if chosen.len() > MAX_EVENTS {
-                    return Err(ApiError::invalid(format!(
-                        "more than {MAX_EVENTS} events match; replay a shorter range"
-                    )));
-                }
-            }
+        if wanted {
+            chosen.push(d);
         }
-        if !full {
-            break;
-        }
+        ControlFlow::Continue(())
+    })
+    .await?;
+    if chosen.len() > MAX_EVENTS {
+        return Err(ApiError::invalid(format!(
+            "more than {MAX_EVENTS} events match; replay a shorter range"
+        )));
     }
     chosen.reverse();
     Ok(chosen)

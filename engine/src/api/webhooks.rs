@@ -13,7 +13,7 @@ use crate::delivery::ssrf;
 use crate::ids::{DeliveryId, WebhookId};
 use crate::model::{Delivery, DeliveryStats, DeliveryStatus, RetiredSecret, Secret, Webhook};
 use crate::schedule::policy::RetryPolicy;
-use crate::store::Page;
+use crate::store::walk_deliveries;
 use axum::extract::{Path, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
@@ -22,6 +22,7 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 const MIN_TIMEOUT_MS: u64 = 1_000;
@@ -76,7 +77,7 @@ pub struct WebhookInput {
 
 #[derive(Deserialize)]
 pub struct WebhookPath {
-    webhook_id: String,
+    pub(super) webhook_id: String,
 }
 
 #[derive(Deserialize)]
@@ -658,35 +659,34 @@ pub(super) async fn filtered_page(
     q: &DeliveryQuery,
     f: &super::lists::Filters,
 ) -> ApiResult<(Vec<Delivery>, Option<DeliveryId>)> {
-    let mut before = q.before.as_deref().map(DeliveryId::from_trusted);
+    let from = q.before.as_deref().map(DeliveryId::from_trusted);
     let mut kept = Vec::new();
     let mut scanned = 0;
-    loop {
-        let page = Page {
-            limit: 250,
-            before: before.as_ref(),
-            status: f.status,
-        };
-        let list = app.store.list_deliveries(caller.id(), &w.id, page).await?;
-        let full = list.len() == 250;
-        for d in list {
-            scanned += 1;
-            let past = f.since_ms.is_some_and(|s| d.created_at_ms < s);
-            before = Some(d.id.clone());
-            if past {
-                return Ok((kept, None));
+    let mut past = false;
+    let stopped = walk_deliveries(
+        app.store.as_ref(),
+        caller.id(),
+        &w.id,
+        from,
+        f.status,
+        |d| {
+            if f.since_ms.is_some_and(|s| d.created_at_ms < s) {
+                past = true;
+                return ControlFlow::Break(());
             }
+            scanned += 1;
             if q.keeps(f, &d) {
                 kept.push(d);
             }
             if kept.len() >= f.limit || scanned >= crate::store::EVENT_SCAN {
-                return Ok((kept, before));
+                return ControlFlow::Break(());
             }
-        }
-        if !full {
-            return Ok((kept, None));
-        }
-    }
+            ControlFlow::Continue(())
+        },
+    )
+    .await?;
+    // Past `since`, nothing older is wanted: no next page.
+    Ok((kept, stopped.filter(|_| !past)))
 }
 
 async fn load_delivery(

@@ -55,10 +55,9 @@ struct Exchange {
     ended: Ended,
     /// `name@version` of the plugin that shaped the request.
     plugin: Option<String>,
-    /// Whether a request went out (then `took` is how long it took).
-    sent: bool,
+    /// How long the exchange took, once a request went out.
     took: Duration,
-    /// The request as sent, for the attempt log.
+    /// The request as sent (none when none went out), for the attempt log.
     request: Option<SentRequest>,
     /// The answer's headers.
     response_headers: Option<String>,
@@ -71,7 +70,6 @@ impl Exchange {
         Exchange {
             ended,
             plugin,
-            sent: false,
             took: Duration::ZERO,
             request: None,
             response_headers: None,
@@ -240,7 +238,6 @@ impl Deliverer {
         Exchange {
             ended,
             plugin,
-            sent: true,
             took,
             request: Some(request),
             response_headers,
@@ -348,41 +345,8 @@ impl Deliverer {
             .metrics
             .webhooks
             .series(&delivery.tenant, &delivery.event_type);
-        if exchange.sent {
-            match &exchange.ended {
-                Ended::Answered { status, .. } => {
-                    series.http_status(*status);
-                    series.duration(exchange.took);
-                }
-                Ended::Failed(AttemptOutcome::Timeout, _) => series.duration(exchange.took),
-                _ => {}
-            }
-        }
-        if matches!(next, Next::RetryAt { .. }) {
-            series.retry(retry_reason(&exchange.ended));
-        }
-        match counts_for_breaker(&exchange.ended) {
-            Some(failed) => {
-                if let Some(change) = self.breakers.record(&webhook.id, failed, now) {
-                    self.breaker_changed(webhook, change).await;
-                }
-            }
-            None => self.breakers.release_probe(&webhook.id),
-        }
-        // A receiver that asks for a break gets it for all of the
-        // webhook's deliveries, not only this one's retry.
-        if let Ended::Answered {
-            status: 429 | 503,
-            retry_after: Some(after),
-            ..
-        } = &exchange.ended
-        {
-            let until = now
-                + after
-                    .min(&crate::schedule::policy::MAX_RETRY_AFTER)
-                    .as_millis() as u64;
-            self.hold(webhook, until).await?;
-        }
+        self.observe(&exchange, &next, &series, webhook, now)
+            .await?;
         let attempt = exchange.into_attempt(&delivery.id, number, started_at_ms);
         delivery.attempts = number;
         delivery.last_status_code = attempt.status_code;
@@ -407,19 +371,10 @@ impl Deliverer {
             })
             .inc();
         self.count_final(&delivery, &series);
-        let event_type = delivery.event_type.clone();
-        let exhausted = (delivery.status == DeliveryStatus::Failed && !gone).then(|| {
-            serde_json::json!({
-                "delivery_id": delivery.id,
-                "webhook_id": delivery.webhook_id,
-                "event_id": delivery.event_id,
-                "event_type": delivery.event_type,
-                "attempts": delivery.attempts,
-                "reason": delivery.reason,
-                "last_status_code": delivery.last_status_code,
-                "failed_at": crate::clock::rfc3339_ms(now),
-            })
-        });
+        // An operational event's delivery tells the tenant nothing more.
+        let operational = crate::operational::is_operational(&delivery.event_type);
+        let exhausted = (delivery.status == DeliveryStatus::Failed && !gone && !operational)
+            .then(|| crate::operational::exhausted(&delivery, now));
         if due.is_some() {
             self.store.finish_attempt(delivery, Some(attempt)).await?;
             // The dispatcher may be sleeping past this retry's due time; it
@@ -429,10 +384,8 @@ impl Deliverer {
             // Nothing waits for a final outcome's record (see `finish_final`).
             self.store.finish_final(delivery, Some(attempt)).await;
         }
-        let operational = crate::operational::is_operational(&event_type);
         if gone {
             crate::operational::disable_webhook(
-                self.store.as_ref(),
                 self,
                 &webhook.tenant,
                 &webhook.id,
@@ -442,16 +395,53 @@ impl Deliverer {
             )
             .await?;
         }
-        if let Some(data) = exhausted.filter(|_| !operational) {
-            let tenant = &webhook.tenant;
-            crate::operational::emit_or_log(
-                self.store.as_ref(),
-                self,
-                tenant,
-                crate::operational::DELIVERY_EXHAUSTED,
-                data,
-            )
-            .await;
+        if let Some(data) = exhausted {
+            let exhausted_type = crate::operational::DELIVERY_EXHAUSTED;
+            crate::operational::emit_or_log(self, &webhook.tenant, exhausted_type, data).await;
+        }
+        Ok(())
+    }
+
+    /// What an attempt's end tells beyond its delivery: seed 001's
+    /// metrics, the webhook's circuit breaker, and a receiver's request to
+    /// be left alone (which holds all of the webhook's deliveries).
+    async fn observe(
+        &self,
+        exchange: &Exchange,
+        next: &Next,
+        series: &webhook::Series,
+        webhook: &Webhook,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        if exchange.request.is_some() {
+            match &exchange.ended {
+                Ended::Answered { status, .. } => {
+                    series.http_status(*status);
+                    series.duration(exchange.took);
+                }
+                Ended::Failed(AttemptOutcome::Timeout, _) => series.duration(exchange.took),
+                _ => {}
+            }
+        }
+        if matches!(next, Next::RetryAt { .. }) {
+            series.retry(retry_reason(&exchange.ended));
+        }
+        match counts_for_breaker(&exchange.ended) {
+            Some(failed) => {
+                if let Some(change) = self.breakers.record(&webhook.id, failed, now) {
+                    self.breaker_changed(webhook, change).await;
+                }
+            }
+            None => self.breakers.release_probe(&webhook.id),
+        }
+        if let Ended::Answered {
+            status: 429 | 503,
+            retry_after: Some(after),
+            ..
+        } = &exchange.ended
+        {
+            let after = after.min(&crate::schedule::policy::MAX_RETRY_AFTER);
+            self.hold(webhook, now + after.as_millis() as u64).await?;
         }
         Ok(())
     }

@@ -79,10 +79,6 @@ impl Breakers {
         }
     }
 
-    pub fn rule(&self) -> BreakerRule {
-        self.rule
-    }
-
     fn with<R>(&self, f: impl FnOnce(&mut HashMap<WebhookId, Breaker>) -> R) -> R {
         let mut states = self.states.lock().expect("breakers lock");
         let r = f(&mut states);

@@ -15,39 +15,32 @@
 use super::Deliverer;
 use crate::ids::{DeliveryId, TenantId, WebhookId};
 use crate::model::{Delivery, DeliveryStatus};
-use crate::store::{Page, StoreError};
+use crate::store::{StoreError, walk_deliveries};
 
 /// Where a parked delivery's schedule entry waits: far past any real due
 /// time (about the year 144,000), and exact as a Redis score.
 pub const PAUSED_DUE_MS: u64 = 1 << 52;
 /// The reason a parked delivery shows.
 pub const WAITING: &str = "waiting for its webhook to be enabled";
-const PAGE: usize = 500;
 
 impl Deliverer {
     /// Parks `delivery`, whose webhook was seen disabled, unless the
     /// webhook as stored now is active again (then it is due now) or gone
     /// (then it fails).
-    pub(super) async fn park(&self, mut delivery: Delivery) -> Result<(), StoreError> {
-        let now = self.clock.now_ms();
+    pub(super) async fn park(&self, delivery: Delivery) -> Result<(), StoreError> {
         let webhook = self
             .store
             .get_webhook(&delivery.tenant, &delivery.webhook_id)
             .await?;
-        delivery.updated_at_ms = now;
         match webhook {
-            None => return self.give_up(delivery, "webhook was deleted").await,
+            None => self.give_up(delivery, "webhook was deleted").await,
             Some(w) if w.active => {
-                delivery.next_attempt_at_ms = Some(now);
-                self.store.finish_attempt(delivery, None).await?;
-                self.wake();
-                return Ok(());
+                let now = self.clock.now_ms();
+                self.wait_until(delivery, now, "its webhook was enabled again")
+                    .await
             }
-            Some(_) => {}
+            Some(_) => self.wait_until(delivery, PAUSED_DUE_MS, WAITING).await,
         }
-        delivery.next_attempt_at_ms = Some(PAUSED_DUE_MS);
-        delivery.reason = Some(WAITING.into());
-        self.store.finish_attempt(delivery, None).await
     }
 
     /// Makes the webhook's parked deliveries due now, oldest first; how
@@ -107,20 +100,12 @@ impl Deliverer {
         webhook: &WebhookId,
     ) -> Result<Vec<Delivery>, StoreError> {
         let mut all = Vec::new();
-        let mut before: Option<DeliveryId> = None;
-        loop {
-            let page = Page {
-                limit: PAGE,
-                before: before.as_ref(),
-                status: Some(DeliveryStatus::Pending),
-            };
-            let got = self.store.list_deliveries(tenant, webhook, page).await?;
-            let full = got.len() == PAGE;
-            before = got.last().map(|d| d.id.clone());
-            all.extend(got);
-            if !full {
-                return Ok(all);
-            }
-        }
+        let status = Some(DeliveryStatus::Pending);
+        walk_deliveries(self.store(), tenant, webhook, None, status, |d| {
+            all.push(d);
+            std::ops::ControlFlow::Continue(())
+        })
+        .await?;
+        Ok(all)
     }
 }

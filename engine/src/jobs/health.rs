@@ -17,12 +17,12 @@ use crate::App;
 use crate::config::HealthRule;
 use crate::model::{DeliveryStatus, Webhook};
 use crate::operational::{DisableCause, disable_webhook};
-use crate::store::{Page, StoreError};
+use crate::store::{StoreError, walk_deliveries};
 use std::fmt;
+use std::ops::ControlFlow;
 
 /// Deliveries of one webhook read per run, at most (newest first).
 pub const SCAN_LIMIT: usize = 10_000;
-const PAGE: usize = 500;
 
 /// What one run found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -85,7 +85,6 @@ pub async fn run(app: &App, now_ms: u64) -> Result<Report, StoreError> {
                 rule.threshold * 100.0,
             );
             if disable_webhook(
-                app.store.as_ref(),
                 &app.deliverer,
                 &tenant.id,
                 &webhook.id,
@@ -102,38 +101,31 @@ pub async fn run(app: &App, now_ms: u64) -> Result<Report, StoreError> {
     Ok(report)
 }
 
-/// Counts the webhook's finished deliveries created at or after `since_ms`.
+/// Counts the webhook's finished deliveries created at or after `since_ms`
+/// (at most [`SCAN_LIMIT`] of its newest).
 async fn tally(app: &App, webhook: &Webhook, since_ms: u64) -> Result<Tally, StoreError> {
     let mut tally = Tally::default();
-    let mut before = None;
     let mut read = 0;
-    while read < SCAN_LIMIT {
-        let page = Page {
-            limit: PAGE,
-            before: before.as_ref(),
-            status: None,
-        };
-        let deliveries = app
-            .store
-            .list_deliveries(&webhook.tenant, &webhook.id, page)
-            .await?;
-        let full = deliveries.len() == PAGE;
-        for d in &deliveries {
-            if d.created_at_ms < since_ms {
-                return Ok(tally);
+    walk_deliveries(
+        app.store.as_ref(),
+        &webhook.tenant,
+        &webhook.id,
+        None,
+        None,
+        |d| {
+            read += 1;
+            if d.created_at_ms < since_ms || read > SCAN_LIMIT {
+                return ControlFlow::Break(());
             }
             match d.status {
                 DeliveryStatus::Succeeded => tally.succeeded += 1,
                 DeliveryStatus::Failed => tally.failed += 1,
                 DeliveryStatus::Pending | DeliveryStatus::Skipped => {}
             }
-        }
-        read += deliveries.len();
-        match deliveries.last() {
-            Some(last) if full => before = Some(last.id.clone()),
-            _ => break,
-        }
-    }
+            ControlFlow::Continue(())
+        },
+    )
+    .await?;
     Ok(tally)
 }
 

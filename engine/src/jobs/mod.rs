@@ -180,7 +180,7 @@ impl Jobs {
             Outcome::Ok => tracing::info!(job = job.name(), detail = %run.detail, "job ran"),
             Outcome::Failed => tracing::warn!(job = job.name(), error = %run.detail, "job failed"),
         }
-        count(app, job, run.outcome.into());
+        count(app, job, run.outcome.as_str());
         let recorded = app.store.put_job_run(job.name(), &run).await;
         app.store
             .release_job_lease(job.name(), &self.engine)
@@ -219,9 +219,9 @@ fn count(app: &App, job: Job, outcome: &'static str) {
         .inc();
 }
 
-impl From<Outcome> for &'static str {
-    fn from(o: Outcome) -> &'static str {
-        match o {
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
             Outcome::Ok => "ok",
             Outcome::Failed => "failed",
         }

@@ -81,6 +81,41 @@ pub(crate) fn due_if_pending(mut delivery: Delivery, now_ms: u64) -> Delivery {
     delivery
 }
 
+/// Walks a webhook's deliveries newest first (those with `status`, if
+/// given), from just before `from` (or the newest), a page at a time,
+/// until `visit` breaks or none is left. Answers the id of the delivery
+/// `visit` broke on: where to go on from (a cursor), none when all were
+/// visited.
+pub async fn walk_deliveries(
+    store: &dyn Store,
+    tenant: &TenantId,
+    webhook: &WebhookId,
+    from: Option<DeliveryId>,
+    status: Option<DeliveryStatus>,
+    mut visit: impl FnMut(Delivery) -> std::ops::ControlFlow<()>,
+) -> Result<Option<DeliveryId>, StoreError> {
+    const PAGE: usize = 500;
+    let mut before = from;
+    loop {
+        let page = Page {
+            limit: PAGE,
+            before: before.as_ref(),
+            status,
+        };
+        let list = store.list_deliveries(tenant, webhook, page).await?;
+        let full = list.len() == PAGE;
+        for d in list {
+            before = Some(d.id.clone());
+            if visit(d).is_break() {
+                return Ok(before);
+            }
+        }
+        if !full {
+            return Ok(None);
+        }
+    }
+}
+
 /// Logs that an attempt's end could not be recorded: the delivery stays
 /// leased and goes out again when its lease ends.
 pub fn unrecorded(delivery: &DeliveryId, error: &StoreError) {

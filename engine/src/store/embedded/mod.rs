@@ -170,6 +170,23 @@ impl EmbeddedStore {
         &self.db
     }
 
+    /// Changes the arrival time of `tenant`'s rate limit `name` (see
+    /// [`crate::limit`]) as `f` says, answering what `f` answers.
+    fn with_rate<R>(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        f: impl FnOnce(Option<f64>) -> (Option<f64>, R),
+    ) -> R {
+        let key = format!("{tenant}/{name}");
+        let mut rates = self.rates.lock().expect("rates lock");
+        let (tat, answer) = f(rates.get(&key).copied());
+        if let Some(tat) = tat {
+            rates.insert(key, tat);
+        }
+        answer
+    }
+
     fn read<R>(
         &self,
         f: impl FnOnce(&redb::ReadTransaction) -> Result<R, StoreError>,
@@ -666,11 +683,11 @@ impl Store for EmbeddedStore {
         n: u32,
         now_ms: u64,
     ) -> Result<Result<(), Option<std::time::Duration>>, StoreError> {
-        let key = format!("{tenant}/{name}");
-        let mut rates = self.rates.lock().expect("rates lock");
-        let taken = crate::limit::take(rates.get(&key).copied(), now_ms as f64, rate, n);
-        Ok(taken.map(|tat| {
-            rates.insert(key, tat);
+        Ok(self.with_rate(tenant, name, |tat| {
+            match crate::limit::take(tat, now_ms as f64, rate, n) {
+                Ok(next) => (Some(next), Ok(())),
+                Err(wait) => (tat, Err(wait)),
+            }
         }))
     }
 
@@ -681,11 +698,10 @@ impl Store for EmbeddedStore {
         rate: crate::limit::Rate,
         now_ms: u64,
     ) -> Result<u64, StoreError> {
-        let key = format!("{tenant}/{name}");
-        let mut rates = self.rates.lock().expect("rates lock");
-        let (next, go) = crate::limit::reserve(rates.get(&key).copied(), now_ms as f64, rate);
-        rates.insert(key, next);
-        Ok(go.ceil() as u64)
+        Ok(self.with_rate(tenant, name, |tat| {
+            let (next, go) = crate::limit::reserve(tat, now_ms as f64, rate);
+            (Some(next), go.ceil() as u64)
+        }))
     }
 
     async fn hold_rate(
@@ -695,10 +711,9 @@ impl Store for EmbeddedStore {
         rate: crate::limit::Rate,
         until_ms: u64,
     ) -> Result<(), StoreError> {
-        let key = format!("{tenant}/{name}");
-        let mut rates = self.rates.lock().expect("rates lock");
-        let held = crate::limit::hold(rates.get(&key).copied(), until_ms as f64, rate);
-        rates.insert(key, held);
+        self.with_rate(tenant, name, |tat| {
+            (Some(crate::limit::hold(tat, until_ms as f64, rate)), ())
+        });
         Ok(())
     }
 

@@ -829,22 +829,8 @@ impl Store for RedisStore {
             // The events index keeps members whose events expired.
             let index = self.key(t, &format!("evt:{t}"));
             let old: Vec<String> = self.conn().zrangebyscore(&index, "-inf", cutoff).await?;
-            for chunk in old.chunks(500) {
-                let mut pipe = redis::pipe();
-                for id in chunk {
-                    pipe.exists(self.key(t, &format!("ev:{t}:{id}")));
-                }
-                let exists: Vec<bool> = pipe.query_async(&mut self.conn()).await?;
-                let gone: Vec<&String> = chunk
-                    .iter()
-                    .zip(exists)
-                    .filter(|(_, e)| !e)
-                    .map(|(id, _)| id)
-                    .collect();
-                if !gone.is_empty() {
-                    let _: u64 = self.conn().zrem(&index, gone).await?;
-                }
-            }
+            self.drop_gone(&index, &old, |id| self.key(t, &format!("ev:{t}:{id}")))
+                .await?;
             for hook in self.list_webhooks(t).await? {
                 let index = self.key(t, &format!("whd:{}", hook.id));
                 let old: Vec<String> = redis::cmd("ZRANGEBYLEX")
@@ -853,23 +839,9 @@ impl Store for RedisStore {
                     .arg(&oldest_kept)
                     .query_async(&mut self.conn())
                     .await?;
-                for chunk in old.chunks(500) {
-                    let mut pipe = redis::pipe();
-                    for id in chunk {
-                        pipe.exists(self.key(t, &format!("d:{id}")));
-                    }
-                    let exists: Vec<bool> = pipe.query_async(&mut self.conn()).await?;
-                    let gone: Vec<&String> = chunk
-                        .iter()
-                        .zip(exists)
-                        .filter(|(_, e)| !e)
-                        .map(|(id, _)| id)
-                        .collect();
-                    if !gone.is_empty() {
-                        let n: u64 = self.conn().zrem(&index, gone).await?;
-                        removed += n;
-                    }
-                }
+                removed += self
+                    .drop_gone(&index, &old, |id| self.key(t, &format!("d:{id}")))
+                    .await?;
             }
         }
         Ok(removed)
@@ -1010,6 +982,35 @@ impl Store for RedisStore {
 }
 
 impl RedisStore {
+    /// Removes from the sorted set `index` those of `members` whose record
+    /// (`record(member)`) is gone; how many.
+    async fn drop_gone(
+        &self,
+        index: &str,
+        members: &[String],
+        record: impl Fn(&str) -> String,
+    ) -> Result<u64, StoreError> {
+        let mut removed = 0;
+        for chunk in members.chunks(500) {
+            let mut pipe = redis::pipe();
+            for m in chunk {
+                pipe.exists(record(m));
+            }
+            let exists: Vec<bool> = pipe.query_async(&mut self.conn()).await?;
+            let gone: Vec<&String> = chunk
+                .iter()
+                .zip(exists)
+                .filter(|(_, e)| !e)
+                .map(|(m, _)| m)
+                .collect();
+            if !gone.is_empty() {
+                let n: u64 = self.conn().zrem(index, gone).await?;
+                removed += n;
+            }
+        }
+        Ok(removed)
+    }
+
     async fn deliveries_by_id(
         &self,
         tenant: &TenantId,
